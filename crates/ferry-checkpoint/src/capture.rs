@@ -1,0 +1,656 @@
+//! Capture (excision): read a frozen process's state into an image.
+//!
+//! Order of work, all while the process is frozen:
+//! 1. execution state (registers, XSAVE area, rseq, robust list),
+//! 2. state only the process can report, by injected calls into the scratch area (signal
+//!    dispositions, alternate stack, itimers, brk, tid address, prctl values),
+//! 3. control information and credentials from `/proc`,
+//! 4. files, then mappings, then pages: every page that differs from its backing, found with
+//!    `PAGEMAP_SCAN` and read with `process_vm_readv` in large batches, streamed to `pages.img`,
+//! 5. `core.img`, synced; only then is the process killed (or resumed with `--leave-running`).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ferry_image::*;
+use ferry_sys::abi::{self, Fields, Itimerval, KernelSigaction, StackT};
+use ferry_sys::inject::Injector;
+use ferry_sys::libc;
+use ferry_sys::mem::{self, ProcMem};
+use ferry_sys::pagemap::{PageScanner, Select};
+use ferry_sys::proc::{self, Mapping};
+use ferry_sys::{Pid, Regs, SysError};
+use tracing::{debug, info};
+
+use crate::freeze::Frozen;
+use crate::imagedir::ImageWriter;
+use crate::{CheckpointError, mobility, platform, restart};
+
+/// How much page data one `process_vm_readv` call moves at most.
+const COPY_CHUNK: usize = 8 << 20;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckpointOptions {
+    /// Let the process continue after the image is written (default: kill it).
+    pub leave_running: bool,
+}
+
+/// What a checkpoint did and how long it took.
+#[derive(Debug, Clone)]
+pub struct CheckpointReport {
+    pub pid: i32,
+    pub leave_running: bool,
+    /// Request to return.
+    pub total: Duration,
+    /// Process not executing: interrupt stop until resumed or killed.
+    pub freeze: Duration,
+    /// Time spent reading and writing page data.
+    pub memory_copy: Duration,
+    pub memory_bytes: u64,
+    pub mappings: usize,
+    pub page_runs: usize,
+    pub fds: usize,
+    pub injected_calls: u64,
+    /// How the thread was caught (e.g. inside a restartable system call).
+    pub interrupted: String,
+    /// Whether PAGEMAP_SCAN found the pages (else /proc/PID/pagemap).
+    pub pagemap_scan: bool,
+}
+
+/// Checkpoints `pid` into `dir`.
+pub fn checkpoint(
+    pid: Pid,
+    dir: &Path,
+    opts: CheckpointOptions,
+) -> Result<CheckpointReport, CheckpointError> {
+    let started = Instant::now();
+    mobility::preflight(pid)?;
+    mobility::check_resources(pid)?;
+    let platform =
+        platform::host_platform().map_err(CheckpointError::sys("fingerprinting this host"))?;
+    let mut writer = ImageWriter::create(dir)?;
+
+    let mut frozen = Frozen::freeze(pid)?;
+    // Threads or files may have appeared between the preflight and the stop.
+    mobility::frozen_checks(pid)?;
+
+    let (mut image, stats) = capture_frozen(&mut frozen, platform, &mut writer)?;
+    writer.finish(&mut image)?;
+    let interrupted = format!("{:?}", restart::classify(&frozen.regs));
+    let injected_calls = frozen.injected_calls();
+    let frozen_at = frozen.frozen_at;
+    if opts.leave_running {
+        frozen
+            .resume()
+            .map_err(CheckpointError::sys("resuming the process"))?;
+    } else {
+        frozen.kill().map_err(CheckpointError::sys(
+            "ending the process after its checkpoint",
+        ))?;
+    }
+    let freeze = frozen_at.elapsed();
+    let report = CheckpointReport {
+        pid: pid.as_raw(),
+        leave_running: opts.leave_running,
+        total: started.elapsed(),
+        freeze,
+        memory_copy: stats.copy_time,
+        memory_bytes: image.memory.pages.bytes,
+        mappings: image.memory.vmas.len(),
+        page_runs: image.memory.pages.runs.len(),
+        fds: image.files.fds.len(),
+        injected_calls,
+        interrupted,
+        pagemap_scan: stats.pagemap_scan,
+    };
+    info!(?report, "checkpoint done");
+    Ok(report)
+}
+
+struct Stats {
+    copy_time: Duration,
+    pagemap_scan: bool,
+}
+
+fn capture_frozen(
+    frozen: &mut Frozen,
+    platform: Platform,
+    writer: &mut ImageWriter,
+) -> Result<(ProcessImage, Stats), CheckpointError> {
+    let pid = frozen.pid();
+    let raw_regs = frozen.regs;
+    let sys = CheckpointError::sys;
+
+    // 1. Execution state.
+    let xstate = frozen
+        .tracee()
+        .xstate()
+        .map_err(sys("reading the XSAVE area"))?;
+    let rseq = frozen
+        .tracee()
+        .rseq_configuration()
+        .map_err(sys("reading the rseq registration"))?
+        .map(|c| Rseq {
+            address: c.rseq_abi_pointer,
+            length: c.rseq_abi_size,
+            signature: c.signature,
+        });
+    let (robust_head, robust_len) =
+        proc::robust_list(pid).map_err(sys("reading the robust list"))?;
+    let queued_private = frozen
+        .tracee()
+        .queued_signals(false)
+        .map_err(sys("reading queued signals"))?;
+    let queued_shared = frozen
+        .tracee()
+        .queued_signals(true)
+        .map_err(sys("reading queued signals"))?;
+
+    // 2. State only the process can report.
+    let scratch = frozen.scratch().addr;
+    let injected = frozen
+        .with_injector(|inj| query_process(inj, scratch))
+        .map_err(sys("querying the process"))?;
+
+    // 3. Control information and credentials.
+    let stat = proc::stat(pid).map_err(sys("reading stat"))?;
+    let status = proc::status(pid).map_err(sys("reading status"))?;
+    let control = Control {
+        pid: pid.as_raw(),
+        ppid: stat.ppid,
+        pgid: stat.pgrp,
+        sid: stat.session,
+        comm: proc::read_text(pid, "comm").map_err(sys("reading comm"))?,
+        exe: path_string(
+            pid,
+            "exe",
+            &proc::readlink(pid, "exe").map_err(sys("reading exe"))?,
+        )?,
+        argv: proc::read_bytes(pid, "cmdline")
+            .map_err(sys("reading cmdline"))?
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+        cwd: path_string(
+            pid,
+            "working directory",
+            &proc::readlink(pid, "cwd").map_err(sys("reading cwd"))?,
+        )?,
+        umask: status.umask.unwrap_or(0o022),
+        personality: u32::from_str_radix(
+            &proc::read_text(pid, "personality").map_err(sys("reading personality"))?,
+            16,
+        )
+        .unwrap_or(0),
+        nice: stat.nice as i32,
+        rlimits: proc::rlimits(pid)
+            .map_err(sys("reading resource limits"))?
+            .into_iter()
+            .map(|(resource, soft, hard)| Rlimit {
+                resource,
+                soft,
+                hard,
+            })
+            .collect(),
+        dumpable: injected.dumpable,
+        no_new_privs: status.nonewprivs.unwrap_or(0) != 0,
+        child_subreaper: injected.child_subreaper,
+        pdeathsig: injected.pdeathsig,
+        thp_disable: injected.thp_disable,
+        timer_slack_ns: proc::read_text(pid, "timerslack_ns")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(50_000),
+        stopped: matches!(stat.state, 'T'),
+    };
+    let credentials = Credentials {
+        uid: IdSet {
+            real: status.ruid,
+            effective: status.euid,
+            saved: status.suid,
+            fs: status.fuid,
+        },
+        gid: IdSet {
+            real: status.rgid,
+            effective: status.egid,
+            saved: status.sgid,
+            fs: status.fgid,
+        },
+        groups: status.groups.clone(),
+        caps: Capabilities {
+            inheritable: status.capinh,
+            permitted: status.capprm,
+            effective: status.capeff,
+            bounding: status.capbnd.unwrap_or(u64::MAX),
+            ambient: status.capamb.unwrap_or(0),
+        },
+        securebits: injected.securebits,
+    };
+
+    // Pending signals: both queues, plus any dequeued while ferry held the process.
+    let mut pending: Vec<PendingSignal> = Vec::new();
+    for (shared, list) in [(false, &queued_private), (true, &queued_shared)] {
+        for info in list {
+            pending.push(PendingSignal {
+                shared,
+                siginfo: info.to_vec(),
+            });
+        }
+    }
+    for info in &frozen.deferred {
+        pending.push(PendingSignal {
+            shared: false,
+            siginfo: info.to_vec(),
+        });
+    }
+    pending.retain(|p| !matches!(p.signo(), 9 | 19));
+
+    // 4. Files.
+    let mut fds = Vec::new();
+    for fd in proc::open_fds(pid).map_err(sys("listing fds"))? {
+        let kind = mobility::classify_fd(pid, &fd)?;
+        mobility::check_locks(pid, fd.fd)?;
+        fds.push(Fd {
+            number: fd.fd,
+            cloexec: fd.flags & libc::O_CLOEXEC != 0,
+            kind,
+        });
+    }
+
+    // Mappings.
+    let maps = proc::read_smaps(pid).map_err(sys("reading mappings"))?;
+    let scratch = frozen.scratch();
+    let mut vmas = Vec::new();
+    let mut raw_maps = Vec::new();
+    for m in maps {
+        if m.start >= scratch.addr && m.end <= scratch.addr + scratch.len {
+            continue; // ferry's own scratch area
+        }
+        let Some((backing, anon_name)) = mobility::classify_mapping(pid, &m)? else {
+            continue;
+        };
+        vmas.push(Vma {
+            start: m.start,
+            end: m.end,
+            prot: Prot {
+                read: m.read,
+                write: m.write,
+                exec: m.exec,
+            },
+            shared: m.shared,
+            backing,
+            flags: VmaFlags {
+                growsdown: m.has_flag("gd"),
+                dontfork: m.has_flag("dc"),
+                dontdump: m.has_flag("dd"),
+                wipeonfork: m.has_flag("wf"),
+                hugepage: m.has_flag("hg"),
+                nohugepage: m.has_flag("nh"),
+                locked: m.has_flag("lo"),
+            },
+            anon_name,
+        });
+        raw_maps.push(m);
+    }
+
+    // Pages.
+    let (runs, stats) = copy_pages(pid, &vmas, &raw_maps, writer)?;
+
+    let auxv_bytes = proc::read_bytes(pid, "auxv").map_err(sys("reading auxv"))?;
+    let auxv: Vec<u64> = auxv_bytes
+        .chunks_exact(8)
+        .map(|c| Fields::new(c).u64(0))
+        .collect();
+    let layout = MmLayout {
+        start_code: stat.startcode,
+        end_code: stat.endcode,
+        start_data: stat.start_data.unwrap_or(0) as u64,
+        end_data: stat.end_data.unwrap_or(0) as u64,
+        start_brk: stat.start_brk.unwrap_or(0) as u64,
+        brk: injected.brk,
+        start_stack: stat.startstack,
+        arg_start: stat.arg_start.unwrap_or(0) as u64,
+        arg_end: stat.arg_end.unwrap_or(0) as u64,
+        env_start: stat.env_start.unwrap_or(0) as u64,
+        env_end: stat.env_end.unwrap_or(0) as u64,
+    };
+
+    let image = ProcessImage {
+        origin: Origin {
+            image_id: new_image_id(pid),
+            created_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            ferry_version: env!("CARGO_PKG_VERSION").to_string(),
+            hostname: ferry_sys::host::hostname(),
+            platform: Platform {
+                xsave: XsaveLayout {
+                    features: ferry_sys::host::xstate_features(&xstate),
+                    size: xstate.len() as u32,
+                },
+                ..platform
+            },
+        },
+        control,
+        credentials,
+        execution: Execution {
+            regs: to_model_regs(&restart::for_image(&raw_regs)),
+            xstate,
+            tid_address: injected.tid_address,
+            robust_list: RobustList {
+                head: robust_head,
+                len: robust_len,
+            },
+            rseq,
+            sigaltstack: SigAltStack {
+                sp: injected.altstack.sp,
+                flags: injected.altstack.flags,
+                size: injected.altstack.size,
+            },
+        },
+        memory: AddressSpace {
+            layout,
+            auxv,
+            vmas,
+            pages: PageIndex {
+                runs,
+                bytes: 0,
+                hash: 0,
+            },
+        },
+        files: Files { fds },
+        signals: Signals {
+            actions: injected.actions,
+            blocked: frozen.blocked,
+            pending,
+        },
+        timers: injected.timers,
+    };
+    debug!(
+        pid = pid.as_raw(),
+        vmas = image.memory.vmas.len(),
+        runs = image.memory.pages.runs.len(),
+        "captured"
+    );
+    Ok((image, stats))
+}
+
+fn path_string(pid: Pid, what: &str, bytes: &[u8]) -> Result<String, CheckpointError> {
+    let s = String::from_utf8(bytes.to_vec()).map_err(|_| CheckpointError::NotMigratable {
+        pid: pid.as_raw(),
+        reason: format!("its {what} path is not valid UTF-8"),
+    })?;
+    if s.ends_with(" (deleted)") {
+        return Err(CheckpointError::NotMigratable {
+            pid: pid.as_raw(),
+            reason: format!("its {what} was deleted ({s})"),
+        });
+    }
+    Ok(s)
+}
+
+fn new_image_id(pid: Pid) -> u64 {
+    let mut seed = [0u8; 8];
+    if let Ok(bytes) = std::fs::read("/proc/sys/kernel/random/uuid") {
+        seed.copy_from_slice(&xxhash_rust::xxh3::xxh3_64(&bytes).to_le_bytes());
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    u64::from_le_bytes(seed) ^ (nanos as u64) ^ ((pid.as_raw() as u64) << 32)
+}
+
+/// What the process reports about itself through injected calls.
+struct Injected {
+    actions: Vec<SigAction>,
+    timers: Timers,
+    altstack: StackT,
+    brk: u64,
+    tid_address: u64,
+    dumpable: u32,
+    child_subreaper: bool,
+    pdeathsig: i32,
+    thp_disable: bool,
+    securebits: u32,
+}
+
+fn query_process(inj: &mut Injector<'_>, scratch: u64) -> Result<Injected, SysError> {
+    let out = scratch; // results land here
+    let mut actions = Vec::new();
+    for sig in 1..=64u64 {
+        if sig == 9 || sig == 19 {
+            continue;
+        }
+        inj.call(
+            "rt_sigaction",
+            libc::SYS_rt_sigaction,
+            [sig, 0, out, 8, 0, 0],
+        )?;
+        let a = KernelSigaction::decode(&inj.peek(out, KernelSigaction::SIZE)?);
+        if a != KernelSigaction::default() {
+            actions.push(SigAction {
+                signo: sig as u32,
+                handler: a.handler,
+                flags: a.flags,
+                restorer: a.restorer,
+                mask: a.mask,
+            });
+        }
+    }
+    let mut itimer = |which: u64| -> Result<ITimer, SysError> {
+        inj.call("getitimer", libc::SYS_getitimer, [which, out, 0, 0, 0, 0])?;
+        let t = Itimerval::decode(&inj.peek(out, Itimerval::SIZE)?);
+        Ok(ITimer {
+            interval_us: t.interval_us,
+            value_us: t.value_us,
+        })
+    };
+    let timers = Timers {
+        real: itimer(libc::ITIMER_REAL as u64)?,
+        virtual_: itimer(libc::ITIMER_VIRTUAL as u64)?,
+        prof: itimer(libc::ITIMER_PROF as u64)?,
+    };
+    inj.call("sigaltstack", libc::SYS_sigaltstack, [0, out, 0, 0, 0, 0])?;
+    let altstack = StackT::decode(&inj.peek(out, StackT::SIZE)?);
+    let brk = inj.call("brk", libc::SYS_brk, [0; 6])?;
+    let prctl_out =
+        |inj: &mut Injector<'_>, op: u64, name: &'static str| -> Result<u64, SysError> {
+            inj.poke(out, &[0u8; 8])?;
+            inj.call(name, libc::SYS_prctl, [op, out, 0, 0, 0, 0])?;
+            Ok(Fields::new(&inj.peek(out, 8)?).u64(0))
+        };
+    let tid_address = prctl_out(inj, abi::PR_GET_TID_ADDRESS, "prctl(PR_GET_TID_ADDRESS)")?;
+    let child_subreaper = prctl_out(
+        inj,
+        abi::PR_GET_CHILD_SUBREAPER,
+        "prctl(PR_GET_CHILD_SUBREAPER)",
+    )? as u32
+        != 0;
+    let pdeathsig = prctl_out(inj, abi::PR_GET_PDEATHSIG, "prctl(PR_GET_PDEATHSIG)")? as i32;
+    let dumpable = inj.call(
+        "prctl(PR_GET_DUMPABLE)",
+        libc::SYS_prctl,
+        [abi::PR_GET_DUMPABLE, 0, 0, 0, 0, 0],
+    )? as u32;
+    let thp_disable = inj.call(
+        "prctl(PR_GET_THP_DISABLE)",
+        libc::SYS_prctl,
+        [abi::PR_GET_THP_DISABLE, 0, 0, 0, 0, 0],
+    )? != 0;
+    let securebits = inj.call(
+        "prctl(PR_GET_SECUREBITS)",
+        libc::SYS_prctl,
+        [abi::PR_GET_SECUREBITS, 0, 0, 0, 0, 0],
+    )? as u32;
+    Ok(Injected {
+        actions,
+        timers,
+        altstack,
+        brk,
+        tid_address,
+        dumpable,
+        child_subreaper,
+        pdeathsig,
+        thp_disable,
+        securebits,
+    })
+}
+
+/// Finds the pages to copy in every mapping and streams them to `pages.img`.
+fn copy_pages(
+    pid: Pid,
+    vmas: &[Vma],
+    maps: &[Mapping],
+    writer: &mut ImageWriter,
+) -> Result<(Vec<PageRun>, Stats), CheckpointError> {
+    let sys = CheckpointError::sys;
+    let mut scanner = PageScanner::open(pid).map_err(sys("opening pagemap"))?;
+    let mut runs: Vec<(u64, u64, bool)> = Vec::new(); // start, end, readable
+    let mut found = Vec::new();
+    for (vma, m) in vmas.iter().zip(maps) {
+        if !vma.carries_pages() {
+            continue;
+        }
+        let select = match vma.backing {
+            Backing::File { .. } => Select::PrivateFileDirty,
+            Backing::SharedAnonymous => Select::SharedAnonymous,
+            _ => Select::Anonymous,
+        };
+        found.clear();
+        if select == Select::SharedAnonymous && m.swap_kb > 0 {
+            // Swapped-out shmem pages are invisible to the page tables: take the whole area.
+            found.push((vma.start, vma.end));
+        } else {
+            scanner
+                .scan(vma.start, vma.end, select, &mut found)
+                .map_err(sys("scanning page tables"))?;
+        }
+        runs.extend(found.iter().map(|&(s, e)| (s, e, vma.prot.read)));
+    }
+    let pagemap_scan = scanner.uses_scan_ioctl();
+
+    let started = Instant::now();
+    let memfile = ProcMem::open(pid).map_err(sys("opening process memory"))?;
+    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut batch: Vec<(u64, usize)> = Vec::new();
+    let mut batch_len = 0usize;
+    let flush = |batch: &mut Vec<(u64, usize)>,
+                 batch_len: &mut usize,
+                 buf: &mut [u8],
+                 writer: &mut ImageWriter|
+     -> Result<(), CheckpointError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        mem::read(pid, batch, &mut buf[..*batch_len]).map_err(sys("reading process memory"))?;
+        writer.write_pages(&buf[..*batch_len])?;
+        batch.clear();
+        *batch_len = 0;
+        Ok(())
+    };
+    for &(start, end, readable) in &runs {
+        let mut at = start;
+        while at < end {
+            let take = ((end - at) as usize).min(COPY_CHUNK - batch_len);
+            if readable {
+                batch.push((at, take));
+                batch_len += take;
+                if batch_len == COPY_CHUNK || batch.len() == mem::IOV_MAX {
+                    flush(&mut batch, &mut batch_len, &mut buf, writer)?;
+                }
+            } else {
+                // No read permission: process_vm_readv refuses, /proc/PID/mem does not.
+                flush(&mut batch, &mut batch_len, &mut buf, writer)?;
+                memfile
+                    .read_at(at, &mut buf[..take])
+                    .map_err(sys("reading protected process memory"))?;
+                writer.write_pages(&buf[..take])?;
+            }
+            at += take as u64;
+        }
+    }
+    flush(&mut batch, &mut batch_len, &mut buf, writer)?;
+    let copy_time = started.elapsed();
+
+    let mut page_runs: Vec<PageRun> = Vec::with_capacity(runs.len());
+    for (s, e, _) in runs {
+        page_runs.push(PageRun {
+            addr: s,
+            pages: (e - s) / PAGE_SIZE,
+        });
+    }
+    Ok((
+        page_runs,
+        Stats {
+            copy_time,
+            pagemap_scan,
+        },
+    ))
+}
+
+pub(crate) fn to_model_regs(r: &Regs) -> Registers {
+    Registers {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.rax,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        orig_rax: r.orig_rax,
+        rip: r.rip,
+        cs: r.cs,
+        eflags: r.eflags,
+        rsp: r.rsp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+    }
+}
+
+pub(crate) fn from_model_regs(r: &Registers) -> Regs {
+    Regs {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.rax,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        orig_rax: r.orig_rax,
+        rip: r.rip,
+        cs: r.cs,
+        eflags: r.eflags,
+        rsp: r.rsp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+    }
+}

@@ -1,0 +1,242 @@
+//! A process held still for capture, and the one path back to running.
+//!
+//! ```text
+//!  running ──seize+interrupt──▶ stopped in get_signal (raw registers read here)
+//!     ▲                               │ first injected call: kernel restores a sigsuspend mask
+//!     │                               ▼
+//!     │                        scratch mapped, all signals blocked, capture runs
+//!     │                               │
+//!     │        resume(): re-queue deferred signals, unmap scratch, registers and mask back,
+//!     └──────── interrupt+cont into get_signal, detach: the kernel itself restarts the call
+//!                                     │
+//!                              kill(): SIGKILL (after the image is safely written)
+//! ```
+//!
+//! Dropping a [`Frozen`] that was neither resumed nor killed resumes it: any error in capture
+//! leaves the process running as it was.
+
+use std::time::Instant;
+
+use ferry_sys::abi::{self, Siginfo};
+use ferry_sys::inject::{Injector, Scratch, find_syscall_gadget};
+use ferry_sys::libc;
+use ferry_sys::ptrace::{Stop, Tracee};
+use ferry_sys::{Pid, Regs, SysError};
+use tracing::{debug, warn};
+
+use crate::{CheckpointError, restart};
+
+/// Pages of scratch memory mapped in a frozen process for syscall arguments.
+pub const SCRATCH_PAGES: u64 = 4;
+/// Every signal but SIGKILL and SIGSTOP (which cannot be blocked anyway).
+pub const BLOCK_ALL: u64 = !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1)));
+
+/// A seized, stopped process with a scratch area, ready for injected calls.
+pub struct Frozen {
+    tracee: Option<Tracee>,
+    pid: Pid,
+    /// Registers exactly as the kernel reported them at the interrupt stop.
+    pub regs: Regs,
+    /// The blocked mask the process really has (sigsuspend's temporary mask undone).
+    pub blocked: u64,
+    gadget: u64,
+    scratch: Option<Scratch>,
+    mask_changed: bool,
+    /// Signals dequeued while frozen; they belong to the process.
+    pub deferred: Vec<Siginfo>,
+    pub frozen_at: Instant,
+    injected: u64,
+}
+
+impl Frozen {
+    /// Seizes and stops `pid`, maps a scratch area and blocks all signals.
+    pub fn freeze(pid: Pid) -> Result<Frozen, CheckpointError> {
+        let mut tracee = Tracee::seize(pid, false).map_err(|e| match e.errno() {
+            Some(ferry_sys::Errno::ESRCH) => CheckpointError::NoSuchProcess { pid: pid.as_raw() },
+            Some(ferry_sys::Errno::EPERM) => CheckpointError::PermissionDenied {
+                pid: pid.as_raw(),
+                detail: format!("cannot trace pid {pid} ({e})"),
+            },
+            _ => CheckpointError::sys("seizing the process")(e),
+        })?;
+        tracee
+            .interrupt_and_wait()
+            .map_err(CheckpointError::sys("stopping the process"))?;
+        let frozen_at = Instant::now();
+        let regs = tracee
+            .regs()
+            .map_err(CheckpointError::sys("reading registers"))?;
+        let deferred = tracee.take_deferred_signals();
+        let mut frozen = Frozen {
+            tracee: Some(tracee),
+            pid,
+            regs,
+            blocked: 0,
+            gadget: 0,
+            scratch: None,
+            mask_changed: false,
+            deferred,
+            frozen_at,
+            injected: 0,
+        };
+        // From here on, an error drops `frozen`, which resumes the process.
+        frozen.gadget =
+            find_syscall_gadget(pid).map_err(CheckpointError::sys("finding a syscall gadget"))?;
+        let scratch = frozen
+            .with_injector(|inj| inj.map_scratch(None, SCRATCH_PAGES))
+            .map_err(CheckpointError::sys("mapping scratch memory"))?;
+        frozen.scratch = Some(scratch);
+        // The first injected call went through the kernel's signal path, which put back a
+        // mask saved by sigsuspend/ppoll/pselect: only now is the blocked mask the real one.
+        let tracee = frozen.tracee_mut();
+        let blocked = tracee
+            .sigmask()
+            .map_err(CheckpointError::sys("reading the signal mask"))?;
+        frozen.blocked = blocked;
+        frozen
+            .tracee_mut()
+            .set_sigmask(BLOCK_ALL)
+            .map_err(CheckpointError::sys("blocking signals"))?;
+        frozen.mask_changed = true;
+        Ok(frozen)
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    pub fn scratch(&self) -> Scratch {
+        self.scratch.unwrap_or(Scratch { addr: 0, len: 0 })
+    }
+
+    /// Injected system calls so far.
+    pub fn injected_calls(&self) -> u64 {
+        self.injected
+    }
+
+    pub fn tracee_mut(&mut self) -> &mut Tracee {
+        self.tracee
+            .as_mut()
+            .expect("Frozen is used only until resume() or kill()")
+    }
+
+    pub fn tracee(&self) -> &Tracee {
+        self.tracee
+            .as_ref()
+            .expect("Frozen is used only until resume() or kill()")
+    }
+
+    /// Runs `f` with an injector on this process.
+    pub fn with_injector<T>(
+        &mut self,
+        f: impl FnOnce(&mut Injector<'_>) -> Result<T, SysError>,
+    ) -> Result<T, SysError> {
+        let gadget = self.gadget;
+        let template = self.regs;
+        let tracee = self
+            .tracee
+            .as_mut()
+            .expect("Frozen is used only until resume() or kill()");
+        let mut inj = Injector::new(tracee, gadget, template);
+        let out = f(&mut inj);
+        self.injected += inj.calls();
+        let more = tracee.take_deferred_signals();
+        self.deferred.extend(more);
+        out
+    }
+
+    /// Puts the process back exactly as it was and lets it run.
+    pub fn resume(mut self) -> Result<(), SysError> {
+        self.resume_inner()
+    }
+
+    fn resume_inner(&mut self) -> Result<(), SysError> {
+        let Some(_) = self.tracee.as_ref() else {
+            return Ok(());
+        };
+        // Signals that arrived while frozen go back into the queue (still blocked here).
+        if let Some(scratch) = self.scratch {
+            for _round in 0..8 {
+                let pending = std::mem::take(&mut self.deferred);
+                if pending.is_empty() {
+                    break;
+                }
+                let pid = self.pid.as_raw() as u64;
+                self.with_injector(|inj| {
+                    for info in &pending {
+                        inj.poke(scratch.addr, info)?;
+                        inj.call(
+                            "rt_tgsigqueueinfo",
+                            libc::SYS_rt_tgsigqueueinfo,
+                            [
+                                pid,
+                                pid,
+                                abi::siginfo_signo(info) as u64,
+                                scratch.addr,
+                                0,
+                                0,
+                            ],
+                        )?;
+                    }
+                    Ok(())
+                })?;
+            }
+            self.with_injector(|inj| inj.unmap(scratch))?;
+            self.scratch = None;
+        }
+        let regs = restart::for_source(&self.regs);
+        let blocked = self.blocked;
+        let mask_changed = self.mask_changed;
+        let tracee = self.tracee_mut();
+        tracee.set_regs(&regs)?;
+        if mask_changed {
+            tracee.set_sigmask(blocked)?;
+        }
+        enter_signal_path_and_detach(self.tracee.take().expect("checked above"))
+    }
+
+    /// Kills the process (its image is safely written).
+    pub fn kill(mut self) -> Result<(), SysError> {
+        match self.tracee.take() {
+            Some(t) => t.kill(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Moves a tracee from wherever it stopped into the kernel's signal-delivery path (an
+/// interrupt stop), then detaches there, so that the kernel applies its own syscall-restart
+/// and signal rules to the registers it now has.
+pub fn enter_signal_path_and_detach(tracee: Tracee) -> Result<(), SysError> {
+    tracee.interrupt()?;
+    tracee.cont(0)?;
+    loop {
+        match tracee.wait()? {
+            Stop::Event { .. } => break,
+            Stop::Signal { sig } => {
+                // A signal that became deliverable: let the kernel deliver it after detach.
+                debug!(pid = tracee.pid().as_raw(), sig, "signal at final stop");
+                return tracee.detach(sig);
+            }
+            other => {
+                warn!(
+                    pid = tracee.pid().as_raw(),
+                    ?other,
+                    "unexpected stop while resuming"
+                );
+                tracee.cont(0)?;
+            }
+        }
+    }
+    tracee.detach(0)
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if self.tracee.is_some()
+            && let Err(e) = self.resume_inner()
+        {
+            warn!(pid = self.pid.as_raw(), error = %e, "could not resume cleanly; detached");
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Capture a running process into a ferry image, and bring an image back to life.
+//!
+//! - [`mobility`]: decides whether a process can move at all, with a precise reason if not.
+//! - [`freeze`]: a process held still under ptrace ([`freeze::Frozen`]), and the single
+//!   resume path that every failure goes through, so that a failed checkpoint leaves the
+//!   process running exactly as it was.
+//! - [`capture`]: reads control, execution, address space, files and signal state of a frozen
+//!   process into a [`ferry_image::ProcessImage`], streaming pages to `pages.img`.
+//! - [`restart`]: what an interrupted system call must do when the process continues.
+//! - [`restore`]: rebuilds the process in a fresh vessel by syscall injection.
+//! - [`imagedir`]: the image directory (`core.img`, `pages.img`): atomic writing, verified
+//!   loading.
+//! - [`platform`]: this host's kernel and CPU fingerprint.
+#![forbid(unsafe_code)]
+
+pub mod capture;
+pub mod freeze;
+pub mod imagedir;
+pub mod mobility;
+pub mod platform;
+pub mod restart;
+pub mod restore;
+
+use std::path::PathBuf;
+
+pub use capture::{CheckpointOptions, CheckpointReport, checkpoint};
+pub use ferry_sys::Pid;
+pub use imagedir::LoadedImage;
+pub use restore::{RestoreReport, RestoredProcess, restore};
+
+use ferry_image::validate::PlatformMismatch;
+use ferry_image::{FormatError, ValidationError};
+use ferry_sys::SysError;
+
+/// Why a checkpoint failed. In every case the process was left running as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("not migratable: {reason}")]
+    NotMigratable { pid: i32, reason: String },
+    #[error("no process with pid {pid}")]
+    NoSuchProcess { pid: i32 },
+    #[error("permission denied: {detail}")]
+    PermissionDenied { pid: i32, detail: String },
+    #[error("image directory {}: {detail}", path.display())]
+    ImageDir { path: PathBuf, detail: String },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("{step}: {source}")]
+    Sys {
+        step: String,
+        #[source]
+        source: SysError,
+    },
+}
+
+impl CheckpointError {
+    pub(crate) fn sys(step: impl Into<String>) -> impl FnOnce(SysError) -> CheckpointError {
+        let step = step.into();
+        move |source| CheckpointError::Sys { step, source }
+    }
+}
+
+/// An image that cannot be read or trusted.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {error}", path.display())]
+    Format { error: FormatError, path: PathBuf },
+    #[error("{}: {error}", path.display())]
+    Invalid {
+        error: ValidationError,
+        path: PathBuf,
+    },
+}
+
+/// Why a restore failed. No restored process is left behind.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("cannot restore on this host: {0}")]
+    Incompatible(#[from] PlatformMismatch),
+    #[error("{what}: {path}: {detail}")]
+    MissingFile {
+        what: String,
+        path: String,
+        detail: String,
+    },
+    #[error("{what}: {path} changed since the checkpoint ({detail})")]
+    FileChanged {
+        what: String,
+        path: String,
+        detail: String,
+    },
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("{step}: {source}")]
+    Sys {
+        step: String,
+        #[source]
+        source: SysError,
+    },
+}
+
+impl RestoreError {
+    pub(crate) fn sys(step: impl Into<String>) -> impl FnOnce(SysError) -> RestoreError {
+        let step = step.into();
+        move |source| RestoreError::Sys { step, source }
+    }
+}

@@ -1,0 +1,368 @@
+//! Which processes ferry can move, and why not.
+//!
+//! Every refusal carries a reason a user can act on ("fd 1 is a pipe", "has 3 threads"). The
+//! checks run twice: before the process is touched, and again once it is frozen (threads and
+//! files may appear in between).
+
+use std::os::unix::ffi::OsStrExt;
+
+use ferry_image::{Backing, FdKind, FileIdentity};
+use ferry_sys::libc;
+use ferry_sys::proc::{self, Mapping, OpenFd};
+use ferry_sys::{Pid, host};
+
+use crate::CheckpointError;
+
+fn refuse(pid: Pid, reason: impl Into<String>) -> CheckpointError {
+    CheckpointError::NotMigratable {
+        pid: pid.as_raw(),
+        reason: reason.into(),
+    }
+}
+
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// Checks that need no ptrace: existence, permission, kind of process, threads, terminal,
+/// namespaces. Run before anything touches the process.
+pub fn preflight(pid: Pid) -> Result<(), CheckpointError> {
+    let me = host::self_pid();
+    if pid == me {
+        return Err(refuse(pid, "ferry cannot checkpoint itself"));
+    }
+    let stat = proc::stat(pid).map_err(|_| CheckpointError::NoSuchProcess { pid: pid.as_raw() })?;
+    if stat.flags & PF_KTHREAD != 0 {
+        return Err(refuse(pid, "it is a kernel thread"));
+    }
+    match stat.state {
+        'Z' => return Err(refuse(pid, "it is a zombie (exited, not yet reaped)")),
+        'X' | 'x' => return Err(refuse(pid, "it is exiting")),
+        _ => {}
+    }
+    let status = proc::status(pid).map_err(CheckpointError::sys("reading status"))?;
+    let euid = host::euid();
+    if euid != 0 && (status.ruid != euid || status.euid != euid || status.suid != euid) {
+        return Err(CheckpointError::PermissionDenied {
+            pid: pid.as_raw(),
+            detail: format!(
+                "pid {pid} belongs to uid {}; only root or its owner may checkpoint it",
+                status.ruid
+            ),
+        });
+    }
+    if status.tracerpid != 0 {
+        return Err(refuse(
+            pid,
+            format!("it is already traced by pid {}", status.tracerpid),
+        ));
+    }
+    if status.threads > 1 {
+        return Err(refuse(
+            pid,
+            format!(
+                "it has {} threads (multi-threaded processes are not supported yet)",
+                status.threads
+            ),
+        ));
+    }
+    if stat.tty_nr != 0 {
+        return Err(refuse(
+            pid,
+            format!(
+                "it has a controlling terminal (tty {}:{})",
+                (stat.tty_nr >> 8) & 0xfff,
+                (stat.tty_nr & 0xff) | ((stat.tty_nr >> 12) & 0xfff00)
+            ),
+        ));
+    }
+    if let Some(mode) = status.seccomp
+        && mode != 0
+    {
+        return Err(refuse(pid, "it runs under a seccomp filter"));
+    }
+    for ns in ["mnt", "pid", "user"] {
+        let theirs = proc::stat_link(pid, &format!("ns/{ns}")).ok();
+        let ours = proc::stat_link(me, &format!("ns/{ns}")).ok();
+        if theirs.map(|s| s.inode) != ours.map(|s| s.inode) {
+            return Err(refuse(
+                pid,
+                format!("it lives in another {ns} namespace than ferry"),
+            ));
+        }
+    }
+    let root = proc::readlink(pid, "root").map_err(CheckpointError::sys("reading root"))?;
+    if root != b"/" {
+        return Err(refuse(
+            pid,
+            format!("it is chrooted to {}", String::from_utf8_lossy(&root)),
+        ));
+    }
+    let timers = proc::read_text(pid, "timers").unwrap_or_default();
+    if !timers.is_empty() {
+        return Err(refuse(pid, "it has POSIX timers (timer_create)"));
+    }
+    Ok(())
+}
+
+/// Checks that must hold while the process is frozen (threads may have appeared since the
+/// preflight).
+pub fn frozen_checks(pid: Pid) -> Result<(), CheckpointError> {
+    let threads = proc::thread_count(pid).map_err(CheckpointError::sys("counting threads"))?;
+    if threads > 1 {
+        return Err(refuse(
+            pid,
+            format!("it has {threads} threads (multi-threaded processes are not supported yet)"),
+        ));
+    }
+    Ok(())
+}
+
+fn utf8(pid: Pid, what: &str, bytes: &[u8]) -> Result<String, CheckpointError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        refuse(
+            pid,
+            format!(
+                "{what} has a path that is not valid UTF-8 ({})",
+                String::from_utf8_lossy(bytes)
+            ),
+        )
+    })
+}
+
+const DEVICES: [(&str, u32, u32); 4] = [
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+];
+
+/// Classifies an open fd: a supported kind, or the reason it pins the process.
+pub fn classify_fd(pid: Pid, fd: &OpenFd) -> Result<FdKind, CheckpointError> {
+    let n = fd.fd;
+    let target = String::from_utf8_lossy(&fd.target).into_owned();
+    let unsupported = |what: &str| refuse(pid, format!("fd {n} is {what} ({target})"));
+    if target.starts_with("pipe:") {
+        return Err(unsupported("a pipe"));
+    }
+    if target.starts_with("socket:") {
+        return Err(unsupported("a socket"));
+    }
+    if let Some(kind) = target.strip_prefix("anon_inode:") {
+        return Err(refuse(
+            pid,
+            format!(
+                "fd {n} is {} (not supported yet)",
+                kind.trim_matches(['[', ']'])
+            ),
+        ));
+    }
+    if target.starts_with("/memfd:") {
+        return Err(unsupported("a memfd"));
+    }
+    if !target.starts_with('/') {
+        return Err(unsupported("not a file"));
+    }
+    let Some(st) = fd.stat else {
+        return Err(refuse(pid, format!("fd {n} ({target}) cannot be examined")));
+    };
+    let path = utf8(pid, &format!("fd {n}"), &fd.target)?;
+    if fd.flags & libc::O_ASYNC != 0 {
+        return Err(refuse(
+            pid,
+            format!("fd {n} ({path}) uses O_ASYNC signal I/O"),
+        ));
+    }
+    // O_CLOEXEC is carried separately.
+    let flags = fd.flags & !libc::O_CLOEXEC;
+    match st.file_type() {
+        libc::S_IFREG => {
+            if st.nlink == 0 || path.ends_with(" (deleted)") {
+                return Err(refuse(
+                    pid,
+                    format!("fd {n} refers to a deleted file ({path})"),
+                ));
+            }
+            Ok(FdKind::Regular {
+                path,
+                flags,
+                pos: fd.pos,
+                identity: FileIdentity {
+                    dev: st.dev,
+                    inode: st.inode,
+                    size: st.size,
+                    mtime_ns: st.mtime_ns,
+                },
+            })
+        }
+        libc::S_IFDIR => Ok(FdKind::Directory {
+            path,
+            flags,
+            pos: fd.pos,
+        }),
+        libc::S_IFCHR => {
+            let (maj, min) = (host::dev_major(st.rdev), host::dev_minor(st.rdev));
+            if DEVICES.iter().any(|&(_, a, b)| a == maj && b == min) {
+                Ok(FdKind::CharDevice {
+                    path,
+                    flags,
+                    major: maj,
+                    minor: min,
+                })
+            } else if maj == 4 || maj == 5 || (136..=143).contains(&maj) {
+                Err(unsupported("a terminal"))
+            } else {
+                Err(unsupported("a character device"))
+            }
+        }
+        libc::S_IFIFO => Err(unsupported("a FIFO")),
+        libc::S_IFSOCK => Err(unsupported("a socket")),
+        libc::S_IFBLK => Err(unsupported("a block device")),
+        _ => Err(unsupported("of an unknown kind")),
+    }
+}
+
+/// Fails if an fd holds a file lock (fdinfo `lock:` lines): locks do not travel.
+pub fn check_locks(pid: Pid, fd: i32) -> Result<(), CheckpointError> {
+    let info = proc::read_text(pid, &format!("fdinfo/{fd}")).unwrap_or_default();
+    if info.lines().any(|l| l.starts_with("lock:")) {
+        return Err(refuse(pid, format!("fd {fd} holds a file lock")));
+    }
+    Ok(())
+}
+
+/// What a mapping is backed by, `None` for mappings that are not part of the image
+/// (`[vsyscall]`), or the reason it pins the process.
+pub fn classify_mapping(
+    pid: Pid,
+    m: &Mapping,
+) -> Result<Option<(Backing, Option<String>)>, CheckpointError> {
+    let at = m.start;
+    let path = m.path.as_slice();
+    // The kernel's own special mappings are recreated, not copied; their flags (VM_IO and
+    // VM_PFNMAP for [vvar]) are the kernel's business.
+    match path {
+        b"[vsyscall]" => return Ok(None),
+        b"[vvar]" => return Ok(Some((Backing::Vvar, None))),
+        b"[vvar_vclock]" => return Ok(Some((Backing::VvarVclock, None))),
+        b"[vdso]" => return Ok(Some((Backing::Vdso, None))),
+        _ => {}
+    }
+    for (flag, why) in [
+        ("io", "a device (I/O) mapping"),
+        ("pf", "a raw PFN mapping"),
+        ("ht", "a hugetlb mapping"),
+        ("ss", "a shadow stack"),
+        ("um", "registered with userfaultfd"),
+        ("uw", "registered with userfaultfd"),
+    ] {
+        if m.has_flag(flag) {
+            return Err(refuse(pid, format!("the mapping at {at:#x} is {why}")));
+        }
+    }
+    let backing = match path {
+        b"" => Backing::Anonymous,
+        b"[heap]" => Backing::Heap,
+        b"[stack]" => Backing::Stack,
+        b"/dev/zero (deleted)" if m.shared && m.dev_major == 0 => Backing::SharedAnonymous,
+        p if p.starts_with(b"[anon:") && p.ends_with(b"]") => {
+            let name = utf8(pid, &format!("mapping {at:#x}"), &p[6..p.len() - 1])?;
+            return Ok(Some((
+                if m.shared {
+                    Backing::SharedAnonymous
+                } else {
+                    Backing::Anonymous
+                },
+                Some(name),
+            )));
+        }
+        p if p.starts_with(b"[anon_shmem:") && p.ends_with(b"]") => {
+            let name = utf8(pid, &format!("mapping {at:#x}"), &p[12..p.len() - 1])?;
+            return Ok(Some((Backing::SharedAnonymous, Some(name))));
+        }
+        p if p.starts_with(b"/SYSV") => {
+            return Err(refuse(
+                pid,
+                format!("the mapping at {at:#x} is SysV shared memory"),
+            ));
+        }
+        p if p.starts_with(b"/memfd:") => {
+            return Err(refuse(pid, format!("the mapping at {at:#x} is a memfd")));
+        }
+        p if p.starts_with(b"[") => {
+            return Err(refuse(
+                pid,
+                format!(
+                    "the mapping at {at:#x} is the special mapping {}",
+                    String::from_utf8_lossy(p)
+                ),
+            ));
+        }
+        p if p.ends_with(b" (deleted)") => {
+            return Err(refuse(
+                pid,
+                format!(
+                    "the mapping at {at:#x} is of a deleted file ({})",
+                    String::from_utf8_lossy(p)
+                ),
+            ));
+        }
+        p if p.starts_with(b"/") => {
+            let file = utf8(pid, &format!("mapping {at:#x}"), p)?;
+            let st = proc::stat_path(std::path::Path::new(std::ffi::OsStr::from_bytes(p)))
+                .map_err(|_| {
+                    refuse(
+                        pid,
+                        format!(
+                            "the file mapped at {at:#x} ({file}) is no longer reachable by its path"
+                        ),
+                    )
+                })?;
+            let want_dev = host::makedev(m.dev_major, m.dev_minor);
+            if st.inode != m.inode || st.dev != want_dev {
+                return Err(refuse(
+                    pid,
+                    format!("the file mapped at {at:#x} ({file}) was replaced since it was mapped"),
+                ));
+            }
+            if st.file_type() != libc::S_IFREG {
+                return Err(refuse(
+                    pid,
+                    format!("the mapping at {at:#x} is of a non-regular file ({file})"),
+                ));
+            }
+            Backing::File {
+                path: file,
+                offset: m.offset,
+                identity: FileIdentity {
+                    dev: st.dev,
+                    inode: st.inode,
+                    size: st.size,
+                    mtime_ns: st.mtime_ns,
+                },
+            }
+        }
+        other => {
+            return Err(refuse(
+                pid,
+                format!(
+                    "the mapping at {at:#x} ({}) is of an unknown kind",
+                    String::from_utf8_lossy(other)
+                ),
+            ));
+        }
+    };
+    Ok(Some((backing, None)))
+}
+
+/// Runs every fd and mapping check (used by the preflight, before freezing).
+pub fn check_resources(pid: Pid) -> Result<(), CheckpointError> {
+    let fds = proc::open_fds(pid).map_err(CheckpointError::sys("listing fds"))?;
+    for fd in &fds {
+        classify_fd(pid, fd)?;
+        check_locks(pid, fd.fd)?;
+    }
+    let maps = proc::read_smaps(pid).map_err(CheckpointError::sys("reading mappings"))?;
+    for m in &maps {
+        classify_mapping(pid, m)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,399 @@
+//! The on-disk container of an image: magic, version, length, payload, checksum.
+//!
+//! Compatibility rule: an image is readable when its major version equals ours and its minor
+//! version is not newer than ours. The checksum is verified before the payload is parsed, and
+//! every length is checked against the bytes actually present, so that a truncated, corrupted
+//! or hand-crafted file is rejected with a precise error and never half-parsed.
+
+use thiserror::Error;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::model::{PAGE_SIZE, ProcessImage};
+
+/// Magic of `core.img`.
+pub const CORE_MAGIC: [u8; 8] = *b"FERRYIMG";
+/// Magic of `pages.img`.
+pub const PAGES_MAGIC: [u8; 8] = *b"FERRYPGS";
+/// Version of the image format. Bump minor for additions old readers may ignore, major for
+/// anything else.
+pub const FORMAT_MAJOR: u16 = 1;
+pub const FORMAT_MINOR: u16 = 0;
+/// Size of the `pages.img` header; page data starts page-aligned right after it.
+pub const PAGES_HEADER_LEN: u64 = PAGE_SIZE;
+/// Largest `core.img` payload ferry accepts (the model of a process with the maximum number of
+/// mappings and files is far below this).
+pub const MAX_CORE_PAYLOAD: u64 = 64 << 20;
+
+const CORE_HEADER_LEN: usize = 24;
+const CHECKSUM_LEN: usize = 8;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum FormatError {
+    #[error("{file}: not a ferry image (bad magic)")]
+    BadMagic { file: &'static str },
+    #[error(
+        "{file}: image format {major}.{minor} is not supported (this ferry reads {}.0 to {}.{})",
+        FORMAT_MAJOR,
+        FORMAT_MAJOR,
+        FORMAT_MINOR
+    )]
+    UnsupportedVersion {
+        file: &'static str,
+        major: u16,
+        minor: u16,
+    },
+    #[error("{file}: truncated: {expected} bytes expected, {actual} present")]
+    Truncated {
+        file: &'static str,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{file}: {actual} bytes, but its header says {expected}")]
+    LengthMismatch {
+        file: &'static str,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("{file}: payload of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        file: &'static str,
+        len: u64,
+        limit: u64,
+    },
+    #[error(
+        "{file}: checksum mismatch (stored {stored:#018x}, computed {computed:#018x}): the image is corrupted"
+    )]
+    Checksum {
+        file: &'static str,
+        stored: u64,
+        computed: u64,
+    },
+    #[error("{file}: unknown flags {flags:#x}")]
+    UnknownFlags { file: &'static str, flags: u32 },
+    #[error("core.img: cannot decode the process state: {0}")]
+    Decode(String),
+    #[error("core.img: cannot encode the process state: {0}")]
+    Encode(String),
+    #[error("pages.img belongs to image {found:#018x}, core.img to {expected:#018x}")]
+    ImageIdMismatch { expected: u64, found: u64 },
+}
+
+fn check_version(file: &'static str, major: u16, minor: u16) -> Result<(), FormatError> {
+    if major != FORMAT_MAJOR || minor > FORMAT_MINOR {
+        return Err(FormatError::UnsupportedVersion { file, major, minor });
+    }
+    Ok(())
+}
+
+/// Encodes a process image as the bytes of `core.img`.
+pub fn encode_core(image: &ProcessImage) -> Result<Vec<u8>, FormatError> {
+    let payload = postcard::to_stdvec(image).map_err(|e| FormatError::Encode(e.to_string()))?;
+    let mut out = Vec::with_capacity(CORE_HEADER_LEN + payload.len() + CHECKSUM_LEN);
+    out.extend_from_slice(&CORE_MAGIC);
+    out.extend_from_slice(&FORMAT_MAJOR.to_le_bytes());
+    out.extend_from_slice(&FORMAT_MINOR.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&payload);
+    let sum = xxh3_64(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    Ok(out)
+}
+
+fn le_u16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Decodes `core.img`: header, checksum, then payload. Does not validate the model; call
+/// [`crate::validate`] on the result.
+pub fn decode_core(bytes: &[u8]) -> Result<ProcessImage, FormatError> {
+    const FILE: &str = "core.img";
+    let actual = bytes.len() as u64;
+    if bytes.len() < CORE_HEADER_LEN + CHECKSUM_LEN {
+        if bytes.len() >= 8 && bytes[..8] != CORE_MAGIC {
+            return Err(FormatError::BadMagic { file: FILE });
+        }
+        return Err(FormatError::Truncated {
+            file: FILE,
+            expected: (CORE_HEADER_LEN + CHECKSUM_LEN) as u64,
+            actual,
+        });
+    }
+    if bytes[..8] != CORE_MAGIC {
+        return Err(FormatError::BadMagic { file: FILE });
+    }
+    check_version(FILE, le_u16(bytes, 8), le_u16(bytes, 10))?;
+    let flags = le_u32(bytes, 12);
+    if flags != 0 {
+        return Err(FormatError::UnknownFlags { file: FILE, flags });
+    }
+    let len = le_u64(bytes, 16);
+    if len > MAX_CORE_PAYLOAD {
+        return Err(FormatError::TooLarge {
+            file: FILE,
+            len,
+            limit: MAX_CORE_PAYLOAD,
+        });
+    }
+    let expected = CORE_HEADER_LEN as u64 + len + CHECKSUM_LEN as u64;
+    if actual < expected {
+        return Err(FormatError::Truncated {
+            file: FILE,
+            expected,
+            actual,
+        });
+    }
+    if actual > expected {
+        return Err(FormatError::LengthMismatch {
+            file: FILE,
+            expected,
+            actual,
+        });
+    }
+    let body_end = CORE_HEADER_LEN + len as usize;
+    let stored = le_u64(bytes, body_end);
+    let computed = xxh3_64(&bytes[..body_end]);
+    if stored != computed {
+        return Err(FormatError::Checksum {
+            file: FILE,
+            stored,
+            computed,
+        });
+    }
+    let payload = &bytes[CORE_HEADER_LEN..body_end];
+    let (image, rest) = postcard::take_from_bytes::<ProcessImage>(payload)
+        .map_err(|e| FormatError::Decode(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(FormatError::Decode(format!(
+            "{} trailing bytes after the process state",
+            rest.len()
+        )));
+    }
+    Ok(image)
+}
+
+/// The header of `pages.img`. The page data follows at [`PAGES_HEADER_LEN`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PagesHeader {
+    pub image_id: u64,
+    pub data_len: u64,
+    pub data_hash: u64,
+}
+
+impl PagesHeader {
+    pub fn encode(&self) -> [u8; PAGES_HEADER_LEN as usize] {
+        let mut out = [0u8; PAGES_HEADER_LEN as usize];
+        out[..8].copy_from_slice(&PAGES_MAGIC);
+        out[8..10].copy_from_slice(&FORMAT_MAJOR.to_le_bytes());
+        out[10..12].copy_from_slice(&FORMAT_MINOR.to_le_bytes());
+        out[16..24].copy_from_slice(&self.image_id.to_le_bytes());
+        out[24..32].copy_from_slice(&self.data_len.to_le_bytes());
+        out[32..40].copy_from_slice(&self.data_hash.to_le_bytes());
+        let sum = xxh3_64(&out[..40]);
+        out[40..48].copy_from_slice(&sum.to_le_bytes());
+        out
+    }
+
+    /// Decodes and checks the header of a `pages.img` of `file_len` bytes.
+    pub fn decode(bytes: &[u8], file_len: u64) -> Result<PagesHeader, FormatError> {
+        const FILE: &str = "pages.img";
+        if bytes.len() < 48 || file_len < PAGES_HEADER_LEN {
+            return Err(FormatError::Truncated {
+                file: FILE,
+                expected: PAGES_HEADER_LEN,
+                actual: file_len.min(bytes.len() as u64),
+            });
+        }
+        if bytes[..8] != PAGES_MAGIC {
+            return Err(FormatError::BadMagic { file: FILE });
+        }
+        check_version(FILE, le_u16(bytes, 8), le_u16(bytes, 10))?;
+        let stored = le_u64(bytes, 40);
+        let computed = xxh3_64(&bytes[..40]);
+        if stored != computed {
+            return Err(FormatError::Checksum {
+                file: FILE,
+                stored,
+                computed,
+            });
+        }
+        let header = PagesHeader {
+            image_id: le_u64(bytes, 16),
+            data_len: le_u64(bytes, 24),
+            data_hash: le_u64(bytes, 32),
+        };
+        let expected = PAGES_HEADER_LEN.saturating_add(header.data_len);
+        if file_len < expected {
+            return Err(FormatError::Truncated {
+                file: FILE,
+                expected,
+                actual: file_len,
+            });
+        }
+        if file_len > expected {
+            return Err(FormatError::LengthMismatch {
+                file: FILE,
+                expected,
+                actual: file_len,
+            });
+        }
+        Ok(header)
+    }
+}
+
+/// Checks page data against the hash recorded for it.
+pub fn verify_pages(data: &[u8], expected_hash: u64) -> Result<(), FormatError> {
+    let computed = xxh3_64(data);
+    if computed != expected_hash {
+        return Err(FormatError::Checksum {
+            file: "pages.img",
+            stored: expected_hash,
+            computed,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tests_support::sample_image;
+
+    #[test]
+    fn core_round_trip() {
+        let image = sample_image();
+        let bytes = encode_core(&image).unwrap();
+        assert_eq!(decode_core(&bytes).unwrap(), image);
+    }
+
+    #[test]
+    fn core_rejects_bad_magic() {
+        let mut bytes = encode_core(&sample_image()).unwrap();
+        bytes[0] = b'X';
+        let err = decode_core(&bytes).unwrap_err();
+        assert_eq!(err.to_string(), "core.img: not a ferry image (bad magic)");
+    }
+
+    #[test]
+    fn core_rejects_newer_versions() {
+        let mut bytes = encode_core(&sample_image()).unwrap();
+        bytes[8..10].copy_from_slice(&2u16.to_le_bytes());
+        let err = decode_core(&bytes).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "core.img: image format 2.0 is not supported (this ferry reads 1.0 to 1.0)"
+        );
+        let mut bytes = encode_core(&sample_image()).unwrap();
+        bytes[10..12].copy_from_slice(&(FORMAT_MINOR + 1).to_le_bytes());
+        assert!(matches!(
+            decode_core(&bytes),
+            Err(FormatError::UnsupportedVersion { .. })
+        ));
+    }
+
+    #[test]
+    fn core_rejects_every_truncation() {
+        let bytes = encode_core(&sample_image()).unwrap();
+        for cut in 0..bytes.len() {
+            let err = decode_core(&bytes[..cut]).unwrap_err();
+            assert!(
+                matches!(err, FormatError::Truncated { .. }),
+                "cut at {cut}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn core_rejects_every_single_bit_flip() {
+        let bytes = encode_core(&sample_image()).unwrap();
+        for at in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[at] ^= 0x10;
+            assert!(decode_core(&b).is_err(), "flip at {at} accepted");
+        }
+    }
+
+    #[test]
+    fn core_rejects_checksum_mismatch_with_clear_text() {
+        let mut bytes = encode_core(&sample_image()).unwrap();
+        let n = bytes.len();
+        bytes[n - 20] ^= 1;
+        let err = decode_core(&bytes).unwrap_err();
+        assert!(err.to_string().starts_with("core.img: checksum mismatch"));
+        assert!(err.to_string().ends_with("the image is corrupted"));
+    }
+
+    #[test]
+    fn core_rejects_huge_length_without_allocating() {
+        let mut bytes = encode_core(&sample_image()).unwrap();
+        bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            decode_core(&bytes),
+            Err(FormatError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn core_rejects_trailing_garbage() {
+        let mut bytes = encode_core(&sample_image()).unwrap();
+        bytes.push(0);
+        assert!(matches!(
+            decode_core(&bytes),
+            Err(FormatError::LengthMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn pages_header_round_trip_and_checks() {
+        let h = PagesHeader {
+            image_id: 7,
+            data_len: 8192,
+            data_hash: 99,
+        };
+        let enc = h.encode();
+        assert_eq!(
+            PagesHeader::decode(&enc, PAGES_HEADER_LEN + 8192).unwrap(),
+            h
+        );
+        assert!(matches!(
+            PagesHeader::decode(&enc, PAGES_HEADER_LEN + 4096),
+            Err(FormatError::Truncated { .. })
+        ));
+        assert!(matches!(
+            PagesHeader::decode(&enc, PAGES_HEADER_LEN + 3 * 4096),
+            Err(FormatError::LengthMismatch { .. })
+        ));
+        let mut bad = enc;
+        bad[30] ^= 1;
+        assert!(matches!(
+            PagesHeader::decode(&bad, PAGES_HEADER_LEN + 8192),
+            Err(FormatError::Checksum { .. })
+        ));
+        let mut bad = enc;
+        bad[0] = 0;
+        assert!(matches!(
+            PagesHeader::decode(&bad, PAGES_HEADER_LEN + 8192),
+            Err(FormatError::BadMagic { .. })
+        ));
+    }
+
+    #[test]
+    fn pages_verification() {
+        let data = vec![5u8; 8192];
+        let hash = xxh3_64(&data);
+        verify_pages(&data, hash).unwrap();
+        assert!(verify_pages(&data, hash ^ 1).is_err());
+    }
+}

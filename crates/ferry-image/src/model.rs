@@ -1,0 +1,698 @@
+//! The state of one process, as the paper divides it (section 4.1.3): control information,
+//! execution state, address space, file information and signals. Plain data only.
+//!
+//! Addresses and sizes are `u64` and untrusted until [`crate::validate`] has checked them.
+
+use serde::{Deserialize, Serialize};
+
+/// Size of a page on every platform ferry supports.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// A whole process image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessImage {
+    pub origin: Origin,
+    pub control: Control,
+    pub credentials: Credentials,
+    pub execution: Execution,
+    pub memory: AddressSpace,
+    pub files: Files,
+    pub signals: Signals,
+    pub timers: Timers,
+}
+
+/// Where and when the image was taken, and the platform it needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// Random identifier shared by `core.img` and `pages.img` of one checkpoint.
+    pub image_id: u64,
+    pub created_unix_ms: u64,
+    pub ferry_version: String,
+    pub hostname: String,
+    pub platform: Platform,
+}
+
+/// What the destination kernel and CPU must match (homogeneous migration only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    /// `uname -m`, e.g. `x86_64`.
+    pub arch: String,
+    /// `uname -r`.
+    pub kernel_release: String,
+    /// The vDSO area of the source kernel; `None` if the process had none.
+    pub vdso: Option<VdsoFingerprint>,
+    /// Enabled XSAVE features (XCR0) and the size of the XSAVE area.
+    pub xsave: XsaveLayout,
+}
+
+/// Sizes and content hash of the kernel's vDSO area (`[vvar]`, `[vvar_vclock]`, `[vdso]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VdsoFingerprint {
+    pub vvar_pages: u64,
+    pub vvar_vclock_pages: u64,
+    pub vdso_pages: u64,
+    /// xxh3-64 of the `[vdso]` code pages.
+    pub code_hash: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XsaveLayout {
+    pub features: u64,
+    pub size: u32,
+}
+
+/// Control information: identity, limits and per-process settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Control {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// `/proc/PID/comm`, at most 15 bytes.
+    pub comm: String,
+    /// Target of `/proc/PID/exe`.
+    pub exe: String,
+    /// Command line, for display only (the real one lives in memory).
+    pub argv: Vec<String>,
+    pub cwd: String,
+    pub umask: u32,
+    pub personality: u32,
+    pub nice: i32,
+    pub rlimits: Vec<Rlimit>,
+    /// `PR_GET_DUMPABLE`.
+    pub dumpable: u32,
+    pub no_new_privs: bool,
+    pub child_subreaper: bool,
+    pub pdeathsig: i32,
+    pub thp_disable: bool,
+    pub timer_slack_ns: u64,
+    /// The process was in a job-control stop (state `T`) when captured.
+    pub stopped: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// `RLIMIT_*` number.
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Real, effective, saved and filesystem ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdSet {
+    pub real: u32,
+    pub effective: u32,
+    pub saved: u32,
+    pub fs: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub inheritable: u64,
+    pub permitted: u64,
+    pub effective: u64,
+    pub bounding: u64,
+    pub ambient: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    pub uid: IdSet,
+    pub gid: IdSet,
+    pub groups: Vec<u32>,
+    pub caps: Capabilities,
+    pub securebits: u32,
+}
+
+/// The x86_64 `user_regs_struct`, field for field.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registers {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub ds: u64,
+    pub es: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+/// Execution state of the (single) thread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Execution {
+    /// Registers as the kernel reported them at the stop, including `orig_rax` and a
+    /// `-ERESTART*` value in `rax` when the thread was inside a system call (see
+    /// `ferry_checkpoint::restart`). Restore hands them back so that the kernel applies its own
+    /// restart rules.
+    pub regs: Registers,
+    /// The XSAVE area (`NT_X86_XSTATE`): x87, SSE, AVX, AVX-512 and the rest.
+    pub xstate: Vec<u8>,
+    /// `set_tid_address` pointer (`PR_GET_TID_ADDRESS`).
+    pub tid_address: u64,
+    pub robust_list: RobustList,
+    pub rseq: Option<Rseq>,
+    pub sigaltstack: SigAltStack,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RobustList {
+    pub head: u64,
+    pub len: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rseq {
+    pub address: u64,
+    pub length: u32,
+    pub signature: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigAltStack {
+    pub sp: u64,
+    pub flags: i32,
+    pub size: u64,
+}
+
+/// The address space: layout, mappings and the pages whose content must travel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressSpace {
+    pub layout: MmLayout,
+    /// The auxiliary vector (`/proc/PID/auxv`) as 64-bit words.
+    pub auxv: Vec<u64>,
+    /// Every mapping of `/proc/PID/maps`, sorted by address (`[vsyscall]` excluded).
+    pub vmas: Vec<Vma>,
+    pub pages: PageIndex,
+}
+
+/// `mm_struct` boundaries, as `PR_SET_MM_MAP` takes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmLayout {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+/// One virtual memory area.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    pub prot: Prot,
+    pub shared: bool,
+    pub backing: Backing,
+    pub flags: VmaFlags,
+    /// Name given with `PR_SET_VMA_ANON_NAME` (`[anon:NAME]`).
+    pub anon_name: Option<String>,
+}
+
+impl Vma {
+    pub fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether pages of this mapping may have content that its backing does not hold.
+    pub fn carries_pages(&self) -> bool {
+        match &self.backing {
+            Backing::Anonymous | Backing::Heap | Backing::Stack | Backing::SharedAnonymous => true,
+            Backing::File { .. } => !self.shared,
+            Backing::Vvar | Backing::VvarVclock | Backing::Vdso => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prot {
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+}
+
+/// What a mapping is backed by.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Backing {
+    Anonymous,
+    Heap,
+    Stack,
+    /// `MAP_SHARED | MAP_ANONYMOUS` (shown as `/dev/zero (deleted)`).
+    SharedAnonymous,
+    File {
+        path: String,
+        offset: u64,
+        identity: FileIdentity,
+    },
+    Vvar,
+    VvarVclock,
+    Vdso,
+}
+
+/// Enough of a file's `stat` to notice that it is not the file the process had.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub inode: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+/// Per-VMA flags that restore reapplies (from `VmFlags` in `/proc/PID/smaps`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmaFlags {
+    pub growsdown: bool,
+    pub dontfork: bool,
+    pub dontdump: bool,
+    pub wipeonfork: bool,
+    pub hugepage: bool,
+    pub nohugepage: bool,
+    pub locked: bool,
+}
+
+/// Which pages travel in `pages.img`, in file order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageIndex {
+    /// Runs of consecutive pages, sorted by address, each inside one VMA.
+    pub runs: Vec<PageRun>,
+    /// Total bytes of page data (`pages.img` length minus its header).
+    pub bytes: u64,
+    /// xxh3-64 of the page data.
+    pub hash: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRun {
+    pub addr: u64,
+    pub pages: u64,
+}
+
+impl PageRun {
+    pub fn len(&self) -> u64 {
+        self.pages.saturating_mul(PAGE_SIZE)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pages == 0
+    }
+
+    pub fn end(&self) -> u64 {
+        self.addr.saturating_add(self.len())
+    }
+}
+
+/// Open files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Files {
+    pub fds: Vec<Fd>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fd {
+    pub number: i32,
+    pub cloexec: bool,
+    pub kind: FdKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FdKind {
+    /// A regular file, reopened by path at its offset.
+    Regular {
+        path: String,
+        /// `O_*` status and access flags, without `O_CLOEXEC`.
+        flags: i32,
+        pos: u64,
+        identity: FileIdentity,
+    },
+    Directory {
+        path: String,
+        flags: i32,
+        pos: u64,
+    },
+    /// `/dev/null`, `/dev/zero`, `/dev/random`, `/dev/urandom`.
+    CharDevice {
+        path: String,
+        flags: i32,
+        major: u32,
+        minor: u32,
+    },
+}
+
+impl FdKind {
+    pub fn path(&self) -> &str {
+        match self {
+            FdKind::Regular { path, .. }
+            | FdKind::Directory { path, .. }
+            | FdKind::CharDevice { path, .. } => path,
+        }
+    }
+
+    pub fn flags(&self) -> i32 {
+        match self {
+            FdKind::Regular { flags, .. }
+            | FdKind::Directory { flags, .. }
+            | FdKind::CharDevice { flags, .. } => *flags,
+        }
+    }
+}
+
+/// Signal dispositions, the blocked mask and the queued signals.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signals {
+    /// Every disposition that is not the default (`SIG_DFL`, no flags, empty mask).
+    pub actions: Vec<SigAction>,
+    /// Blocked mask, bit `n-1` for signal `n`.
+    pub blocked: u64,
+    pub pending: Vec<PendingSignal>,
+}
+
+/// A `struct kernel_sigaction` as x86_64 `rt_sigaction` uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigAction {
+    pub signo: u32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// A queued signal with its full `siginfo_t` (128 bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingSignal {
+    /// Queued for the whole process (`kill`) rather than the thread (`tgkill`).
+    pub shared: bool,
+    pub siginfo: Vec<u8>,
+}
+
+impl PendingSignal {
+    pub fn signo(&self) -> u32 {
+        match self.siginfo.get(0..4) {
+            Some(b) => u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            None => 0,
+        }
+    }
+}
+
+/// Interval timers (`getitimer`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timers {
+    pub real: ITimer,
+    pub virtual_: ITimer,
+    pub prof: ITimer,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ITimer {
+    pub interval_us: u64,
+    pub value_us: u64,
+}
+
+impl ITimer {
+    pub fn is_armed(&self) -> bool {
+        self.value_us != 0
+    }
+}
+
+impl ProcessImage {
+    /// Bytes of memory the restored process will have resident from the image.
+    pub fn resident_bytes(&self) -> u64 {
+        self.memory.pages.bytes
+    }
+
+    /// Total size of all mappings.
+    pub fn mapped_bytes(&self) -> u64 {
+        self.memory.vmas.iter().map(Vma::len).sum()
+    }
+}
+
+/// A small, valid, realistic image for tests and fuzzing seeds.
+#[cfg(any(test, feature = "sample"))]
+pub mod tests_support {
+    use super::*;
+
+    pub fn sample_image() -> ProcessImage {
+        let file = |path: &str, offset| Backing::File {
+            path: path.into(),
+            offset,
+            identity: FileIdentity {
+                dev: 0xfe01,
+                inode: 1234,
+                size: 0x5000,
+                mtime_ns: 1_700_000_000_000_000_000,
+            },
+        };
+        let rw = Prot {
+            read: true,
+            write: true,
+            exec: false,
+        };
+        let rx = Prot {
+            read: true,
+            write: false,
+            exec: true,
+        };
+        let r = Prot {
+            read: true,
+            write: false,
+            exec: false,
+        };
+        let vma = |start, end, prot, backing| Vma {
+            start,
+            end,
+            prot,
+            shared: false,
+            backing,
+            flags: VmaFlags::default(),
+            anon_name: None,
+        };
+        let mut stack = vma(0x7ffd_0000_0000, 0x7ffd_0002_1000, rw, Backing::Stack);
+        stack.flags.growsdown = true;
+        let mut siginfo = vec![0u8; 128];
+        siginfo[0] = 10;
+        ProcessImage {
+            origin: Origin {
+                image_id: 0x1234_5678_9abc_def0,
+                created_unix_ms: 1_760_000_000_000,
+                ferry_version: "0.1.0".into(),
+                hostname: "node-a".into(),
+                platform: Platform {
+                    arch: "x86_64".into(),
+                    kernel_release: "6.18.0".into(),
+                    vdso: Some(VdsoFingerprint {
+                        vvar_pages: 4,
+                        vvar_vclock_pages: 2,
+                        vdso_pages: 2,
+                        code_hash: 42,
+                    }),
+                    xsave: XsaveLayout {
+                        features: 0x2e7,
+                        size: 2696,
+                    },
+                },
+            },
+            control: Control {
+                pid: 4242,
+                ppid: 1,
+                pgid: 4242,
+                sid: 4242,
+                comm: "counter".into(),
+                exe: "/usr/bin/counter".into(),
+                argv: vec!["counter".into(), "out.txt".into()],
+                cwd: "/tmp".into(),
+                umask: 0o022,
+                personality: 0,
+                nice: 0,
+                rlimits: vec![Rlimit {
+                    resource: 7,
+                    soft: 1024,
+                    hard: 4096,
+                }],
+                dumpable: 1,
+                no_new_privs: false,
+                child_subreaper: false,
+                pdeathsig: 0,
+                thp_disable: false,
+                timer_slack_ns: 50_000,
+                stopped: false,
+            },
+            credentials: Credentials {
+                uid: IdSet {
+                    real: 1000,
+                    effective: 1000,
+                    saved: 1000,
+                    fs: 1000,
+                },
+                gid: IdSet {
+                    real: 1000,
+                    effective: 1000,
+                    saved: 1000,
+                    fs: 1000,
+                },
+                groups: vec![1000, 27],
+                caps: Capabilities {
+                    inheritable: 0,
+                    permitted: 0,
+                    effective: 0,
+                    bounding: 0x1ff_ffff_ffff,
+                    ambient: 0,
+                },
+                securebits: 0,
+            },
+            execution: Execution {
+                regs: Registers {
+                    rip: 0x5555_5555_5100,
+                    rsp: 0x7ffd_0002_0000,
+                    cs: 0x33,
+                    ss: 0x2b,
+                    orig_rax: u64::MAX,
+                    eflags: 0x246,
+                    fs_base: 0x7f00_0000_0740,
+                    ..Registers::default()
+                },
+                xstate: vec![0u8; 2696],
+                tid_address: 0x7f00_0000_0a10,
+                robust_list: RobustList {
+                    head: 0x7f00_0000_0a20,
+                    len: 24,
+                },
+                rseq: Some(Rseq {
+                    address: 0x7f00_0000_0e00,
+                    length: 32,
+                    signature: 0x5305_3053,
+                }),
+                sigaltstack: SigAltStack {
+                    sp: 0,
+                    flags: 2,
+                    size: 0,
+                },
+            },
+            memory: AddressSpace {
+                layout: MmLayout {
+                    start_code: 0x5555_5555_5000,
+                    end_code: 0x5555_5555_6000,
+                    start_data: 0x5555_5555_7000,
+                    end_data: 0x5555_5555_8000,
+                    start_brk: 0x5555_5556_0000,
+                    brk: 0x5555_5558_1000,
+                    start_stack: 0x7ffd_0002_0800,
+                    arg_start: 0x7ffd_0002_0900,
+                    arg_end: 0x7ffd_0002_0910,
+                    env_start: 0x7ffd_0002_0910,
+                    env_end: 0x7ffd_0002_0f00,
+                },
+                auxv: vec![6, 4096, 0, 0],
+                vmas: vec![
+                    vma(
+                        0x5555_5555_4000,
+                        0x5555_5555_5000,
+                        r,
+                        file("/usr/bin/counter", 0),
+                    ),
+                    vma(
+                        0x5555_5555_5000,
+                        0x5555_5555_6000,
+                        rx,
+                        file("/usr/bin/counter", 0x1000),
+                    ),
+                    vma(
+                        0x5555_5555_7000,
+                        0x5555_5555_8000,
+                        rw,
+                        file("/usr/bin/counter", 0x3000),
+                    ),
+                    vma(0x5555_5556_0000, 0x5555_5558_1000, rw, Backing::Heap),
+                    stack,
+                    vma(0x7ffd_0003_0000, 0x7ffd_0003_4000, r, Backing::Vvar),
+                    vma(0x7ffd_0003_4000, 0x7ffd_0003_6000, r, Backing::VvarVclock),
+                    vma(0x7ffd_0003_6000, 0x7ffd_0003_8000, rx, Backing::Vdso),
+                ],
+                pages: PageIndex {
+                    runs: vec![
+                        PageRun {
+                            addr: 0x5555_5555_7000,
+                            pages: 1,
+                        },
+                        PageRun {
+                            addr: 0x5555_5556_0000,
+                            pages: 3,
+                        },
+                        PageRun {
+                            addr: 0x7ffd_0001_f000,
+                            pages: 2,
+                        },
+                    ],
+                    bytes: 6 * PAGE_SIZE,
+                    hash: 0,
+                },
+            },
+            files: Files {
+                fds: vec![
+                    Fd {
+                        number: 1,
+                        cloexec: false,
+                        kind: FdKind::Regular {
+                            path: "/tmp/out.txt".into(),
+                            flags: 0o1 | 0o2000,
+                            pos: 120,
+                            identity: FileIdentity::default(),
+                        },
+                    },
+                    Fd {
+                        number: 0,
+                        cloexec: false,
+                        kind: FdKind::CharDevice {
+                            path: "/dev/null".into(),
+                            flags: 0,
+                            major: 1,
+                            minor: 3,
+                        },
+                    },
+                ],
+            },
+            signals: Signals {
+                actions: vec![SigAction {
+                    signo: 10,
+                    handler: 0x5555_5555_5200,
+                    flags: 0x0400_0004,
+                    restorer: 0x7f00_0000_1000,
+                    mask: 0,
+                }],
+                blocked: 1 << 9,
+                pending: vec![PendingSignal {
+                    shared: true,
+                    siginfo,
+                }],
+            },
+            timers: Timers::default(),
+        }
+    }
+}

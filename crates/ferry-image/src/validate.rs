@@ -1,0 +1,568 @@
+//! Semantic checks on a decoded image: nothing in an image is trusted before it passes here.
+//!
+//! The checksum only proves that the bytes are the ones ferry wrote; it does not prove that a
+//! hand-crafted image is sane. Every address, size, count and number that restore will hand to
+//! the kernel is bounded here, so that restore can index and map without re-checking.
+
+use std::collections::HashSet;
+
+use thiserror::Error;
+
+use crate::model::*;
+
+/// Highest user address on x86_64 with 4-level page tables (`TASK_SIZE`).
+pub const USER_SPACE_END: u64 = 0x7fff_ffff_f000;
+/// Lowest address a process may map (`vm.mmap_min_addr` default).
+pub const USER_SPACE_START: u64 = 0x1000;
+/// Upper bound on mappings (the kernel's default `vm.max_map_count`).
+pub const MAX_VMAS: usize = 65_530;
+/// Upper bound on restored file descriptors.
+pub const MAX_FDS: usize = 1 << 16;
+/// Highest fd number restore will create.
+pub const MAX_FD_NUMBER: i32 = 1 << 20;
+/// Kernel limit for the auxiliary vector kept in `mm_struct` (words).
+pub const MAX_AUXV_WORDS: usize = 2 * (2 + 23 + 1 + 1);
+/// x86_64 user code and stack segment selectors (64-bit mode).
+pub const USER_CS: u64 = 0x33;
+pub const USER_SS: u64 = 0x2b;
+const XSAVE_MIN: usize = 576;
+const XSAVE_MAX: usize = 64 << 10;
+const SIGINFO_LEN: usize = 128;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("invalid image: {0}")]
+pub struct ValidationError(pub String);
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(ValidationError(format!($($fmt)+)));
+        }
+    };
+}
+
+fn aligned(v: u64) -> bool {
+    v % PAGE_SIZE == 0
+}
+
+fn check_path(what: &str, path: &str) -> Result<(), ValidationError> {
+    ensure!(
+        path.starts_with('/'),
+        "{what} path {path:?} is not absolute"
+    );
+    ensure!(!path.contains('\0'), "{what} path {path:?} contains NUL");
+    ensure!(path.len() < 4096, "{what} path is longer than PATH_MAX");
+    Ok(())
+}
+
+/// Checks every invariant that capture guarantees and restore relies on.
+pub fn validate(image: &ProcessImage) -> Result<(), ValidationError> {
+    validate_control(image)?;
+    validate_execution(&image.execution)?;
+    validate_memory(&image.memory)?;
+    validate_files(&image.files)?;
+    validate_signals(&image.signals)?;
+    Ok(())
+}
+
+fn validate_control(image: &ProcessImage) -> Result<(), ValidationError> {
+    let c = &image.control;
+    ensure!(
+        c.comm.len() <= 15 && !c.comm.contains('\0'),
+        "comm {:?} is longer than 15 bytes",
+        c.comm
+    );
+    check_path("executable", &c.exe)?;
+    check_path("working directory", &c.cwd)?;
+    ensure!(c.umask <= 0o777, "umask {:o} out of range", c.umask);
+    ensure!(c.dumpable <= 2, "dumpable {} out of range", c.dumpable);
+    ensure!(
+        (0..=64).contains(&c.pdeathsig),
+        "pdeathsig {} out of range",
+        c.pdeathsig
+    );
+    let mut seen = HashSet::new();
+    for r in &c.rlimits {
+        ensure!(r.resource < 16, "unknown rlimit resource {}", r.resource);
+        ensure!(seen.insert(r.resource), "rlimit {} twice", r.resource);
+        ensure!(
+            r.soft <= r.hard,
+            "rlimit {}: soft {} above hard {}",
+            r.resource,
+            r.soft,
+            r.hard
+        );
+    }
+    let cr = &image.credentials;
+    ensure!(
+        cr.groups.len() <= 65_536,
+        "{} supplementary groups",
+        cr.groups.len()
+    );
+    let caps = &cr.caps;
+    ensure!(
+        caps.effective & !caps.permitted == 0,
+        "effective capabilities exceed permitted ones"
+    );
+    ensure!(
+        caps.ambient & !(caps.permitted & caps.inheritable) == 0,
+        "ambient capabilities not both permitted and inheritable"
+    );
+    Ok(())
+}
+
+fn validate_execution(e: &Execution) -> Result<(), ValidationError> {
+    ensure!(
+        e.regs.cs == USER_CS && e.regs.ss == USER_SS,
+        "segment selectors cs={:#x} ss={:#x} are not those of a 64-bit user process",
+        e.regs.cs,
+        e.regs.ss
+    );
+    ensure!(
+        (XSAVE_MIN..=XSAVE_MAX).contains(&e.xstate.len()),
+        "XSAVE area of {} bytes",
+        e.xstate.len()
+    );
+    ensure!(
+        e.regs.fs_base < USER_SPACE_END && e.regs.gs_base < USER_SPACE_END,
+        "fs_base/gs_base outside user space"
+    );
+    if let Some(r) = &e.rseq {
+        ensure!(
+            r.address < USER_SPACE_END && r.length >= 32 && r.length <= 4096,
+            "rseq area {:#x}+{} invalid",
+            r.address,
+            r.length
+        );
+    }
+    Ok(())
+}
+
+fn validate_memory(m: &AddressSpace) -> Result<(), ValidationError> {
+    ensure!(m.vmas.len() <= MAX_VMAS, "{} mappings", m.vmas.len());
+    ensure!(
+        m.auxv.len() <= MAX_AUXV_WORDS && m.auxv.len() % 2 == 0,
+        "auxiliary vector of {} words",
+        m.auxv.len()
+    );
+    let l = &m.layout;
+    for (name, v) in [
+        ("start_code", l.start_code),
+        ("end_code", l.end_code),
+        ("start_data", l.start_data),
+        ("end_data", l.end_data),
+        ("start_brk", l.start_brk),
+        ("brk", l.brk),
+        ("start_stack", l.start_stack),
+        ("arg_start", l.arg_start),
+        ("arg_end", l.arg_end),
+        ("env_start", l.env_start),
+        ("env_end", l.env_end),
+    ] {
+        ensure!(v < USER_SPACE_END, "{name} {v:#x} outside user space");
+    }
+    ensure!(
+        l.start_code <= l.end_code && l.start_data <= l.end_data && l.start_brk <= l.brk,
+        "inconsistent code/data/brk layout"
+    );
+    ensure!(
+        l.arg_start <= l.arg_end && l.env_start <= l.env_end,
+        "inconsistent argument/environment layout"
+    );
+
+    let mut prev_end = USER_SPACE_START;
+    let mut vdso_parts = Vec::new();
+    for (i, v) in m.vmas.iter().enumerate() {
+        ensure!(
+            aligned(v.start) && aligned(v.end),
+            "mapping {i} {:#x}-{:#x} not page-aligned",
+            v.start,
+            v.end
+        );
+        ensure!(
+            v.start < v.end,
+            "mapping {i} {:#x}-{:#x} is empty",
+            v.start,
+            v.end
+        );
+        ensure!(
+            v.start >= prev_end,
+            "mapping {i} at {:#x} overlaps or is out of order",
+            v.start
+        );
+        ensure!(
+            v.end <= USER_SPACE_END,
+            "mapping {i} ends at {:#x}, outside user space",
+            v.end
+        );
+        prev_end = v.end;
+        if let Some(name) = &v.anon_name {
+            ensure!(
+                name.len() < 80 && name.bytes().all(|b| (0x20..0x7f).contains(&b)),
+                "mapping {i}: bad anonymous name"
+            );
+        }
+        match &v.backing {
+            Backing::File { path, offset, .. } => {
+                check_path("mapped file", path)?;
+                ensure!(
+                    aligned(*offset),
+                    "mapping {i}: file offset not page-aligned"
+                );
+                ensure!(
+                    offset.checked_add(v.len()).is_some(),
+                    "mapping {i}: file offset overflows"
+                );
+            }
+            Backing::Vvar | Backing::VvarVclock | Backing::Vdso => vdso_parts.push(i),
+            Backing::Stack | Backing::Heap | Backing::Anonymous | Backing::SharedAnonymous => {}
+        }
+        ensure!(
+            !v.flags.growsdown || !v.shared,
+            "mapping {i}: shared mappings cannot grow down"
+        );
+    }
+    if !vdso_parts.is_empty() {
+        let kinds: Vec<&Backing> = vdso_parts.iter().map(|&i| &m.vmas[i].backing).collect();
+        let contiguous = vdso_parts
+            .windows(2)
+            .all(|w| w[1] == w[0] + 1 && m.vmas[w[0]].end == m.vmas[w[1]].start);
+        ensure!(
+            contiguous
+                && matches!(
+                    kinds.as_slice(),
+                    [Backing::Vvar, Backing::Vdso]
+                        | [Backing::Vvar, Backing::VvarVclock, Backing::Vdso]
+                ),
+            "the vDSO area is not [vvar][vvar_vclock][vdso] in one piece"
+        );
+    }
+
+    // Page runs: sorted, disjoint, each inside one VMA that carries pages.
+    let mut total: u64 = 0;
+    let mut prev_end = 0u64;
+    let mut vi = 0usize;
+    for (r, run) in m.pages.runs.iter().enumerate() {
+        ensure!(run.pages > 0, "page run {r} is empty");
+        ensure!(aligned(run.addr), "page run {r} not page-aligned");
+        let len = run
+            .pages
+            .checked_mul(PAGE_SIZE)
+            .ok_or_else(|| ValidationError(format!("page run {r} overflows")))?;
+        let end = run
+            .addr
+            .checked_add(len)
+            .ok_or_else(|| ValidationError(format!("page run {r} overflows")))?;
+        ensure!(
+            run.addr >= prev_end,
+            "page run {r} out of order or overlapping"
+        );
+        prev_end = end;
+        while vi < m.vmas.len() && m.vmas[vi].end <= run.addr {
+            vi += 1;
+        }
+        let vma = m.vmas.get(vi);
+        ensure!(
+            vma.is_some_and(|v| v.start <= run.addr && end <= v.end),
+            "page run {r} at {:#x} ({} pages) is not inside one mapping",
+            run.addr,
+            run.pages
+        );
+        ensure!(
+            vma.is_some_and(Vma::carries_pages),
+            "page run {r} at {:#x} lies in a mapping whose content comes from elsewhere",
+            run.addr
+        );
+        total = total
+            .checked_add(len)
+            .ok_or_else(|| ValidationError("page data size overflows".into()))?;
+    }
+    ensure!(
+        total == m.pages.bytes,
+        "page runs cover {total} bytes, the index says {}",
+        m.pages.bytes
+    );
+    Ok(())
+}
+
+fn validate_files(f: &Files) -> Result<(), ValidationError> {
+    ensure!(f.fds.len() <= MAX_FDS, "{} file descriptors", f.fds.len());
+    let mut seen = HashSet::new();
+    for fd in &f.fds {
+        ensure!(
+            (0..=MAX_FD_NUMBER).contains(&fd.number),
+            "fd number {} out of range",
+            fd.number
+        );
+        ensure!(seen.insert(fd.number), "fd {} appears twice", fd.number);
+        check_path(&format!("fd {}", fd.number), fd.kind.path())?;
+        ensure!(
+            fd.kind.flags() & libc_o_creat_trunc_excl() == 0,
+            "fd {}: open-time flags (O_CREAT/O_TRUNC/O_EXCL) in the status flags",
+            fd.number
+        );
+    }
+    Ok(())
+}
+
+/// `O_CREAT | O_EXCL | O_TRUNC` on Linux; restore must never create or truncate a file.
+const fn libc_o_creat_trunc_excl() -> i32 {
+    0o100 | 0o200 | 0o1000
+}
+
+fn validate_signals(s: &Signals) -> Result<(), ValidationError> {
+    let mut seen = HashSet::new();
+    for a in &s.actions {
+        ensure!(
+            (1..=64).contains(&a.signo) && a.signo != 9 && a.signo != 19,
+            "disposition for signal {}",
+            a.signo
+        );
+        ensure!(
+            seen.insert(a.signo),
+            "signal {} has two dispositions",
+            a.signo
+        );
+        ensure!(
+            a.handler <= 1 || a.handler < USER_SPACE_END,
+            "signal {} handler outside user space",
+            a.signo
+        );
+    }
+    ensure!(
+        s.pending.len() <= 4096,
+        "{} pending signals",
+        s.pending.len()
+    );
+    for p in &s.pending {
+        ensure!(
+            p.siginfo.len() == SIGINFO_LEN,
+            "pending siginfo of {} bytes",
+            p.siginfo.len()
+        );
+        ensure!(
+            (1..=64).contains(&p.signo()),
+            "pending signal {}",
+            p.signo()
+        );
+    }
+    Ok(())
+}
+
+/// Why an image cannot run on this host.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PlatformMismatch {
+    #[error("the image is for {image}, this host is {host}")]
+    Arch { image: String, host: String },
+    #[error("the image was taken on kernel {image}, this host runs {host}")]
+    Kernel { image: String, host: String },
+    #[error("the vDSO of this kernel differs from the image's (another kernel build)")]
+    Vdso,
+    #[error(
+        "the image uses CPU state features {image:#x} (XSAVE size {image_size}), this CPU enables {host:#x} (size {host_size})"
+    )]
+    Xsave {
+        image: u64,
+        host: u64,
+        image_size: u32,
+        host_size: u32,
+    },
+}
+
+impl Platform {
+    /// Homogeneous migration only: same architecture, same kernel, same vDSO, same CPU state
+    /// layout.
+    pub fn check_runs_on(&self, host: &Platform) -> Result<(), PlatformMismatch> {
+        if self.arch != host.arch {
+            return Err(PlatformMismatch::Arch {
+                image: self.arch.clone(),
+                host: host.arch.clone(),
+            });
+        }
+        if self.kernel_release != host.kernel_release {
+            return Err(PlatformMismatch::Kernel {
+                image: self.kernel_release.clone(),
+                host: host.kernel_release.clone(),
+            });
+        }
+        if let Some(v) = &self.vdso
+            && host.vdso.as_ref() != Some(v)
+        {
+            return Err(PlatformMismatch::Vdso);
+        }
+        if self.xsave.features & !host.xsave.features != 0 || self.xsave.size > host.xsave.size {
+            return Err(PlatformMismatch::Xsave {
+                image: self.xsave.features,
+                host: host.xsave.features,
+                image_size: self.xsave.size,
+                host_size: host.xsave.size,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tests_support::sample_image;
+
+    fn invalid(f: impl FnOnce(&mut ProcessImage)) -> String {
+        let mut img = sample_image();
+        f(&mut img);
+        validate(&img).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn sample_is_valid() {
+        validate(&sample_image()).unwrap();
+    }
+
+    #[test]
+    fn rejects_overlapping_vmas() {
+        let e = invalid(|i| i.memory.vmas[1].start = i.memory.vmas[0].start);
+        assert!(e.contains("overlaps or is out of order"), "{e}");
+    }
+
+    #[test]
+    fn rejects_kernel_addresses() {
+        let e = invalid(|i| {
+            let v = i.memory.vmas.last_mut().unwrap();
+            v.end = 0xffff_8000_0000_0000;
+        });
+        assert!(e.contains("outside user space"), "{e}");
+    }
+
+    #[test]
+    fn rejects_unaligned_mapping() {
+        let e = invalid(|i| i.memory.vmas[0].start += 1);
+        assert!(e.contains("not page-aligned"), "{e}");
+    }
+
+    #[test]
+    fn rejects_page_run_outside_mappings() {
+        let e = invalid(|i| i.memory.pages.runs[0].addr = 0x1000);
+        assert!(e.contains("not inside one mapping"), "{e}");
+    }
+
+    #[test]
+    fn rejects_page_run_in_shared_file_mapping() {
+        let e = invalid(|i| {
+            let file_vma = i
+                .memory
+                .vmas
+                .iter()
+                .position(|v| matches!(v.backing, Backing::File { .. }))
+                .unwrap();
+            i.memory.vmas[file_vma].shared = true;
+            let start = i.memory.vmas[file_vma].start;
+            i.memory.pages.runs = vec![PageRun {
+                addr: start,
+                pages: 1,
+            }];
+            i.memory.pages.bytes = PAGE_SIZE;
+        });
+        assert!(e.contains("content comes from elsewhere"), "{e}");
+    }
+
+    #[test]
+    fn rejects_overflowing_page_run() {
+        let e = invalid(|i| i.memory.pages.runs[0].pages = u64::MAX / 2);
+        assert!(e.contains("overflows"), "{e}");
+    }
+
+    #[test]
+    fn rejects_wrong_page_total() {
+        let e = invalid(|i| i.memory.pages.bytes += PAGE_SIZE);
+        assert!(e.contains("page runs cover"), "{e}");
+    }
+
+    #[test]
+    fn rejects_relative_paths_and_duplicate_fds() {
+        let e = invalid(|i| {
+            if let FdKind::Regular { path, .. } = &mut i.files.fds[0].kind {
+                *path = "relative".into();
+            }
+        });
+        assert!(e.contains("not absolute"), "{e}");
+        let e = invalid(|i| {
+            let fd = i.files.fds[0].clone();
+            i.files.fds.push(fd);
+        });
+        assert!(e.contains("appears twice"), "{e}");
+    }
+
+    #[test]
+    fn rejects_truncating_flags() {
+        let e = invalid(|i| {
+            if let FdKind::Regular { flags, .. } = &mut i.files.fds[0].kind {
+                *flags |= 0o1000;
+            }
+        });
+        assert!(e.contains("O_TRUNC"), "{e}");
+    }
+
+    #[test]
+    fn rejects_sigkill_disposition_and_bad_siginfo() {
+        let e = invalid(|i| i.signals.actions[0].signo = 9);
+        assert!(e.contains("disposition for signal 9"), "{e}");
+        let e = invalid(|i| i.signals.pending[0].siginfo.truncate(10));
+        assert!(e.contains("pending siginfo"), "{e}");
+    }
+
+    #[test]
+    fn rejects_compat_mode_registers() {
+        let e = invalid(|i| i.execution.regs.cs = 0x23);
+        assert!(e.contains("64-bit user process"), "{e}");
+    }
+
+    #[test]
+    fn rejects_split_vdso() {
+        let e = invalid(|i| {
+            let idx = i
+                .memory
+                .vmas
+                .iter()
+                .position(|v| v.backing == Backing::VvarVclock)
+                .unwrap();
+            i.memory.vmas.remove(idx);
+        });
+        assert!(e.contains("vDSO area"), "{e}");
+    }
+
+    #[test]
+    fn rejects_escalating_capabilities() {
+        let e = invalid(|i| i.credentials.caps.effective = 1);
+        assert!(e.contains("exceed permitted"), "{e}");
+    }
+
+    #[test]
+    fn platform_checks() {
+        let img = sample_image().origin.platform;
+        img.check_runs_on(&img).unwrap();
+        let mut other = img.clone();
+        other.kernel_release = "5.10.0".into();
+        assert_eq!(
+            img.check_runs_on(&other).unwrap_err().to_string(),
+            format!(
+                "the image was taken on kernel {}, this host runs 5.10.0",
+                img.kernel_release
+            )
+        );
+        let mut other = img.clone();
+        other.arch = "aarch64".into();
+        assert!(matches!(
+            img.check_runs_on(&other),
+            Err(PlatformMismatch::Arch { .. })
+        ));
+        let mut other = img.clone();
+        other.vdso.as_mut().unwrap().code_hash ^= 1;
+        assert_eq!(img.check_runs_on(&other), Err(PlatformMismatch::Vdso));
+        let mut other = img.clone();
+        other.xsave.features &= !0xe0;
+        assert!(matches!(
+            img.check_runs_on(&other),
+            Err(PlatformMismatch::Xsave { .. })
+        ));
+    }
+}

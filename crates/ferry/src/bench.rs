@@ -1,0 +1,260 @@
+//! `ferry bench`: figures, not tests.
+//!
+//! `bench checkpoint` starts a process holding N MiB of written memory (this binary's hidden
+//! `bench hold-memory`), checkpoints it with `--leave-running` semantics (so that the freeze
+//! time is the real one of a live checkpoint), ends it, restores the image, has the restored
+//! process verify every byte of its memory, and repeats. It reports medians, and the
+//! throughputs as a ratio to a `memcpy` of the same size measured in the same run (the
+//! physical limit of a copy from memory to tmpfs and back).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use ferry_checkpoint::{CheckpointOptions, Pid};
+use ferry_sys::host;
+use serde_json::json;
+
+use crate::cli::{BenchCheckpointArgs, BenchCommand};
+use crate::units::{bytes, ms};
+
+pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
+    match cmd {
+        BenchCommand::Checkpoint(args) => bench_checkpoint(args),
+        BenchCommand::HoldMemory { mib } => hold_memory(mib),
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('G' | 'g') => (&s[..s.len() - 1], 1024),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("size {s:?}: expected e.g. 64M or 1G"))?;
+    Ok(n * mult)
+}
+
+const PATTERN_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+fn fill(buf: &mut [u8]) {
+    for (i, chunk) in buf.chunks_mut(8).enumerate() {
+        let v = (i as u64).wrapping_mul(PATTERN_SEED).to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
+    }
+}
+
+fn verify(buf: &[u8]) -> bool {
+    buf.chunks(8).enumerate().all(|(i, chunk)| {
+        let v = (i as u64).wrapping_mul(PATTERN_SEED).to_le_bytes();
+        chunk == &v[..chunk.len()]
+    })
+}
+
+/// The benchmark's workload: writes `mib` MiB, says "ready" (a file next to the cwd), then
+/// waits; when `verify` appears it checks every byte and exits 0 (intact) or 1.
+fn hold_memory(mib: u64) -> Result<ExitCode> {
+    let mut buf = vec![0u8; (mib as usize) << 20];
+    fill(&mut buf);
+    fs::write("ready", b"ready\n").context("writing the ready file")?;
+    loop {
+        if Path::new("verify").exists() {
+            return Ok(if verify(&buf) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+struct Run {
+    checkpoint: Duration,
+    freeze: Duration,
+    ckpt_copy: Duration,
+    restore: Duration,
+    restore_copy: Duration,
+    image_bytes: u64,
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn gbps(bytes: u64, d: Duration) -> f64 {
+    if d.is_zero() {
+        return 0.0;
+    }
+    bytes as f64 / d.as_secs_f64() / 1e9
+}
+
+/// memcpy of `mib` MiB, median of 3: the copy bandwidth of this machine right now.
+fn memcpy_bandwidth(mib: u64) -> f64 {
+    let n = (mib.min(1024) as usize) << 20;
+    let src = vec![1u8; n];
+    let mut dst = vec![0u8; n];
+    dst.copy_from_slice(&src); // fault the pages in first
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        dst.copy_from_slice(&src);
+        times.push(t.elapsed());
+        std::hint::black_box(&dst);
+    }
+    gbps(n as u64, median(times))
+}
+
+fn wait_for(path: &Path, timeout: Duration) -> Result<()> {
+    let t = Instant::now();
+    while !path.exists() {
+        if t.elapsed() > timeout {
+            bail!("timed out waiting for {}", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+fn one_run(exe: &Path, mib: u64, work: &Path) -> Result<Run> {
+    let _ = fs::remove_dir_all(work);
+    let wd = work.join("wd");
+    let image = work.join("image");
+    fs::create_dir_all(&wd)?;
+    let mut child = Command::new(exe)
+        .args(["bench", "hold-memory", "--mib", &mib.to_string()])
+        .current_dir(&wd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the workload")?;
+    let pid = Pid::from_raw(child.id() as i32);
+    let result = (|| -> Result<Run> {
+        wait_for(&wd.join("ready"), Duration::from_secs(120))?;
+        let ck = ferry_checkpoint::checkpoint(
+            pid,
+            &image,
+            CheckpointOptions {
+                leave_running: true,
+            },
+        )?;
+        let _ = child.kill();
+        let _ = child.wait();
+        let restored = ferry_checkpoint::restore(&image)?;
+        fs::write(wd.join("verify"), b"")?;
+        let status = host::wait_child(restored.pid)?;
+        if status.shell_code() != 0 {
+            bail!("the restored process found its memory corrupted ({status:?})");
+        }
+        Ok(Run {
+            checkpoint: ck.total,
+            freeze: ck.freeze,
+            ckpt_copy: ck.memory_copy,
+            restore: restored.report.total,
+            restore_copy: restored.report.memory_copy,
+            image_bytes: ck.memory_bytes,
+        })
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = fs::remove_dir_all(work);
+    result
+}
+
+fn bench_checkpoint(args: BenchCheckpointArgs) -> Result<ExitCode> {
+    if !host::is_root() {
+        bail!("the benchmark restores processes and needs root");
+    }
+    let exe = std::env::current_exe().context("locating the ferry binary")?;
+    let sizes: Vec<u64> = args
+        .sizes
+        .iter()
+        .map(|s| parse_size(s))
+        .collect::<Result<_>>()?;
+    let mut rows = Vec::new();
+    for &mib in &sizes {
+        let limit = memcpy_bandwidth(mib);
+        let mut runs = Vec::new();
+        for i in 0..args.runs.max(1) {
+            let work: PathBuf = args.dir.join(format!("{mib}M-{i}"));
+            let r =
+                one_run(&exe, mib, &work).with_context(|| format!("{mib} MiB, run {}", i + 1))?;
+            eprintln!(
+                "  {mib} MiB run {}: checkpoint {:.1} ms (freeze {:.1} ms), restore {:.1} ms",
+                i + 1,
+                ms(r.checkpoint),
+                ms(r.freeze),
+                ms(r.restore)
+            );
+            runs.push(r);
+        }
+        let image_bytes = runs.iter().map(|r| r.image_bytes).max().unwrap_or(0);
+        let ck = median(runs.iter().map(|r| r.checkpoint).collect());
+        let fr = median(runs.iter().map(|r| r.freeze).collect());
+        let ckc = median(runs.iter().map(|r| r.ckpt_copy).collect());
+        let rs = median(runs.iter().map(|r| r.restore).collect());
+        let rsc = median(runs.iter().map(|r| r.restore_copy).collect());
+        rows.push(json!({
+            "resident_mib": mib,
+            "image_bytes": image_bytes,
+            "runs": runs.len(),
+            "checkpoint_ms": ms(ck),
+            "freeze_ms": ms(fr),
+            "checkpoint_copy_ms": ms(ckc),
+            "restore_ms": ms(rs),
+            "restore_copy_ms": ms(rsc),
+            "checkpoint_gbps": gbps(image_bytes, ck),
+            "restore_gbps": gbps(image_bytes, rs),
+            "memcpy_gbps": limit,
+            "checkpoint_vs_memcpy": gbps(image_bytes, ck) / limit,
+            "restore_vs_memcpy": gbps(image_bytes, rs) / limit,
+        }));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(vec![
+        "resident",
+        "image",
+        "checkpoint",
+        "freeze",
+        "restore",
+        "ckpt GB/s",
+        "restore GB/s",
+        "memcpy GB/s",
+        "ckpt/memcpy",
+        "restore/memcpy",
+    ]);
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    for r in &rows {
+        t.add_row(vec![
+            bytes(r["resident_mib"].as_u64().unwrap_or(0) << 20),
+            bytes(r["image_bytes"].as_u64().unwrap_or(0)),
+            format!("{:.1} ms", f(r, "checkpoint_ms")),
+            format!("{:.1} ms", f(r, "freeze_ms")),
+            format!("{:.1} ms", f(r, "restore_ms")),
+            format!("{:.2}", f(r, "checkpoint_gbps")),
+            format!("{:.2}", f(r, "restore_gbps")),
+            format!("{:.2}", f(r, "memcpy_gbps")),
+            format!("{:.2}", f(r, "checkpoint_vs_memcpy")),
+            format!("{:.2}", f(r, "restore_vs_memcpy")),
+        ]);
+    }
+    println!(
+        "checkpoint/restore, image on {} (medians of {} runs; GB = 10^9 bytes)\n{t}",
+        args.dir.display(),
+        args.runs
+    );
+    Ok(ExitCode::SUCCESS)
+}

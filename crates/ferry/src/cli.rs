@@ -1,0 +1,89 @@
+//! Command-line grammar.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Move running, unmodified Linux processes between machines",
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 not migratable, 4 invalid or incompatible image.\n\
+                  `ferry restore` without --detach exits with the restored process's status."
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); or set FERRY_LOG.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Freeze a process and write its image into DIR; the process ends once the image is
+    /// safely written, unless --leave-running.
+    Checkpoint {
+        /// The process to checkpoint.
+        pid: i32,
+        /// Image directory (created; must not exist or be empty).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Let the process continue after the checkpoint.
+        #[arg(long)]
+        leave_running: bool,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring the process in DIR back to life; ferry then waits for it and exits with its
+    /// status, unless --detach.
+    Restore {
+        /// Image directory written by `ferry checkpoint`.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Print the new pid and return at once.
+        #[arg(long)]
+        detach: bool,
+        /// Report as JSON (stdout with --detach, else stderr).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Summarize an image: mappings, files, registers, memory totals.
+    Inspect {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Checkpoint and restore processes of several resident sizes; report medians.
+    Checkpoint(BenchCheckpointArgs),
+    /// (internal) hold SIZE MiB of written memory and wait; used by the benchmark.
+    #[command(hide = true)]
+    HoldMemory {
+        #[arg(long)]
+        mib: u64,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct BenchCheckpointArgs {
+    /// Resident sizes to test, e.g. 64M,1G,4G.
+    #[arg(long, default_value = "64M,1G,4G", value_delimiter = ',')]
+    pub sizes: Vec<String>,
+    /// Runs per size (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Where images go (tmpfs by default).
+    #[arg(long, default_value = "/dev/shm/ferry-bench")]
+    pub dir: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,253 @@
+//! `ferry inspect`: what an image holds, for people (tables) and programs (`--json`).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
+use ferry_checkpoint::LoadedImage;
+use ferry_image::{Backing, FdKind, PAGE_SIZE, ProcessImage, Vma};
+use serde_json::{Value, json};
+
+use crate::units::bytes;
+
+pub fn run(dir: &Path, as_json: bool) -> Result<ExitCode> {
+    let loaded = LoadedImage::open(dir)?;
+    let image = &loaded.image;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&to_json(image))?);
+    } else {
+        print_human(dir, image);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn backing(v: &Vma) -> String {
+    let mut s = match &v.backing {
+        Backing::Anonymous => "anonymous".to_string(),
+        Backing::Heap => "[heap]".into(),
+        Backing::Stack => "[stack]".into(),
+        Backing::SharedAnonymous => "shared anonymous".into(),
+        Backing::File { path, offset, .. } => format!("{path} @{offset:#x}"),
+        Backing::Vvar => "[vvar]".into(),
+        Backing::VvarVclock => "[vvar_vclock]".into(),
+        Backing::Vdso => "[vdso]".into(),
+    };
+    if let Some(n) = &v.anon_name {
+        s.push_str(&format!(" [anon:{n}]"));
+    }
+    s
+}
+
+fn prot(v: &Vma) -> String {
+    format!(
+        "{}{}{}{}",
+        if v.prot.read { 'r' } else { '-' },
+        if v.prot.write { 'w' } else { '-' },
+        if v.prot.exec { 'x' } else { '-' },
+        if v.shared { 's' } else { 'p' }
+    )
+}
+
+/// Bytes of each mapping that travel in pages.img.
+fn image_bytes_per_vma(image: &ProcessImage) -> Vec<u64> {
+    let vmas = &image.memory.vmas;
+    let mut out = vec![0u64; vmas.len()];
+    let mut vi = 0;
+    for r in &image.memory.pages.runs {
+        while vi < vmas.len() && vmas[vi].end <= r.addr {
+            vi += 1;
+        }
+        if let Some(b) = out.get_mut(vi) {
+            *b += r.pages * PAGE_SIZE;
+        }
+    }
+    out
+}
+
+fn fd_kind(k: &FdKind) -> &'static str {
+    match k {
+        FdKind::Regular { .. } => "file",
+        FdKind::Directory { .. } => "directory",
+        FdKind::CharDevice { .. } => "device",
+    }
+}
+
+fn fd_pos(k: &FdKind) -> Option<u64> {
+    match k {
+        FdKind::Regular { pos, .. } | FdKind::Directory { pos, .. } => Some(*pos),
+        FdKind::CharDevice { .. } => None,
+    }
+}
+
+fn syscall_note(image: &ProcessImage) -> String {
+    let r = &image.execution.regs;
+    if (r.orig_rax as i64) < 0 {
+        return "running user code".into();
+    }
+    match -(r.rax as i64) {
+        512..=514 => format!("in system call {} (restarts on resume)", r.orig_rax),
+        4 => format!("in system call {} (returns EINTR on resume)", r.orig_rax),
+        _ => format!("returning from system call {}", r.orig_rax),
+    }
+}
+
+fn print_human(dir: &Path, image: &ProcessImage) {
+    let o = &image.origin;
+    let c = &image.control;
+    let cr = &image.credentials;
+    let e = &image.execution;
+    println!("image      {}", dir.display());
+    println!(
+        "taken      {} ms since epoch on {} by ferry {}",
+        o.created_unix_ms, o.hostname, o.ferry_version
+    );
+    println!(
+        "platform   {} kernel {}, XSAVE features {:#x} ({} bytes)",
+        o.platform.arch,
+        o.platform.kernel_release,
+        o.platform.xsave.features,
+        o.platform.xsave.size
+    );
+    println!("process    pid {} \"{}\" {}", c.pid, c.comm, c.exe);
+    println!("command    {}", c.argv.join(" "));
+    println!("cwd        {}  umask {:03o}", c.cwd, c.umask);
+    println!(
+        "identity   uid {}/{}/{} gid {}/{}/{} groups {:?}",
+        cr.uid.real,
+        cr.uid.effective,
+        cr.uid.saved,
+        cr.gid.real,
+        cr.gid.effective,
+        cr.gid.saved,
+        cr.groups
+    );
+    println!(
+        "registers  pc {:#x}  sp {:#x}  fs_base {:#x}  ({})",
+        e.regs.rip,
+        e.regs.rsp,
+        e.regs.fs_base,
+        syscall_note(image)
+    );
+    let mapped: u64 = image.mapped_bytes();
+    println!(
+        "memory     {} mappings, {} mapped, {} in the image ({} runs)",
+        image.memory.vmas.len(),
+        bytes(mapped),
+        bytes(image.memory.pages.bytes),
+        image.memory.pages.runs.len()
+    );
+    let per_vma = image_bytes_per_vma(image);
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(vec!["start", "end", "size", "prot", "in image", "backing"]);
+    for (v, b) in image.memory.vmas.iter().zip(per_vma) {
+        t.add_row(vec![
+            format!("{:#x}", v.start),
+            format!("{:#x}", v.end),
+            bytes(v.len()),
+            prot(v),
+            if b == 0 { "-".into() } else { bytes(b) },
+            backing(v),
+        ]);
+    }
+    println!("{t}");
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header(vec!["fd", "kind", "flags", "offset", "path"]);
+    for fd in &image.files.fds {
+        t.add_row(vec![
+            fd.number.to_string(),
+            fd_kind(&fd.kind).to_string(),
+            format!(
+                "{:#o}{}",
+                fd.kind.flags(),
+                if fd.cloexec { " cloexec" } else { "" }
+            ),
+            fd_pos(&fd.kind).map(|p| p.to_string()).unwrap_or_default(),
+            fd.kind.path().to_string(),
+        ]);
+    }
+    println!("files\n{t}");
+    let s = &image.signals;
+    println!(
+        "signals    {} handlers, blocked {:#x}, {} pending [{}]",
+        s.actions.len(),
+        s.blocked,
+        s.pending.len(),
+        s.pending
+            .iter()
+            .map(|p| p.signo().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let tm = &image.timers;
+    if tm.real.is_armed() || tm.virtual_.is_armed() || tm.prof.is_armed() {
+        println!(
+            "itimers    real {}µs/{}µs virtual {}µs/{}µs prof {}µs/{}µs",
+            tm.real.value_us,
+            tm.real.interval_us,
+            tm.virtual_.value_us,
+            tm.virtual_.interval_us,
+            tm.prof.value_us,
+            tm.prof.interval_us
+        );
+    }
+}
+
+fn to_json(image: &ProcessImage) -> Value {
+    let per_vma = image_bytes_per_vma(image);
+    let c = &image.control;
+    let e = &image.execution;
+    json!({
+        "origin": {
+            "created_unix_ms": image.origin.created_unix_ms,
+            "hostname": image.origin.hostname,
+            "ferry_version": image.origin.ferry_version,
+            "arch": image.origin.platform.arch,
+            "kernel_release": image.origin.platform.kernel_release,
+            "xsave_features": image.origin.platform.xsave.features,
+        },
+        "process": {
+            "pid": c.pid, "ppid": c.ppid, "comm": c.comm, "exe": c.exe, "argv": c.argv,
+            "cwd": c.cwd, "umask": c.umask, "stopped": c.stopped,
+        },
+        "credentials": {
+            "uid": [image.credentials.uid.real, image.credentials.uid.effective, image.credentials.uid.saved],
+            "gid": [image.credentials.gid.real, image.credentials.gid.effective, image.credentials.gid.saved],
+            "groups": image.credentials.groups,
+        },
+        "registers": {
+            "pc": e.regs.rip, "sp": e.regs.rsp, "fs_base": e.regs.fs_base,
+            "gs_base": e.regs.gs_base, "orig_rax": e.regs.orig_rax as i64, "rax": e.regs.rax as i64,
+            "xstate_bytes": e.xstate.len(),
+        },
+        "memory": {
+            "mapped_bytes": image.mapped_bytes(),
+            "image_bytes": image.memory.pages.bytes,
+            "page_runs": image.memory.pages.runs.len(),
+            "vmas": image.memory.vmas.iter().zip(per_vma).map(|(v, b)| json!({
+                "start": v.start, "end": v.end, "size": v.len(), "prot": prot(v),
+                "backing": backing(v), "image_bytes": b,
+            })).collect::<Vec<_>>(),
+        },
+        "fds": image.files.fds.iter().map(|fd| json!({
+            "fd": fd.number, "kind": fd_kind(&fd.kind), "path": fd.kind.path(),
+            "flags": fd.kind.flags(), "cloexec": fd.cloexec, "offset": fd_pos(&fd.kind),
+        })).collect::<Vec<_>>(),
+        "signals": {
+            "handlers": image.signals.actions.iter().map(|a| json!({
+                "signal": a.signo, "handler": a.handler, "flags": a.flags, "mask": a.mask,
+            })).collect::<Vec<_>>(),
+            "blocked": image.signals.blocked,
+            "pending": image.signals.pending.iter().map(|p| json!({
+                "signal": p.signo(), "shared": p.shared,
+            })).collect::<Vec<_>>(),
+        },
+        "timers": {
+            "real": [image.timers.real.value_us, image.timers.real.interval_us],
+            "virtual": [image.timers.virtual_.value_us, image.timers.virtual_.interval_us],
+            "prof": [image.timers.prof.value_us, image.timers.prof.interval_us],
+        },
+    })
+}

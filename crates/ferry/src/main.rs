@@ -1,0 +1,133 @@
+//! `ferry`: the command-line front end.
+//!
+//! Parses arguments, runs one command, prints results (tables for people, JSON with `--json`)
+//! and maps errors to the documented exit codes ([`exit::Code`]).
+
+mod bench;
+mod cli;
+mod exit;
+mod inspect;
+mod units;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use ferry_checkpoint::{CheckpointOptions, Pid};
+use ferry_sys::host;
+
+use crate::cli::{Cli, Command};
+use crate::exit::Code;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            let code = exit::classify(&err);
+            eprintln!("ferry: {}", exit::render(&err));
+            code.into()
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Checkpoint {
+            pid,
+            dir,
+            leave_running,
+            json,
+        } => checkpoint(pid, &dir, leave_running, json),
+        Command::Restore { dir, detach, json } => restore(&dir, detach, json),
+        Command::Inspect { dir, json } => inspect::run(&dir, json),
+        Command::Bench(args) => bench::run(args),
+    }
+}
+
+fn checkpoint(pid: i32, dir: &Path, leave_running: bool, json: bool) -> Result<ExitCode> {
+    // Ctrl-C must not cut ferry off while it holds the process half-inspected.
+    let guard = host::defer_termination().context("preparing to checkpoint")?;
+    let report =
+        ferry_checkpoint::checkpoint(Pid::from_raw(pid), dir, CheckpointOptions { leave_running })?;
+    drop(guard);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&units::checkpoint_json(&report, dir))?
+        );
+    } else {
+        eprintln!(
+            "ferry: checkpointed pid {} into {}: {} in {} mappings, {} fds; frozen {}, total {}{}",
+            report.pid,
+            dir.display(),
+            units::bytes(report.memory_bytes),
+            report.mappings,
+            report.fds,
+            units::duration(report.freeze),
+            units::duration(report.total),
+            if report.leave_running {
+                " (left running)"
+            } else {
+                " (process ended)"
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn restore(dir: &Path, detach: bool, json: bool) -> Result<ExitCode> {
+    if !detach {
+        // Before any thread exists, so that the relay thread alone receives these.
+        host::route_termination_to_relay().context("preparing to wait for the process")?;
+    }
+    let restored = {
+        let _guard = host::defer_termination().context("preparing to restore")?;
+        ferry_checkpoint::restore(dir)?
+    };
+    let pid = restored.pid;
+    if detach {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&units::restore_json(&restored.report, pid.as_raw()))?
+            );
+        } else {
+            println!("{pid}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if json {
+        eprintln!(
+            "{}",
+            serde_json::to_string(&units::restore_json(&restored.report, pid.as_raw()))?
+        );
+    }
+    let status = host::wait_child_relaying_signals(pid)
+        .with_context(|| format!("waiting for restored pid {pid}"))?;
+    Ok(ExitCode::from(status.shell_code().clamp(0, 255) as u8))
+}
+
+impl From<Code> for ExitCode {
+    fn from(c: Code) -> ExitCode {
+        ExitCode::from(c as u8)
+    }
+}
