@@ -16,7 +16,6 @@ use ferry_image::*;
 use ferry_sys::abi::{self, Fields, Itimerval, KernelSigaction, StackT};
 use ferry_sys::inject::Injector;
 use ferry_sys::libc;
-use ferry_sys::mem::{self, ProcMem};
 use ferry_sys::pagemap::{PageScanner, Select};
 use ferry_sys::proc::{self, Mapping};
 use ferry_sys::{Pid, Regs, SysError};
@@ -24,10 +23,8 @@ use tracing::{debug, info};
 
 use crate::freeze::Frozen;
 use crate::imagedir::ImageWriter;
+use crate::pagecopy::{self, Segment};
 use crate::{CheckpointError, mobility, platform, restart};
-
-/// How much page data one `process_vm_readv` call moves at most.
-const COPY_CHUNK: usize = 8 << 20;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CheckpointOptions {
@@ -531,49 +528,15 @@ fn copy_pages(
         runs.extend(found.iter().map(|&(s, e)| (s, e, vma.prot.read)));
     }
     let pagemap_scan = scanner.uses_scan_ioctl();
-
-    let started = Instant::now();
-    let memfile = ProcMem::open(pid).map_err(sys("opening process memory"))?;
-    let mut buf = vec![0u8; COPY_CHUNK];
-    let mut batch: Vec<(u64, usize)> = Vec::new();
-    let mut batch_len = 0usize;
-    let flush = |batch: &mut Vec<(u64, usize)>,
-                 batch_len: &mut usize,
-                 buf: &mut [u8],
-                 writer: &mut ImageWriter|
-     -> Result<(), CheckpointError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        mem::read(pid, batch, &mut buf[..*batch_len]).map_err(sys("reading process memory"))?;
-        writer.write_pages(&buf[..*batch_len])?;
-        batch.clear();
-        *batch_len = 0;
-        Ok(())
-    };
-    for &(start, end, readable) in &runs {
-        let mut at = start;
-        while at < end {
-            let take = ((end - at) as usize).min(COPY_CHUNK - batch_len);
-            if readable {
-                batch.push((at, take));
-                batch_len += take;
-                if batch_len == COPY_CHUNK || batch.len() == mem::IOV_MAX {
-                    flush(&mut batch, &mut batch_len, &mut buf, writer)?;
-                }
-            } else {
-                // No read permission: process_vm_readv refuses, /proc/PID/mem does not.
-                flush(&mut batch, &mut batch_len, &mut buf, writer)?;
-                memfile
-                    .read_at(at, &mut buf[..take])
-                    .map_err(sys("reading protected process memory"))?;
-                writer.write_pages(&buf[..take])?;
-            }
-            at += take as u64;
-        }
-    }
-    flush(&mut batch, &mut batch_len, &mut buf, writer)?;
-    let copy_time = started.elapsed();
+    let segments: Vec<Segment> = runs
+        .iter()
+        .map(|&(s, e, readable)| Segment {
+            addr: s,
+            len: e - s,
+            readable,
+        })
+        .collect();
+    let copy_time = pagecopy::copy_to_sink(pid, &segments, writer)?;
 
     let mut page_runs: Vec<PageRun> = Vec::with_capacity(runs.len());
     for (s, e, _) in runs {

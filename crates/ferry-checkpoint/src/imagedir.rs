@@ -6,11 +6,11 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ferry_image::format::{PAGES_HEADER_LEN, verify_pages};
+use ferry_image::format::{PAGES_HEADER_LEN, PageHasher, verify_pages};
 use ferry_image::{PagesHeader, ProcessImage, decode_core, encode_core, validate};
 use ferry_sys::file::MappedFile;
-use xxhash_rust::xxh3::Xxh3;
 
+use crate::pagecopy::PageSink;
 use crate::{CheckpointError, ImageError};
 
 pub const CORE_FILE: &str = "core.img";
@@ -23,12 +23,18 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
     }
 }
 
+impl PageSink for ImageWriter {
+    fn write_pages(&mut self, data: &[u8]) -> Result<(), CheckpointError> {
+        self.append(data)
+    }
+}
+
 /// Writes one image directory. Dropping an unfinished writer removes what it wrote.
 pub struct ImageWriter {
     dir: PathBuf,
     pages_tmp: PathBuf,
     pages: File,
-    hasher: Xxh3,
+    hasher: PageHasher,
     written: u64,
     finished: bool,
     created_dir: bool,
@@ -64,7 +70,7 @@ impl ImageWriter {
             dir: dir.to_path_buf(),
             pages_tmp,
             pages,
-            hasher: Xxh3::new(),
+            hasher: PageHasher::new(),
             written: 0,
             finished: false,
             created_dir,
@@ -76,7 +82,7 @@ impl ImageWriter {
     }
 
     /// Appends page data (in the order of the page index).
-    pub fn write_pages(&mut self, data: &[u8]) -> Result<(), CheckpointError> {
+    fn append(&mut self, data: &[u8]) -> Result<(), CheckpointError> {
         self.hasher.update(data);
         self.pages
             .write_all(data)
@@ -96,7 +102,7 @@ impl ImageWriter {
             detail,
         };
         image.memory.pages.bytes = self.written;
-        image.memory.pages.hash = self.hasher.digest();
+        image.memory.pages.hash = std::mem::take(&mut self.hasher).digest();
         let header = PagesHeader {
             image_id: image.origin.image_id,
             data_len: self.written,

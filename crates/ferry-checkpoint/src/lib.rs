@@ -6,6 +6,7 @@
 //!   process running exactly as it was.
 //! - [`capture`]: reads control, execution, address space, files and signal state of a frozen
 //!   process into a [`ferry_image::ProcessImage`], streaming pages to `pages.img`.
+//! - [`pagecopy`]: the page pipeline out of a process into a sink (file, later socket).
 //! - [`restart`]: what an interrupted system call must do when the process continues.
 //! - [`restore`]: rebuilds the process in a fresh vessel by syscall injection.
 //! - [`imagedir`]: the image directory (`core.img`, `pages.img`): atomic writing, verified
@@ -17,6 +18,7 @@ pub mod capture;
 pub mod freeze;
 pub mod imagedir;
 pub mod mobility;
+pub mod pagecopy;
 pub mod platform;
 pub mod restart;
 pub mod restore;

@@ -446,11 +446,13 @@ impl Builder<'_> {
         })
     }
 
+    /// Copies the page data from the mapped image with two threads; each faults in the fresh
+    /// pages it writes, so page allocation runs on both cores.
     fn write_pages(&mut self, loaded: &LoadedImage) -> Result<(), RestoreError> {
         let pid = self.tracee().pid();
         let started = Instant::now();
         let segments: Vec<(u64, &[u8])> = loaded.runs().collect();
-        mem::write_scattered(pid, &segments).map_err(RestoreError::sys("writing memory"))?;
+        parallel_write(pid, &segments).map_err(RestoreError::sys("writing memory"))?;
         self.copy_time = started.elapsed();
         Ok(())
     }
@@ -567,20 +569,34 @@ impl Builder<'_> {
             .flat_map(|w| w.to_le_bytes())
             .collect();
         let exe = image.control.exe.clone();
+        // The vessel's exe is ferry's. The kernel refuses to replace an exe that is still
+        // mapped, which it is when the image is of ferry itself: then it is already right.
+        let pid = self.tracee().pid();
+        let same_exe = match (
+            proc::stat_link(pid, "exe"),
+            proc::stat_path(Path::new(&exe)),
+        ) {
+            (Ok(a), Ok(b)) => a.dev == b.dev && a.inode == b.inode,
+            _ => false,
+        };
         self.inject("setting the memory layout (PR_SET_MM_MAP)", |inj, s| {
-            let p = Self::poke_path(inj, &s, &exe)?;
-            let exe_fd = inj.call(
-                "open(executable)",
-                libc::SYS_openat,
-                [
-                    libc::AT_FDCWD as u64,
-                    p,
-                    (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-                    0,
-                    0,
-                    0,
-                ],
-            )?;
+            let exe_fd = if same_exe {
+                u32::MAX as u64
+            } else {
+                let p = Self::poke_path(inj, &s, &exe)?;
+                inj.call(
+                    "open(executable)",
+                    libc::SYS_openat,
+                    [
+                        libc::AT_FDCWD as u64,
+                        p,
+                        (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+                        0,
+                        0,
+                        0,
+                    ],
+                )?
+            };
             let auxv_at = arg_area(&s) + 1024;
             let map_at = arg_area(&s) + 2048;
             inj.poke(auxv_at, &auxv)?;
@@ -613,7 +629,9 @@ impl Builder<'_> {
                     0,
                 ],
             )?;
-            inj.call("close", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
+            if !same_exe {
+                inj.call("close", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
+            }
             Ok(())
         })
     }
@@ -911,6 +929,46 @@ impl Builder<'_> {
         debug!(pid = pid.as_raw(), "running");
         Ok(())
     }
+}
+
+/// Writes `(address, bytes)` segments into `pid` from two threads (split by bytes).
+fn parallel_write(pid: Pid, segments: &[(u64, &[u8])]) -> Result<(), SysError> {
+    const THREADS: usize = 2;
+    const PIECE: usize = 4 << 20;
+    let mut pieces: Vec<(u64, &[u8])> = Vec::new();
+    for &(addr, data) in segments {
+        for (i, chunk) in data.chunks(PIECE).enumerate() {
+            pieces.push((addr + (i * PIECE) as u64, chunk));
+        }
+    }
+    let total: usize = pieces.iter().map(|p| p.1.len()).sum();
+    if total < 8 * PIECE {
+        return mem::write_scattered(pid, &pieces);
+    }
+    let per = total.div_ceil(THREADS);
+    let mut groups: Vec<Vec<(u64, &[u8])>> = vec![Vec::new(); THREADS];
+    let mut acc = 0usize;
+    for p in pieces {
+        let g = (acc / per).min(THREADS - 1);
+        acc += p.1.len();
+        groups[g].push(p);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = groups
+            .iter()
+            .map(|g| scope.spawn(move || mem::write_scattered(pid, g)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or(Err(SysError::Gone {
+                    pid: pid.as_raw(),
+                    how: "copy thread panicked".into(),
+                }))
+            })
+            .collect::<Result<Vec<()>, SysError>>()
+            .map(drop)
+    })
 }
 
 /// Address of a `syscall` instruction inside the image's vDSO (same code as this host's).

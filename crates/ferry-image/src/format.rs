@@ -253,9 +253,73 @@ impl PagesHeader {
     }
 }
 
+/// Page data is hashed in blocks of this size; the recorded hash is the xxh3-64 of the block
+/// hashes (little-endian, in order). Blocks can be verified in parallel.
+pub const HASH_BLOCK: usize = 16 << 20;
+
+/// Streaming hasher for page data (see [`HASH_BLOCK`]).
+#[derive(Default)]
+pub struct PageHasher {
+    block: xxhash_rust::xxh3::Xxh3,
+    in_block: usize,
+    blocks: Vec<u8>,
+}
+
+impl PageHasher {
+    pub fn new() -> PageHasher {
+        PageHasher::default()
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let take = (HASH_BLOCK - self.in_block).min(data.len());
+            self.block.update(&data[..take]);
+            self.in_block += take;
+            data = &data[take..];
+            if self.in_block == HASH_BLOCK {
+                self.blocks
+                    .extend_from_slice(&self.block.digest().to_le_bytes());
+                self.block.reset();
+                self.in_block = 0;
+            }
+        }
+    }
+
+    pub fn digest(mut self) -> u64 {
+        if self.in_block > 0 {
+            self.blocks
+                .extend_from_slice(&self.block.digest().to_le_bytes());
+        }
+        xxh3_64(&self.blocks)
+    }
+}
+
+/// The page-data hash of `data`, computed on `threads` threads.
+pub fn page_hash(data: &[u8], threads: usize) -> u64 {
+    let blocks: Vec<&[u8]> = data.chunks(HASH_BLOCK).collect();
+    let threads = threads.clamp(1, blocks.len().max(1));
+    let mut sums = vec![0u64; blocks.len()];
+    std::thread::scope(|scope| {
+        for (t, out) in sums
+            .chunks_mut(blocks.len().div_ceil(threads).max(1))
+            .enumerate()
+        {
+            let first = t * blocks.len().div_ceil(threads).max(1);
+            let blocks = &blocks;
+            scope.spawn(move || {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = xxh3_64(blocks[first + i]);
+                }
+            });
+        }
+    });
+    let bytes: Vec<u8> = sums.iter().flat_map(|h| h.to_le_bytes()).collect();
+    xxh3_64(&bytes)
+}
+
 /// Checks page data against the hash recorded for it.
 pub fn verify_pages(data: &[u8], expected_hash: u64) -> Result<(), FormatError> {
-    let computed = xxh3_64(data);
+    let computed = page_hash(data, 2);
     if computed != expected_hash {
         return Err(FormatError::Checksum {
             file: "pages.img",
@@ -391,9 +455,22 @@ mod tests {
 
     #[test]
     fn pages_verification() {
-        let data = vec![5u8; 8192];
-        let hash = xxh3_64(&data);
+        let data: Vec<u8> = (0..HASH_BLOCK * 3 + 8192)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let mut h = PageHasher::new();
+        for piece in data.chunks(1_000_003) {
+            h.update(piece);
+        }
+        let hash = h.digest();
+        assert_eq!(page_hash(&data, 1), hash);
+        assert_eq!(page_hash(&data, 2), hash);
+        assert_eq!(page_hash(&data, 7), hash);
         verify_pages(&data, hash).unwrap();
         assert!(verify_pages(&data, hash ^ 1).is_err());
+        let mut bad = data.clone();
+        bad[HASH_BLOCK + 17] ^= 1;
+        assert!(verify_pages(&bad, hash).is_err());
+        assert_eq!(page_hash(&[], 2), PageHasher::new().digest());
     }
 }

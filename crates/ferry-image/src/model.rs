@@ -306,7 +306,7 @@ pub struct PageIndex {
     pub runs: Vec<PageRun>,
     /// Total bytes of page data (`pages.img` length minus its header).
     pub bytes: u64,
-    /// xxh3-64 of the page data.
+    /// Hash of the page data (`format::PageHasher`: xxh3-64 over 16 MiB block hashes).
     pub hash: u64,
 }
 

@@ -7,7 +7,8 @@ use memmap2::{Advice, Mmap};
 
 use crate::{Result, SysError};
 
-/// A whole file mapped read-only (private), excluded from forks.
+/// A whole file mapped read-only (private, page tables populated up front), excluded from
+/// forks.
 pub struct MappedFile {
     map: Option<Mmap>,
 }
@@ -22,7 +23,8 @@ impl MappedFile {
         // SAFETY: the mapping is private and read-only. Image files belong to ferry; should
         // another process modify one while it is mapped, ferry may read the new bytes (and
         // checksums catch that), but it never reads outside the mapping.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| SysError::io(path, e))?;
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+            .map_err(|e| SysError::io(path, e))?;
         // Best effort: read ahead, and keep forks (the restore vessel) from inheriting it.
         let _ = map.advise(Advice::Sequential);
         let _ = map.advise(Advice::DontFork);

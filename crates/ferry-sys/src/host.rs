@@ -162,16 +162,13 @@ fn xgetbv0() -> u64 {
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
-/// Features recorded in an XSAVE area as `PTRACE_GETREGSET(NT_X86_XSTATE)` returns it: the
-/// kernel writes its `xstate_fx_sw_bytes` into the software-reserved bytes 464..512.
+/// Enabled features (XCR0) recorded in an XSAVE area as `PTRACE_GETREGSET(NT_X86_XSTATE)`
+/// returns it: the kernel stores XCR0 in the first software-reserved bytes, at offset 464 (the
+/// same convention gdb reads).
 pub fn xstate_features(xstate: &[u8]) -> u64 {
-    let f = crate::abi::Fields::new(xstate);
-    const FP_XSTATE_MAGIC1: u32 = 0x4650_5853;
-    if f.u32(464) == FP_XSTATE_MAGIC1 {
-        f.u64(472)
-    } else {
-        // Legacy area without the software bytes: x87 and SSE only.
-        0x3
+    match crate::abi::Fields::new(xstate).u64(464) {
+        0 => 0x3, // a legacy area: x87 and SSE only
+        xcr0 => xcr0,
     }
 }
 
@@ -298,4 +295,20 @@ pub fn route_termination_to_relay() -> Result<()> {
     set.add(Signal::SIGHUP);
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
         .map_err(|e| SysError::syscall("pthread_sigmask", self_pid(), e))
+}
+
+/// Closes every fd from `first` up (`close_range`): for workloads that must hold nothing
+/// they inherited by accident.
+pub fn close_fds_from(first: u32) -> Result<()> {
+    // SAFETY: close_range takes plain integers; closing fds the Rust runtime does not own is
+    // the caller's intent (std keeps none open at that point).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+    if r != 0 {
+        return Err(SysError::syscall(
+            "close_range",
+            self_pid(),
+            nix::errno::Errno::last(),
+        ));
+    }
+    Ok(())
 }

@@ -60,6 +60,7 @@ fn verify(buf: &[u8]) -> bool {
 /// The benchmark's workload: writes `mib` MiB, says "ready" (a file next to the cwd), then
 /// waits; when `verify` appears it checks every byte and exits 0 (intact) or 1.
 fn hold_memory(mib: u64) -> Result<ExitCode> {
+    host::close_fds_from(3).context("closing inherited fds")?;
     let mut buf = vec![0u8; (mib as usize) << 20];
     fill(&mut buf);
     fs::write("ready", b"ready\n").context("writing the ready file")?;
