@@ -181,15 +181,7 @@ fn capture_frozen(
         )
         .unwrap_or(0),
         nice: stat.nice as i32,
-        rlimits: proc::rlimits(pid)
-            .map_err(sys("reading resource limits"))?
-            .into_iter()
-            .map(|(resource, soft, hard)| Rlimit {
-                resource,
-                soft,
-                hard,
-            })
-            .collect(),
+        rlimits: injected.rlimits,
         dumpable: injected.dumpable,
         no_new_privs: status.nonewprivs.unwrap_or(0) != 0,
         child_subreaper: injected.child_subreaper,
@@ -400,9 +392,13 @@ fn new_image_id(pid: Pid) -> u64 {
     u64::from_le_bytes(seed) ^ (nanos as u64) ^ ((pid.as_raw() as u64) << 32)
 }
 
+/// RLIMIT_CPU (0) … RLIMIT_RTTIME (15).
+const RLIMIT_COUNT: u32 = 16;
+
 /// What the process reports about itself through injected calls.
 struct Injected {
     actions: Vec<SigAction>,
+    rlimits: Vec<Rlimit>,
     timers: Timers,
     altstack: StackT,
     brk: u64,
@@ -453,6 +449,23 @@ fn query_process(inj: &mut Injector<'_>, scratch: u64) -> Result<Injected, SysEr
     inj.call("sigaltstack", libc::SYS_sigaltstack, [0, out, 0, 0, 0, 0])?;
     let altstack = StackT::decode(&inj.peek(out, StackT::SIZE)?);
     let brk = inj.call("brk", libc::SYS_brk, [0; 6])?;
+    // Asked of the process itself: prlimit64 on another user's process needs
+    // CAP_SYS_RESOURCE, which root may lack.
+    let mut rlimits = Vec::new();
+    for resource in 0..RLIMIT_COUNT {
+        inj.call(
+            "prlimit64",
+            libc::SYS_prlimit64,
+            [0, resource as u64, 0, out, 0, 0],
+        )?;
+        let f = Fields::new(&inj.peek(out, 16)?).u64(0);
+        let hard = Fields::new(&inj.peek(out + 8, 8)?).u64(0);
+        rlimits.push(Rlimit {
+            resource,
+            soft: f,
+            hard,
+        });
+    }
     let prctl_out =
         |inj: &mut Injector<'_>, op: u64, name: &'static str| -> Result<u64, SysError> {
             inj.poke(out, &[0u8; 8])?;
@@ -484,6 +497,7 @@ fn query_process(inj: &mut Injector<'_>, scratch: u64) -> Result<Injected, SysEr
     )? as u32;
     Ok(Injected {
         actions,
+        rlimits,
         timers,
         altstack,
         brk,

@@ -62,6 +62,8 @@ pub struct RestoreReport {
     pub mappings: usize,
     pub injected_calls: u64,
     pub old_pid: i32,
+    /// Files the process held that its owner could not open any more (opened as root).
+    pub privileged_opens: u32,
 }
 
 /// Loads, verifies and restores the image in `dir`.
@@ -97,6 +99,7 @@ pub fn restore_loaded(
         calls: 0,
         copy_time: Duration::ZERO,
         gadget: 0,
+        privileged_opens: 0,
     };
     match builder.build(loaded) {
         Ok(()) => {
@@ -108,6 +111,7 @@ pub fn restore_loaded(
                 mappings: image.memory.vmas.len(),
                 injected_calls: builder.calls,
                 old_pid: image.control.pid,
+                privileged_opens: builder.privileged_opens,
             };
             info!(pid = pid.as_raw(), ?report, "restored");
             Ok(RestoredProcess { pid, report })
@@ -184,6 +188,7 @@ struct Builder<'a> {
     calls: u64,
     copy_time: Duration,
     gadget: u64,
+    privileged_opens: u32,
 }
 
 /// Where arguments go inside the scratch area (page 0 holds the `syscall` instruction).
@@ -361,6 +366,49 @@ impl Builder<'_> {
         })
     }
 
+    /// Opens `path` in the vessel as the image's owner. A process may hold files its owner can
+    /// no longer open (opened before it dropped privileges); those are opened with root's
+    /// file-system identity instead, and counted (`privileged_opens`).
+    fn open_as_owner(
+        inj: &mut Injector<'_>,
+        s: &Scratch,
+        creds: &Credentials,
+        path: &str,
+        flags: i32,
+        privileged_opens: &mut u32,
+    ) -> Result<u64, SysError> {
+        let p = Self::poke_path(inj, s, path)?;
+        let args = [libc::AT_FDCWD as u64, p, flags as u64, 0, 0, 0];
+        match inj.call("open", libc::SYS_openat, args) {
+            Err(SysError::Injected { errno, .. })
+                if matches!(errno, ferry_sys::Errno::EACCES | ferry_sys::Errno::EPERM)
+                    && creds.uid.fs != 0 =>
+            {
+                inj.call("setfsuid", libc::SYS_setfsuid, [0; 6])?;
+                inj.call("setfsgid", libc::SYS_setfsgid, [0; 6])?;
+                let fd = inj.call("open (as root)", libc::SYS_openat, args);
+                inj.call(
+                    "setfsgid",
+                    libc::SYS_setfsgid,
+                    [creds.gid.fs as u64, 0, 0, 0, 0, 0],
+                )?;
+                inj.call(
+                    "setfsuid",
+                    libc::SYS_setfsuid,
+                    [creds.uid.fs as u64, 0, 0, 0, 0, 0],
+                )?;
+                let fd = fd?;
+                *privileged_opens += 1;
+                info!(
+                    path,
+                    "opened with root's identity: its owner can no longer open it"
+                );
+                Ok(fd)
+            }
+            other => other,
+        }
+    }
+
     /// Writes a NUL-terminated path into the argument area.
     fn poke_path(inj: &Injector<'_>, s: &Scratch, path: &str) -> Result<u64, SysError> {
         let mut bytes = path.as_bytes().to_vec();
@@ -372,7 +420,10 @@ impl Builder<'_> {
     fn map_memory(&mut self) -> Result<(), RestoreError> {
         let image = self.image;
         let has_pages = pages_per_vma(image);
-        self.inject("mapping memory", |inj, s| {
+        let creds = &image.credentials;
+        let mut privileged_opens = 0;
+        let privileged = &mut privileged_opens;
+        let result = self.inject("mapping memory", |inj, s| {
             let mut open: HashMap<(&str, bool), u64> = HashMap::new();
             for (i, v) in image.memory.vmas.iter().enumerate() {
                 let mut prot = prot_bits(v.prot);
@@ -397,23 +448,18 @@ impl Builder<'_> {
                         let fd = match open.get(&(path.as_str(), writable)) {
                             Some(&fd) => fd,
                             None => {
-                                let p = Self::poke_path(inj, &s, path)?;
                                 let mode = if writable {
                                     libc::O_RDWR
                                 } else {
                                     libc::O_RDONLY
                                 };
-                                let fd = inj.call(
-                                    "open(mapped file)",
-                                    libc::SYS_openat,
-                                    [
-                                        libc::AT_FDCWD as u64,
-                                        p,
-                                        (mode | libc::O_CLOEXEC) as u64,
-                                        0,
-                                        0,
-                                        0,
-                                    ],
+                                let fd = Self::open_as_owner(
+                                    inj,
+                                    &s,
+                                    creds,
+                                    path,
+                                    mode | libc::O_CLOEXEC,
+                                    privileged,
                                 )?;
                                 open.insert((path.as_str(), writable), fd);
                                 fd
@@ -443,7 +489,9 @@ impl Builder<'_> {
                 inj.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
             }
             Ok(())
-        })
+        });
+        self.privileged_opens += privileged_opens;
+        result
     }
 
     /// Copies the page data from the mapped image with two threads; each faults in the fresh
@@ -513,21 +561,20 @@ impl Builder<'_> {
 
     fn open_files(&mut self) -> Result<(), RestoreError> {
         let image = self.image;
+        let creds = &image.credentials;
         let mut fds: Vec<&Fd> = image.files.fds.iter().collect();
         fds.sort_by_key(|f| f.number);
+        let mut privileged_opens = 0;
         for fd in fds {
             let step = format!("opening fd {} ({})", fd.number, fd.kind.path());
+            let privileged = &mut privileged_opens;
             self.inject(&step, |inj, s| {
-                let p = Self::poke_path(inj, &s, fd.kind.path())?;
                 let mut flags = fd.kind.flags();
                 if fd.cloexec {
                     flags |= libc::O_CLOEXEC;
                 }
-                let opened = inj.call(
-                    "open",
-                    libc::SYS_openat,
-                    [libc::AT_FDCWD as u64, p, flags as u64, 0, 0, 0],
-                )?;
+                let opened =
+                    Self::open_as_owner(inj, &s, creds, fd.kind.path(), flags, privileged)?;
                 let n = fd.number as u64;
                 if opened != n {
                     let dflags = if fd.cloexec { libc::O_CLOEXEC } else { 0 };

@@ -288,61 +288,6 @@ pub fn open_fds(pid: Pid) -> Result<Vec<OpenFd>> {
     Ok(fds)
 }
 
-/// Soft and hard limit of every resource (`prlimit64` on the process).
-pub fn rlimits(pid: Pid) -> Result<Vec<(u32, u64, u64)>> {
-    let mut out = Vec::new();
-    // RLIMIT_CPU (0) … RLIMIT_RTTIME (15): the set has been stable on Linux since 2.6.25.
-    for res in 0..16u32 {
-        let mut old = libc::rlimit64 {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: a null new-limit pointer only reads; `old` is a valid out-pointer.
-        let r = unsafe {
-            libc::prlimit64(
-                pid.as_raw(),
-                res as libc::__rlimit_resource_t,
-                std::ptr::null(),
-                &mut old,
-            )
-        };
-        if r != 0 {
-            return Err(SysError::syscall(
-                "prlimit64",
-                pid,
-                nix::errno::Errno::last(),
-            ));
-        }
-        out.push((res, old.rlim_cur, old.rlim_max));
-    }
-    Ok(out)
-}
-
-/// Sets one limit of another process (`prlimit64`).
-pub fn set_rlimit(pid: Pid, resource: u32, soft: u64, hard: u64) -> Result<()> {
-    let new = libc::rlimit64 {
-        rlim_cur: soft,
-        rlim_max: hard,
-    };
-    // SAFETY: `new` is a valid rlimit64; a null old-limit pointer is allowed.
-    let r = unsafe {
-        libc::prlimit64(
-            pid.as_raw(),
-            resource as libc::__rlimit_resource_t,
-            &new,
-            std::ptr::null_mut(),
-        )
-    };
-    if r != 0 {
-        return Err(SysError::syscall(
-            "prlimit64",
-            pid,
-            nix::errno::Errno::last(),
-        ));
-    }
-    Ok(())
-}
-
 /// The robust futex list head of a thread (`get_robust_list`).
 pub fn robust_list(pid: Pid) -> Result<(u64, u64)> {
     let mut head: u64 = 0;
@@ -402,7 +347,5 @@ VmFlags: rd wr mr mw me gd ac \n\
         assert!(maps.windows(2).all(|w| w[0].end <= w[1].start));
         let fds = open_fds(me).unwrap();
         assert!(!fds.is_empty());
-        let limits = rlimits(me).unwrap();
-        assert_eq!(limits.len(), 16);
     }
 }

@@ -64,6 +64,7 @@ pub fn restore_json(r: &RestoreReport, pid: i32) -> Value {
         "memory_bytes": r.memory_bytes,
         "mappings": r.mappings,
         "injected_calls": r.injected_calls,
+        "privileged_opens": r.privileged_opens,
     })
 }
 
