@@ -235,15 +235,33 @@ fn capture_frozen(
     }
     pending.retain(|p| !matches!(p.signo(), 9 | 19));
 
-    // 4. Files.
-    let mut fds = Vec::new();
+    // 4. Files. Duplicates (`2>&1`) share one open file description: recorded as such, so
+    // that restore shares it again (and with it the offset).
+    let mut fds: Vec<Fd> = Vec::new();
     for fd in proc::open_fds(pid).map_err(sys("listing fds"))? {
         let kind = mobility::classify_fd(pid, &fd)?;
         mobility::check_locks(pid, fd.fd)?;
+        let mut dup_of = None;
+        for earlier in fds
+            .iter()
+            .filter(|e| e.dup_of.is_none() && e.kind.path() == kind.path())
+        {
+            if proc::same_open_file(pid, earlier.number, fd.fd)
+                .map_err(sys("comparing open files"))?
+            {
+                dup_of = Some(earlier.number);
+                break;
+            }
+        }
+        let kind = match dup_of.and_then(|n| fds.iter().find(|e| e.number == n)) {
+            Some(primary) => primary.kind.clone(),
+            None => kind,
+        };
         fds.push(Fd {
             number: fd.fd,
             cloexec: fd.flags & libc::O_CLOEXEC != 0,
             kind,
+            dup_of,
         });
     }
 

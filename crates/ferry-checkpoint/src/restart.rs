@@ -21,6 +21,12 @@
 //! It is exact when the kernel already wrote the remaining time back into the request (glibc
 //! `sleep()`: `nanosleep(&ts, &ts)`), and for absolute timeouts (Python's `time.sleep`).
 //!
+//! Some waits do not restart at all when merely stopped: the kernel fails them with EINTR even
+//! without a signal handler (signal(7), "Interruption of system calls and library functions by
+//! stop signals": `epoll_wait`, `sigtimedwait`, `semop`, `io_getevents`, …). At the stop the
+//! program has not seen that EINTR yet; ferry turns it into `-ERESTARTNOHAND`, which the kernel
+//! resolves exactly as it should have: restart when no handler runs, EINTR when one does.
+//!
 //! A thread stopped inside `restart_syscall` itself (it was interrupted before, e.g. by
 //! SIGSTOP/SIGCONT) no longer says which call it restarts; the source kernel can still
 //! continue it, but a restored copy sees EINTR, as the kernel does for any process without a
@@ -31,6 +37,18 @@ use ferry_sys::{Regs, libc};
 
 const NR_RESTART_SYSCALL: u64 = 219;
 
+/// x86_64 calls that fail with EINTR when the process is stopped and continued.
+const EINTR_ON_STOP: [u64; 8] = [
+    232, // epoll_wait
+    281, // epoll_pwait
+    441, // epoll_pwait2
+    128, // rt_sigtimedwait
+    65,  // semop
+    220, // semtimedop
+    208, // io_getevents
+    333, // io_pgetevents
+];
+
 /// How the thread was caught, for reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interrupted {
@@ -40,6 +58,8 @@ pub enum Interrupted {
     Restartable { nr: u64 },
     /// Inside a call with a kernel restart block: restarts with its original arguments.
     RestartBlock { nr: u64 },
+    /// A wait the stop itself failed with EINTR: restarts as if `-ERESTARTNOHAND`.
+    EintrOnStop { nr: u64 },
     /// Inside `restart_syscall`: a restored copy sees EINTR.
     InRestartSyscall,
 }
@@ -60,6 +80,12 @@ fn restart_code(regs: &Regs) -> Option<i64> {
 }
 
 pub fn classify(regs: &Regs) -> Interrupted {
+    if (regs.orig_rax as i64) >= 0
+        && regs.rax as i64 == -(libc::EINTR as i64)
+        && EINTR_ON_STOP.contains(&regs.orig_rax)
+    {
+        return Interrupted::EintrOnStop { nr: regs.orig_rax };
+    }
     match restart_code(regs) {
         None => Interrupted::NotInSyscall,
         Some(_) if regs.orig_rax == NR_RESTART_SYSCALL => Interrupted::InRestartSyscall,
@@ -72,7 +98,9 @@ pub fn classify(regs: &Regs) -> Interrupted {
 pub fn for_image(regs: &Regs) -> Regs {
     let mut r = *regs;
     match classify(regs) {
-        Interrupted::RestartBlock { .. } => r.rax = (-ERESTARTNOHAND) as u64,
+        Interrupted::RestartBlock { .. } | Interrupted::EintrOnStop { .. } => {
+            r.rax = (-ERESTARTNOHAND) as u64
+        }
         Interrupted::InRestartSyscall => {
             r.rax = (-(libc::EINTR as i64)) as u64;
             r.orig_rax = u64::MAX;
@@ -145,8 +173,15 @@ mod tests {
             Interrupted::RestartBlock { nr: 230 }
         );
         assert_eq!(classify(&regs(219, -516)), Interrupted::InRestartSyscall);
-        // A genuine EINTR is a result, not a restart.
+        // A genuine EINTR is a result, not a restart…
         assert_eq!(classify(&regs(0, -4)), Interrupted::NotInSyscall);
+        // …except from waits that the stop itself failed.
+        assert_eq!(
+            classify(&regs(128, -4)),
+            Interrupted::EintrOnStop { nr: 128 }
+        );
+        assert_eq!(for_image(&regs(232, -4)).rax as i64, -514);
+        assert_eq!(for_source(&regs(232, -4)).rax as i64, -514);
     }
 
     #[test]

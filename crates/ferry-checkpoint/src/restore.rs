@@ -563,9 +563,25 @@ impl Builder<'_> {
         let image = self.image;
         let creds = &image.credentials;
         let mut fds: Vec<&Fd> = image.files.fds.iter().collect();
-        fds.sort_by_key(|f| f.number);
+        // Primaries first, then their duplicates.
+        fds.sort_by_key(|f| (f.dup_of.is_some(), f.number));
         let mut privileged_opens = 0;
         for fd in fds {
+            if let Some(of) = fd.dup_of {
+                let dflags = if fd.cloexec { libc::O_CLOEXEC } else { 0 };
+                self.inject(
+                    &format!("duplicating fd {of} as fd {}", fd.number),
+                    |inj, _| {
+                        inj.call(
+                            "dup3",
+                            libc::SYS_dup3,
+                            [of as u64, fd.number as u64, dflags as u64, 0, 0, 0],
+                        )
+                        .map(drop)
+                    },
+                )?;
+                continue;
+            }
             let step = format!("opening fd {} ({})", fd.number, fd.kind.path());
             let privileged = &mut privileged_opens;
             self.inject(&step, |inj, s| {

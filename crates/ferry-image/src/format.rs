@@ -88,16 +88,27 @@ fn check_version(file: &'static str, major: u16, minor: u16) -> Result<(), Forma
 /// Encodes a process image as the bytes of `core.img`.
 pub fn encode_core(image: &ProcessImage) -> Result<Vec<u8>, FormatError> {
     let payload = postcard::to_stdvec(image).map_err(|e| FormatError::Encode(e.to_string()))?;
+    Ok(wrap_payload(&payload))
+}
+
+/// Frames an already encoded payload as `core.img` (header and checksum). Used by the fuzz
+/// target that reaches the payload decoder with arbitrary bytes.
+pub fn wrap_payload(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(CORE_HEADER_LEN + payload.len() + CHECKSUM_LEN);
     out.extend_from_slice(&CORE_MAGIC);
     out.extend_from_slice(&FORMAT_MAJOR.to_le_bytes());
     out.extend_from_slice(&FORMAT_MINOR.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&payload);
+    out.extend_from_slice(payload);
     let sum = xxh3_64(&out);
     out.extend_from_slice(&sum.to_le_bytes());
-    Ok(out)
+    out
+}
+
+/// The postcard payload of an image (what [`wrap_payload`] frames).
+pub fn encode_payload(image: &ProcessImage) -> Result<Vec<u8>, FormatError> {
+    postcard::to_stdvec(image).map_err(|e| FormatError::Encode(e.to_string()))
 }
 
 fn le_u16(b: &[u8], at: usize) -> u16 {

@@ -341,6 +341,9 @@ pub struct Fd {
     pub number: i32,
     pub cloexec: bool,
     pub kind: FdKind,
+    /// This fd is a duplicate of fd N (same open file description: shared offset and status
+    /// flags, as after `dup` or `2>&1`). N is the lowest-numbered fd of the group.
+    pub dup_of: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -665,6 +668,18 @@ pub mod tests_support {
                             pos: 120,
                             identity: FileIdentity::default(),
                         },
+                        dup_of: None,
+                    },
+                    Fd {
+                        number: 2,
+                        cloexec: false,
+                        kind: FdKind::Regular {
+                            path: "/tmp/out.txt".into(),
+                            flags: 0o1 | 0o2000,
+                            pos: 120,
+                            identity: FileIdentity::default(),
+                        },
+                        dup_of: Some(1),
                     },
                     Fd {
                         number: 0,
@@ -675,6 +690,7 @@ pub mod tests_support {
                             major: 1,
                             minor: 3,
                         },
+                        dup_of: None,
                     },
                 ],
             },

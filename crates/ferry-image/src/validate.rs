@@ -42,7 +42,7 @@ macro_rules! ensure {
 }
 
 fn aligned(v: u64) -> bool {
-    v % PAGE_SIZE == 0
+    v.is_multiple_of(PAGE_SIZE)
 }
 
 fn check_path(what: &str, path: &str) -> Result<(), ValidationError> {
@@ -141,7 +141,7 @@ fn validate_execution(e: &Execution) -> Result<(), ValidationError> {
 fn validate_memory(m: &AddressSpace) -> Result<(), ValidationError> {
     ensure!(m.vmas.len() <= MAX_VMAS, "{} mappings", m.vmas.len());
     ensure!(
-        m.auxv.len() <= MAX_AUXV_WORDS && m.auxv.len() % 2 == 0,
+        m.auxv.len() <= MAX_AUXV_WORDS && m.auxv.len().is_multiple_of(2),
         "auxiliary vector of {} words",
         m.auxv.len()
     );
@@ -301,6 +301,18 @@ fn validate_files(f: &Files) -> Result<(), ValidationError> {
             "fd {}: open-time flags (O_CREAT/O_TRUNC/O_EXCL) in the status flags",
             fd.number
         );
+    }
+    for fd in &f.fds {
+        if let Some(of) = fd.dup_of {
+            let primary = f.fds.iter().find(|p| p.number == of);
+            ensure!(
+                primary.is_some_and(|p| p.dup_of.is_none()
+                    && p.number < fd.number
+                    && p.kind == fd.kind),
+                "fd {} duplicates fd {of}, which is not a lower fd of the same file",
+                fd.number
+            );
+        }
     }
     Ok(())
 }
@@ -490,6 +502,14 @@ mod tests {
             i.files.fds.push(fd);
         });
         assert!(e.contains("appears twice"), "{e}");
+    }
+
+    #[test]
+    fn rejects_broken_dup_groups() {
+        let e = invalid(|i| i.files.fds[1].dup_of = Some(7));
+        assert!(e.contains("duplicates fd 7"), "{e}");
+        let e = invalid(|i| i.files.fds[0].dup_of = Some(2));
+        assert!(e.contains("duplicates fd 2"), "{e}");
     }
 
     #[test]

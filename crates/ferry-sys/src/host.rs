@@ -296,19 +296,3 @@ pub fn route_termination_to_relay() -> Result<()> {
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
         .map_err(|e| SysError::syscall("pthread_sigmask", self_pid(), e))
 }
-
-/// Closes every fd from `first` up (`close_range`): for workloads that must hold nothing
-/// they inherited by accident.
-pub fn close_fds_from(first: u32) -> Result<()> {
-    // SAFETY: close_range takes plain integers; closing fds the Rust runtime does not own is
-    // the caller's intent (std keeps none open at that point).
-    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
-    if r != 0 {
-        return Err(SysError::syscall(
-            "close_range",
-            self_pid(),
-            nix::errno::Errno::last(),
-        ));
-    }
-    Ok(())
-}

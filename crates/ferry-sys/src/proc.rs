@@ -288,6 +288,27 @@ pub fn open_fds(pid: Pid) -> Result<Vec<OpenFd>> {
     Ok(fds)
 }
 
+/// Whether two fds of a process refer to the same open file description (one is a `dup` of
+/// the other, sharing offset and status flags): `kcmp(KCMP_FILE)`.
+pub fn same_open_file(pid: Pid, fd1: i32, fd2: i32) -> Result<bool> {
+    const KCMP_FILE: i32 = 0;
+    // SAFETY: kcmp takes plain integers.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            pid.as_raw(),
+            pid.as_raw(),
+            KCMP_FILE,
+            fd1 as libc::c_ulong,
+            fd2 as libc::c_ulong,
+        )
+    };
+    if r < 0 {
+        return Err(SysError::syscall("kcmp", pid, nix::errno::Errno::last()));
+    }
+    Ok(r == 0)
+}
+
 /// The robust futex list head of a thread (`get_robust_list`).
 pub fn robust_list(pid: Pid) -> Result<(u64, u64)> {
     let mut head: u64 = 0;

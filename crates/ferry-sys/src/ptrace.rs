@@ -145,7 +145,6 @@ impl Tracee {
             addr as *mut libc::c_void,
             data as *mut libc::c_void,
         )
-        .map(|r| r as i64)
         .map_err(|e| SysError::syscall(op, self.pid, e))
     }
 

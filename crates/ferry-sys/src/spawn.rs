@@ -51,3 +51,47 @@ pub fn vessel() -> Result<Tracee> {
     tracee.take_deferred_signals();
     Ok(tracee)
 }
+
+/// Makes `cmd` start its program detached from ferry: in a new session (no controlling
+/// terminal, unless `controlling_tty` names one to take), with every fd above 2 closed on
+/// exec, so that nothing ferry or its caller inherited (a jobserver pipe, a terminal) leaks
+/// into a job.
+pub fn isolate(cmd: &mut std::process::Command, controlling_tty: Option<&std::path::Path>) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let tty = controlling_tty.and_then(|p| std::ffi::CString::new(p.as_os_str().as_bytes()).ok());
+    // Runs in the child between fork and exec: only async-signal-safe system calls, no
+    // allocation (the path was converted above), no lock.
+    let hook = move || -> std::io::Result<()> {
+        // SAFETY: setsid, open, close and close_range take plain integers or a NUL-terminated
+        // string that outlives the call; all are async-signal-safe.
+        unsafe {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if let Some(tty) = &tty {
+                // Opening a terminal without O_NOCTTY as a session leader makes it the
+                // controlling terminal.
+                let fd = libc::open(tty.as_ptr(), libc::O_RDWR);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+            if libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: `hook` is async-signal-safe (see above), as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}

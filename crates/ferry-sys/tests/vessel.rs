@@ -37,3 +37,60 @@ fn vessel_stops_and_reports_its_state() {
     let _ = t.take_deferred_signals();
     t.kill().unwrap();
 }
+
+#[test]
+fn injected_calls_run_inside_the_tracee() {
+    use ferry_sys::inject::{Injector, find_syscall_gadget};
+    if !root() {
+        return;
+    }
+    let mut t = spawn::vessel().unwrap();
+    let pid = t.pid();
+    let gadget = find_syscall_gadget(pid).unwrap();
+    let template = t.regs().unwrap();
+    let mut inj = Injector::new(&mut t, gadget, template);
+    let got = inj.call("getpid", libc::SYS_getpid, [0; 6]).unwrap();
+    assert_eq!(got as i32, pid.as_raw());
+    let s = inj.map_scratch(None, 2).unwrap();
+    inj.poke(s.addr, b"hello").unwrap();
+    assert_eq!(inj.peek(s.addr, 5).unwrap(), b"hello");
+    let err = inj
+        .call("close(bad)", libc::SYS_close, [999_999, 0, 0, 0, 0, 0])
+        .unwrap_err();
+    assert_eq!(err.errno(), Some(ferry_sys::Errno::EBADF));
+    assert!(err.to_string().contains("close(bad)"), "{err}");
+    inj.unmap(s).unwrap();
+    assert!(inj.peek(s.addr, 5).is_err());
+    t.kill().unwrap();
+}
+
+#[test]
+fn pagemap_scan_and_pagemap_file_agree() {
+    use ferry_sys::pagemap::{PageScanner, Select};
+    // Scan our own heap-allocated buffer: some pages written, some never touched.
+    let len = 64 * 4096;
+    let buf = vec![0u8; len + 4096];
+    let base = (buf.as_ptr() as u64).next_multiple_of(4096);
+    for i in (0..64).step_by(3) {
+        touch(base + i * 4096);
+    }
+    let me = ferry_sys::host::self_pid();
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    PageScanner::open(me)
+        .unwrap()
+        .scan(base, base + len as u64, Select::Anonymous, &mut a)
+        .unwrap();
+    PageScanner::open(me)
+        .unwrap()
+        .without_scan_ioctl()
+        .scan(base, base + len as u64, Select::Anonymous, &mut b)
+        .unwrap();
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+}
+
+/// Writes one byte of our own memory with process_vm_writev (no unsafe code in tests).
+fn touch(addr: u64) {
+    ferry_sys::mem::write(ferry_sys::host::self_pid(), addr, &[1]).expect("writing own memory");
+}

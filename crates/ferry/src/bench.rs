@@ -60,7 +60,6 @@ fn verify(buf: &[u8]) -> bool {
 /// The benchmark's workload: writes `mib` MiB, says "ready" (a file next to the cwd), then
 /// waits; when `verify` appears it checks every byte and exits 0 (intact) or 1.
 fn hold_memory(mib: u64) -> Result<ExitCode> {
-    host::close_fds_from(3).context("closing inherited fds")?;
     let mut buf = vec![0u8; (mib as usize) << 20];
     fill(&mut buf);
     fs::write("ready", b"ready\n").context("writing the ready file")?;
@@ -129,14 +128,14 @@ fn one_run(exe: &Path, mib: u64, work: &Path) -> Result<Run> {
     let wd = work.join("wd");
     let image = work.join("image");
     fs::create_dir_all(&wd)?;
-    let mut child = Command::new(exe)
-        .args(["bench", "hold-memory", "--mib", &mib.to_string()])
+    let mut cmd = Command::new(exe);
+    cmd.args(["bench", "hold-memory", "--mib", &mib.to_string()])
         .current_dir(&wd)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the workload")?;
+        .stderr(Stdio::null());
+    ferry_sys::spawn::isolate(&mut cmd, None);
+    let mut child = cmd.spawn().context("starting the workload")?;
     let pid = Pid::from_raw(child.id() as i32);
     let result = (|| -> Result<Run> {
         wait_for(&wd.join("ready"), Duration::from_secs(120))?;

@@ -1,0 +1,610 @@
+//! Checkpoint a workload mid-run, restore it, and compare with an uninterrupted run.
+//!
+//! Each test runs its workload once uninterrupted (the reference), then again: it waits for a
+//! marker in the output that says the process is mid-run (usually inside a sleep of the kind
+//! the workload exercises), runs `ferry checkpoint PID --dir IMAGE` (the process must be dead
+//! and is reaped when ferry returns), restores the image (`ferry restore`, attached, or
+//! `--detach` when the test has to signal the new pid) and requires the same exit status and
+//! byte-identical stdout and stderr. The workloads are in `workloads/c` (see the header
+//! comment of each for what it exercises and prints) and `crates/ferry-workloads`.
+
+mod support;
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::Signal;
+use support::*;
+
+fn lit(s: &str) -> Arg {
+    Arg::Lit(s.to_string())
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+// --- counter: short sleeps, stdout offset --------------------------------------------------------
+
+#[test]
+fn counter() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new("counter", c_workload("counter"), Marker::Text("\n5\n")).run();
+}
+
+#[test]
+fn counter_detached() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "counter-detached",
+        c_workload("counter"),
+        Marker::Text("\n5\n"),
+    )
+    .detach()
+    .run();
+}
+
+// --- sleeper: nanosleep / clock_nanosleep restarts -----------------------------------------------
+
+#[test]
+fn sleeper_in_glibc_nanosleep() {
+    if !needs_root() {
+        return;
+    }
+    // After "nanosleep 2:" the process is inside the fourth 250 ms nanosleep.
+    Scenario::new(
+        "sleeper-nanosleep",
+        c_workload("sleeper"),
+        Marker::Text("nanosleep 2:"),
+    )
+    .settle(ms(50))
+    .run();
+}
+
+#[test]
+fn sleeper_in_raw_nanosleep() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "sleeper-raw-nanosleep",
+        c_workload("sleeper"),
+        Marker::Text("raw nanosleep 1:"),
+    )
+    .settle(ms(50))
+    .run();
+}
+
+#[test]
+fn sleeper_in_clock_nanosleep_absolute() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "sleeper-abs",
+        c_workload("sleeper"),
+        Marker::Text("clock_nanosleep abs: start"),
+    )
+    .settle(ms(300))
+    .run();
+}
+
+#[test]
+fn sleeper_in_clock_nanosleep_relative() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "sleeper-rel",
+        c_workload("sleeper"),
+        Marker::Text("clock_nanosleep rel: start"),
+    )
+    .settle(ms(300))
+    .run();
+}
+
+// --- poller: poll / ppoll --------------------------------------------------------------------------
+
+#[test]
+fn poller_in_poll() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "poller-poll",
+        c_workload("poller"),
+        Marker::Text("poll 3: ret="),
+    )
+    .args(&[Arg::File("poll.dat")])
+    .settle(ms(50))
+    .run();
+}
+
+#[test]
+fn poller_in_ppoll() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "poller-ppoll",
+        c_workload("poller"),
+        Marker::Text("ppoll: start"),
+    )
+    .args(&[Arg::File("poll.dat")])
+    .settle(ms(300))
+    .run();
+}
+
+// --- waiter: select / pselect / sigtimedwait -------------------------------------------------------
+
+#[test]
+fn waiter_in_select() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "waiter-select",
+        c_workload("waiter"),
+        Marker::Text("select 1: start"),
+    )
+    .settle(ms(300))
+    .run();
+}
+
+#[test]
+fn waiter_in_pselect() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "waiter-pselect",
+        c_workload("waiter"),
+        Marker::Text("pselect: start"),
+    )
+    .settle(ms(300))
+    .run();
+}
+
+/// The kernel does not restart sigtimedwait after a stop: a ptrace freeze makes it return
+/// EINTR (signal(7)). The output only matches the reference if ferry makes up for that (or
+/// freezes without interrupting the wait); this test says whether it does.
+#[test]
+fn waiter_in_sigtimedwait() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "waiter-sigtimedwait",
+        c_workload("waiter"),
+        Marker::Text("sigtimedwait: start"),
+    )
+    .settle(ms(300))
+    .run();
+}
+
+// --- sigsuspend: woken by a signal sent to the restored pid ---------------------------------------
+
+#[test]
+fn sigsuspend_woken_after_restore() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "sigsuspend",
+        c_workload("sigsuspend"),
+        Marker::Text("ready"),
+    )
+    .settle(ms(300))
+    .wake(Signal::SIGUSR1)
+    .run();
+}
+
+// --- memory ----------------------------------------------------------------------------------------
+
+#[test]
+fn heap_300_mib() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new("heap", c_workload("heap"), Marker::Text("ready"))
+        .args(&[lit("300")])
+        .settle(ms(300))
+        .run();
+}
+
+#[test]
+fn shared_file_mapping() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "shared-map",
+        c_workload("shared_map"),
+        Marker::Text("step 5\n"),
+    )
+    .args(&[Arg::File("shared.map")])
+    .run();
+}
+
+#[test]
+fn private_file_mapping() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "private-map",
+        c_workload("private_map"),
+        Marker::Text("step 5\n"),
+    )
+    .args(&[Arg::File("private.map")])
+    .run();
+}
+
+// --- registers, signals, files, credentials --------------------------------------------------------
+
+#[test]
+fn fpu_sse_avx_avx512_registers() {
+    if !needs_root() {
+        return;
+    }
+    // "ready" comes just before the asm block; give it time to load the registers and sleep.
+    Scenario::new("fpu-avx", c_workload("fpu_avx"), Marker::Text("ready"))
+        .settle(ms(500))
+        .run();
+}
+
+#[test]
+fn signal_state() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new("signals", c_workload("signals"), Marker::Text("sleep 1\n")).run();
+}
+
+#[test]
+fn files_cwd_umask() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new("files", c_workload("files"), Marker::Text("sleep 1\n"))
+        .args(&[Arg::Dir])
+        .run();
+}
+
+#[test]
+fn dropped_credentials() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new("creds", c_workload("creds"), Marker::Text("sleep 1\n")).run();
+}
+
+// --- Rust workload: frozen in user space -----------------------------------------------------------
+
+#[test]
+fn rust_compute() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "wl-compute",
+        rust_workload("wl-compute"),
+        Marker::Text("step 3:"),
+    )
+    .run();
+}
+
+// --- the same process, ten times -------------------------------------------------------------------
+
+/// Checkpoint (kill) and restore (--detach) the same counter ten times in a row, each time
+/// checkpointing the newest pid after it has made progress; it must still end exactly like an
+/// uninterrupted run.
+#[test]
+fn counter_ten_times_in_a_row() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("counter-x10");
+    let sc = Scenario::new("counter-x10", c_workload("counter"), Marker::Lines(4))
+        .args(&[lit("100"), lit("50")]);
+    let reference = sc.reference(&scratch);
+
+    let dir = scratch.subdir("run");
+    let mut current = sc.launch("run", &dir).spawn();
+    let (stdout, stderr) = (current.stdout.clone(), current.stderr.clone());
+    sc.wait_marker(&mut current);
+    for round in 0..10 {
+        let image = scratch.join(&format!("image-{round}"));
+        let ckpt = checkpoint_and_kill(&scratch, &mut current, &image);
+        let out = current.output();
+        assert!(
+            !out.contains("done"),
+            "round {round}: the counter finished before it was checkpointed; it is too short \
+             for this test\n{}",
+            ckpt.describe()
+        );
+        let lines = line_count(&out);
+        let mut restored = restore_detached(
+            &scratch,
+            &image,
+            &format!("counter-x10-restored-{round}"),
+            stdout.clone(),
+            stderr.clone(),
+        );
+        wait_until(
+            &mut restored,
+            &format!("round {round}: 3 more lines after restore"),
+            TIMEOUT,
+            |o| line_count(o) >= lines + 3,
+        );
+        current = restored;
+    }
+    let exit = current.wait(TIMEOUT);
+    assert_eq!(
+        exit.shell_code(),
+        reference.exit.shell_code(),
+        "after 10 restores the counter ended with {exit}\n{}",
+        current.diagnostics()
+    );
+    assert_same(
+        "counter after 10 checkpoints",
+        &current.output_bytes(),
+        &reference.stdout,
+        &current.diagnostics(),
+    );
+}
+
+// --- --leave-running -------------------------------------------------------------------------------
+
+/// Checks right after `ferry checkpoint --leave-running` that the process runs on: alive, not
+/// stopped, not traced; and again a little later.
+fn assert_left_running(proc: &Proc, context: &str) {
+    for _ in 0..3 {
+        let pid = proc.raw_pid();
+        let stat = proc_stat(pid)
+            .unwrap_or_else(|| panic!("--leave-running: the process is gone\n{context}"));
+        assert!(
+            !matches!(stat.state, 'T' | 't' | 'Z' | 'X'),
+            "--leave-running: the process is in state {} after the checkpoint\n{context}{}",
+            stat.state,
+            proc.diagnostics()
+        );
+        assert_eq!(
+            proc_status(pid, "TracerPid").as_deref(),
+            Some("0"),
+            "--leave-running: the process is still traced after the checkpoint\n{context}"
+        );
+        std::thread::sleep(ms(50));
+    }
+}
+
+fn image_is_written(image: &Path) -> bool {
+    fs::read_dir(image)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
+/// A counter checkpointed with --leave-running mid-run keeps running and ends exactly like an
+/// uninterrupted run.
+///
+/// The image is not restored here: after the checkpoint the original goes on appending to
+/// the same output file, so that file is no longer the one the image recorded (its size and
+/// mtime changed) and ferry may rightly refuse it. `leave_running_then_restore_the_image`
+/// restores a --leave-running image after putting the file back.
+#[test]
+fn leave_running_counter_finishes_unharmed() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("leave-running");
+    let sc = Scenario::new(
+        "leave-running",
+        c_workload("counter"),
+        Marker::Text("\n5\n"),
+    );
+    let reference = sc.reference(&scratch);
+    let dir = scratch.subdir("run");
+    let image = scratch.join("image");
+    let mut proc = sc.launch("run", &dir).spawn();
+    sc.wait_marker(&mut proc);
+    let run = checkpoint(&scratch, &proc, &image, &["--leave-running"]);
+    assert_left_running(&proc, &run.describe());
+    assert!(
+        image_is_written(&image),
+        "--leave-running wrote no image\n{}",
+        run.describe()
+    );
+    let exit = proc.wait(TIMEOUT);
+    assert_eq!(
+        exit,
+        reference.exit,
+        "the process left running ended with {exit}\n{}{}",
+        run.describe(),
+        proc.diagnostics()
+    );
+    assert_same(
+        "output of the process left running",
+        &proc.output_bytes(),
+        &reference.stdout,
+        &run.describe(),
+    );
+}
+
+/// Truncates and rewrites PATH with CONTENT and sets its mtime back: same inode, same size,
+/// same mtime as when it was saved.
+fn rewind_file(path: &Path, content: &[u8], mtime: SystemTime) {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("reopening {}: {e}", path.display()));
+    f.write_all(content)
+        .unwrap_or_else(|e| panic!("rewriting {}: {e}", path.display()));
+    f.set_modified(mtime)
+        .unwrap_or_else(|e| panic!("setting the mtime of {}: {e}", path.display()));
+}
+
+/// `--leave-running` on a process parked in sigsuspend: the original, woken with SIGUSR1,
+/// finishes like the reference; then the output files are put back exactly as they were at
+/// checkpoint time (the process wrote nothing while parked, so the state right after ferry
+/// returned is the state at the checkpoint) and the image, restored and woken the same way,
+/// must finish like the reference too.
+#[test]
+fn leave_running_then_restore_the_image() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("leave-running-restore");
+    let sc = Scenario::new(
+        "leave-running-restore",
+        c_workload("sigsuspend"),
+        Marker::Text("ready"),
+    )
+    .wake(Signal::SIGUSR1);
+    let reference = sc.reference(&scratch);
+    let dir = scratch.subdir("run");
+    let image = scratch.join("image");
+    let mut proc = sc.launch("run", &dir).spawn();
+    sc.wait_marker(&mut proc);
+    std::thread::sleep(ms(300));
+    let run = checkpoint(&scratch, &proc, &image, &["--leave-running"]);
+    assert_left_running(&proc, &run.describe());
+
+    let stdout = proc.stdout.clone().expect("stdout path");
+    let stderr = proc.stderr.clone().expect("stderr path");
+    let saved: Vec<(Vec<u8>, SystemTime)> = [&stdout, &stderr]
+        .iter()
+        .map(|p| {
+            let meta = fs::metadata(p).expect("stat of an output file");
+            (
+                fs::read(p).expect("reading an output file"),
+                meta.modified().expect("mtime"),
+            )
+        })
+        .collect();
+
+    proc.signal(Signal::SIGUSR1);
+    let exit = proc.wait(TIMEOUT);
+    assert_eq!(
+        exit,
+        reference.exit,
+        "{}{}",
+        run.describe(),
+        proc.diagnostics()
+    );
+    assert_same(
+        "output of the process left running",
+        &proc.output_bytes(),
+        &reference.stdout,
+        &run.describe(),
+    );
+
+    rewind_file(&stdout, &saved[0].0, saved[0].1);
+    rewind_file(&stderr, &saved[1].0, saved[1].1);
+    let mut restored = restore_detached(
+        &scratch,
+        &image,
+        "leave-running-restored",
+        Some(stdout.clone()),
+        Some(stderr.clone()),
+    );
+    restored.signal(Signal::SIGUSR1);
+    let exit = restored.wait(TIMEOUT);
+    assert_eq!(
+        exit,
+        reference.exit,
+        "the image of a process left running, restored, ended with {exit}\n{}",
+        restored.diagnostics()
+    );
+    assert_same(
+        "output of the restored image",
+        &restored.output_bytes(),
+        &reference.stdout,
+        &restored.diagnostics(),
+    );
+}
+
+// --- what `ferry restore` (attached) reports -------------------------------------------------------
+
+const PY_EXIT_7: &str = "\
+import sys, time
+print('ready', flush=True)
+time.sleep(1.5)
+print('bye', flush=True)
+sys.exit(7)
+";
+
+/// Attached `ferry restore` exits with the restored process's exit code.
+#[test]
+fn restore_passes_the_exit_code_through() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new("exit-7", system_program("python3"), Marker::Text("ready\n"))
+        .args(&[lit("-c"), lit(PY_EXIT_7)])
+        .settle(ms(200))
+        .run();
+}
+
+/// Attached `ferry restore` exits with 128 + N when the restored process is killed by signal N.
+#[test]
+fn restore_reports_death_by_signal() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("killed");
+    let dir = scratch.subdir("run");
+    let mut proc = Launch::new("sigsuspend", c_workload("sigsuspend"), &dir)
+        .cwd(&dir)
+        .spawn();
+    wait_for_text(&mut proc, "ready\n");
+    std::thread::sleep(ms(200));
+    let image = scratch.join("image");
+    checkpoint_and_kill(&scratch, &mut proc, &image);
+
+    let (ferry_proc, args) =
+        ferry_spawn(&scratch, &[os("restore"), os("--dir"), image.as_os_str()]);
+    // The restored process: a descendant of ferry running the sigsuspend binary.
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let restored = loop {
+        let found = descendants(ferry_proc.raw_pid()).into_iter().find(|&p| {
+            fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| c.trim_end() == "sigsuspend")
+                && proc_stat(p).is_some_and(|s| s.state != 't' && s.state != 'T')
+                && proc_status(p, "TracerPid").as_deref() == Some("0")
+        });
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no restored sigsuspend process under ferry (pid {})\n{}",
+            ferry_proc.raw_pid(),
+            ferry_proc.diagnostics()
+        );
+        std::thread::sleep(ms(5));
+    };
+    // Let it get back into sigsuspend, then kill it with SIGTERM (default action).
+    std::thread::sleep(ms(200));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(restored), Signal::SIGTERM)
+        .expect("kill SIGTERM");
+    let run = ferry_finish(ferry_proc, args, TIMEOUT);
+    assert_eq!(
+        run.code(),
+        128 + Signal::SIGTERM as i32,
+        "ferry restore must exit 128+15 when the process dies of SIGTERM\n{}",
+        run.describe()
+    );
+    assert_eq!(
+        proc.output(),
+        "sigsuspend start\nready\n",
+        "the restored process wrote something before dying\n{}",
+        run.describe()
+    );
+}

@@ -1,0 +1,196 @@
+//! Processes ferry must refuse to move: `ferry checkpoint` exits 3 with `not migratable:
+//! REASON` on stderr, the reason names the cause, and the process is left running untouched
+//! (not stopped, not traced) and still finishes exactly as it would have.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use support::*;
+
+/// Runs `ferry checkpoint` on PROC, which must be refused with a reason containing one of
+/// CAUSES (lowercase), and checks the process is untouched. Returns ferry's run.
+fn assert_refused(scratch: &Scratch, proc: &mut Proc, causes: &[&str]) -> FerryRun {
+    let image = scratch.join("image");
+    let pid = proc.raw_pid().to_string();
+    let run = ferry(
+        scratch,
+        &[os("checkpoint"), os(&pid), os("--dir"), image.as_os_str()],
+    );
+    let context = format!("{}{}", run.describe(), proc.diagnostics());
+    assert_eq!(
+        run.code(),
+        3,
+        "ferry checkpoint of a process that cannot move must exit 3\n{context}"
+    );
+    let Some(at) = run.stderr.find("not migratable:") else {
+        panic!("stderr must contain \"not migratable: REASON\"\n{context}");
+    };
+    let reason = run.stderr[at..]
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(
+        causes.iter().any(|c| reason.contains(c)),
+        "the reason should mention {causes:?}: {reason:?}\n{context}"
+    );
+    for _ in 0..4 {
+        let stat = proc_stat(proc.raw_pid())
+            .unwrap_or_else(|| panic!("the refused process is gone\n{context}"));
+        assert!(
+            !matches!(stat.state, 'T' | 't' | 'Z' | 'X'),
+            "the refused process is in state {} (it must be left running)\n{context}",
+            stat.state
+        );
+        assert_eq!(
+            proc_status(proc.raw_pid(), "TracerPid").as_deref(),
+            Some("0"),
+            "the refused process is still traced\n{context}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    run
+}
+
+/// Waits for PROC to finish and requires exit 0 and stdout WANT.
+fn assert_finishes(proc: &mut Proc, want: &[u8], run: &FerryRun) {
+    let exit = proc.wait(TIMEOUT);
+    assert_eq!(
+        exit,
+        Exit::Code(0),
+        "after the refusal the process ended with {exit}\n{}{}",
+        run.describe(),
+        proc.diagnostics()
+    );
+    assert_same(
+        &format!("{}: stdout", proc.label),
+        &proc.output_bytes(),
+        want,
+        &run.describe(),
+    );
+}
+
+fn python3() -> PathBuf {
+    system_program("python3")
+}
+
+#[test]
+fn pipe_fd() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("immobile-pipe");
+    // stdin is a pipe whose write end the test holds; the counter never reads it.
+    let sc = Scenario::new("pipe", c_workload("counter"), Marker::Text("\n3\n"))
+        .args(&[Arg::Lit("30".into()), Arg::Lit("100".into())]);
+    let reference = sc.reference(&scratch);
+    let dir = scratch.subdir("run");
+    let mut proc = sc.launch("run", &dir).stdin(Input::Pipe).spawn();
+    sc.wait_marker(&mut proc);
+    let run = assert_refused(&scratch, &mut proc, &["pipe"]);
+    assert_finishes(&mut proc, &reference.stdout, &run);
+}
+
+const PY_THREADS: &str = "\
+import threading, time
+t = threading.Thread(target=time.sleep, args=(3,))
+t.start()
+print('ready', flush=True)
+t.join()
+print('done', flush=True)
+";
+
+#[test]
+fn two_threads_python() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("immobile-threads-py");
+    let dir = scratch.subdir("run");
+    let mut proc = Launch::new("py-threads", python3(), &dir)
+        .args(["-c", PY_THREADS])
+        .cwd(&dir)
+        .spawn();
+    wait_for_text(&mut proc, "ready\n");
+    let run = assert_refused(&scratch, &mut proc, &["thread"]);
+    assert_finishes(&mut proc, b"ready\ndone\n", &run);
+}
+
+#[test]
+fn two_threads_rust() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("immobile-threads-rs");
+    let dir = scratch.subdir("run");
+    let mut proc = Launch::new("wl-threads", rust_workload("wl-threads"), &dir)
+        .arg("3")
+        .cwd(&dir)
+        .spawn();
+    wait_for_text(&mut proc, "ready\n");
+    let run = assert_refused(&scratch, &mut proc, &["thread"]);
+    assert_finishes(&mut proc, b"wl-threads start\nready\njoined\ndone\n", &run);
+}
+
+const PY_SOCKET: &str = "\
+import socket, time
+a, b = socket.socketpair()
+print('ready', flush=True)
+time.sleep(3)
+a.sendall(b'x')
+assert b.recv(1) == b'x'
+print('done', flush=True)
+";
+
+#[test]
+fn socket_fd() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("immobile-socket");
+    let dir = scratch.subdir("run");
+    let mut proc = Launch::new("py-socket", python3(), &dir)
+        .args(["-c", PY_SOCKET])
+        .cwd(&dir)
+        .spawn();
+    wait_for_text(&mut proc, "ready\n");
+    let run = assert_refused(&scratch, &mut proc, &["socket"]);
+    assert_finishes(&mut proc, b"ready\ndone\n", &run);
+}
+
+/// A process whose session has a controlling terminal (a pty the test holds), but no fd on
+/// it: only the controlling terminal pins it.
+#[test]
+fn controlling_terminal() {
+    if !needs_root() {
+        return;
+    }
+    use nix::fcntl::OFlag;
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+
+    let scratch = Scratch::new("immobile-ctty");
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY).expect("posix_openpt");
+    grantpt(&master).expect("grantpt");
+    unlockpt(&master).expect("unlockpt");
+    let slave = PathBuf::from(ptsname_r(&master).expect("ptsname_r"));
+
+    let sc = Scenario::new("ctty", c_workload("counter"), Marker::Text("\n3\n"))
+        .args(&[Arg::Lit("30".into()), Arg::Lit("100".into())]);
+    let reference = sc.reference(&scratch);
+    let dir = scratch.subdir("run");
+    let mut proc = sc.launch("run", &dir).controlling_tty(&slave).spawn();
+    sc.wait_marker(&mut proc);
+    let tty = proc_stat(proc.raw_pid()).map(|s| s.tty_nr).unwrap_or(0);
+    assert_ne!(
+        tty,
+        0,
+        "test setup: the workload did not get {} as its controlling terminal\n{}",
+        slave.display(),
+        proc.diagnostics()
+    );
+    let run = assert_refused(&scratch, &mut proc, &["terminal", "tty"]);
+    assert_finishes(&mut proc, &reference.stdout, &run);
+    drop(master);
+}

@@ -1,0 +1,238 @@
+//! Unmodified system programs, checkpointed mid-run and restored, must produce exactly what an
+//! uninterrupted run produces: CPython running `workloads/python/compute.py`, `gzip` of a few
+//! hundred MiB from stdin, and `sha256sum` of a 1 GiB file.
+
+mod support;
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// A generated input file, removed on drop whatever happens.
+struct BigFile {
+    path: PathBuf,
+    len: u64,
+}
+
+impl Drop for BigFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// LEN bytes of text-like data: words from a 4096-word vocabulary, numbers, punctuation and
+/// line breaks in PRNG order. It compresses (about 2:1 with gzip), but not trivially.
+fn text_file(path: PathBuf, len: u64) -> BigFile {
+    let mut rng = Rng(0x7e47);
+    let vocab: Vec<Vec<u8>> = (0..4096)
+        .map(|_| {
+            let n = 2 + rng.next() % 9;
+            (0..n).map(|_| b'a' + (rng.next() % 26) as u8).collect()
+        })
+        .collect();
+    let file = File::create(&path).expect("creating the input file");
+    let big = BigFile { path, len };
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let mut written = 0u64;
+    let mut col = 0;
+    while written < len {
+        let r = rng.next();
+        let word: &[u8] = &vocab[(r & 4095) as usize];
+        let mut piece = Vec::with_capacity(24);
+        match (r >> 12) % 16 {
+            0 => piece.extend_from_slice(format!("{} ", (r >> 20) % 100_000).as_bytes()),
+            1 => {
+                piece.extend_from_slice(word);
+                piece.extend_from_slice(b", ");
+            }
+            _ => {
+                piece.extend_from_slice(word);
+                piece.push(b' ');
+            }
+        }
+        col += piece.len();
+        if col > 72 {
+            piece.push(b'\n');
+            col = 0;
+        }
+        let take = piece.len().min((len - written) as usize);
+        w.write_all(&piece[..take]).expect("writing the input file");
+        written += take as u64;
+    }
+    w.flush().expect("writing the input file");
+    big
+}
+
+/// MIB MiB made of one pseudo-random 1 MiB block, repeated.
+fn repeated_block_file(path: PathBuf, mib: u64) -> BigFile {
+    let mut rng = Rng(0x5a5a);
+    let block: Vec<u8> = (0..(1 << 20) / 8)
+        .flat_map(|_| rng.next().to_le_bytes())
+        .collect();
+    let file = File::create(&path).expect("creating the input file");
+    let big = BigFile {
+        path,
+        len: mib << 20,
+    };
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    for _ in 0..mib {
+        w.write_all(&block).expect("writing the input file");
+    }
+    w.flush().expect("writing the input file");
+    big
+}
+
+/// Polls the file position of PROC's fd FD until it reaches 5% of LEN; returns it. Panics if
+/// the process ends first.
+fn wait_for_position(proc: &mut Proc, fd: impl Fn(i32) -> Option<i32>, len: u64) -> u64 {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(pos) = fd(proc.raw_pid()).and_then(|n| fd_pos(proc.raw_pid(), n))
+            && pos >= len / 20
+        {
+            return pos;
+        }
+        if let Ok(Some(exit)) = proc.try_exit() {
+            panic!(
+                "{} ended ({exit}) before reading 5% of its input\n{}",
+                proc.label,
+                proc.diagnostics()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not get to 5% of its input in {TIMEOUT:?}\n{}",
+            proc.label,
+            proc.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Reference run, then a run checkpointed once the input position is between 5% and 80% of
+/// the input, restored attached; both outputs must be identical.
+fn checkpoint_mid_file(
+    label: &str,
+    scratch: &Scratch,
+    input: &BigFile,
+    launch: impl Fn(&str, &Path) -> Launch,
+    fd: impl Fn(i32) -> Option<i32>,
+) {
+    let timeout = Duration::from_secs(180);
+    let ref_dir = scratch.subdir("reference");
+    let mut reference = launch("reference", &ref_dir).spawn();
+    let ref_exit = reference.wait(timeout);
+    assert_eq!(ref_exit, Exit::Code(0), "{}", reference.diagnostics());
+    let ref_out = reference.stdout.clone().expect("stdout path");
+
+    let dir = scratch.subdir("run");
+    let image = scratch.join("image");
+    let mut proc = launch("run", &dir).spawn();
+    let pos = wait_for_position(&mut proc, &fd, input.len);
+    assert!(
+        pos <= input.len / 100 * 80,
+        "{label}: checkpoint wanted between 5% and 80% of the input, but it was already at \
+         {pos} of {} bytes",
+        input.len
+    );
+    let ckpt = checkpoint_and_kill(scratch, &mut proc, &image);
+    let out = proc.stdout.clone().expect("stdout path");
+    let partial = fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let full = fs::metadata(&ref_out).map(|m| m.len()).unwrap_or(0);
+    let context = format!(
+        "{}--- input position before the checkpoint: {pos} of {} bytes ({}%)\n",
+        ckpt.describe(),
+        input.len,
+        pos * 100 / input.len
+    );
+    assert!(
+        partial < full,
+        "{label}: the output was already complete at the checkpoint\n{context}"
+    );
+
+    let run = restore_attached(scratch, &image, timeout);
+    let context = format!("{context}{}{}", run.describe(), proc.diagnostics());
+    assert_eq!(
+        run.code(),
+        0,
+        "{label}: the restored process must exit 0\n{context}"
+    );
+    assert_same_file(&format!("{label}: output"), &out, &ref_out, &context);
+    let stderr = fs::read(proc.stderr.as_deref().expect("stderr path")).unwrap_or_default();
+    assert_same(&format!("{label}: stderr"), &stderr, b"", &context);
+}
+
+#[test]
+fn python_compute() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "python-compute",
+        system_program("python3"),
+        Marker::Text("step 3:"),
+    )
+    .args(&[Arg::Lit(
+        python_workload("compute.py").to_string_lossy().into_owned(),
+    )])
+    .run();
+}
+
+#[test]
+fn gzip_from_stdin() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("gzip");
+    let input = text_file(scratch.join("input.txt"), 256 << 20);
+    let gzip = system_program("gzip");
+    checkpoint_mid_file(
+        "gzip",
+        &scratch,
+        &input,
+        |run, dir| {
+            Launch::new(&format!("gzip-{run}"), &gzip, dir)
+                .args(["-n", "-c"])
+                .stdin(Input::File(input.path.clone()))
+                .cwd(dir)
+        },
+        |_| Some(0),
+    );
+}
+
+#[test]
+fn sha256sum_of_a_file() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("sha256sum");
+    let input = repeated_block_file(scratch.join("input.bin"), 1024);
+    let path = fs::canonicalize(&input.path).expect("canonical input path");
+    let sha = system_program("sha256sum");
+    checkpoint_mid_file(
+        "sha256sum",
+        &scratch,
+        &input,
+        |run, dir| {
+            Launch::new(&format!("sha256sum-{run}"), &sha, dir)
+                .arg(&path)
+                .cwd(dir)
+        },
+        |pid| fd_of(pid, &path),
+    );
+}
