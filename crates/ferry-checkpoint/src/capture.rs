@@ -191,7 +191,11 @@ fn capture_frozen(
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(50_000),
-        stopped: matches!(stat.state, 'T'),
+        stopped: frozen.was_stopped
+            || frozen
+                .deferred
+                .iter()
+                .any(|i| abi::siginfo_signo(i) == libc::SIGSTOP),
     };
     let credentials = Credentials {
         uid: IdSet {

@@ -45,12 +45,16 @@ pub struct Frozen {
     /// Signals dequeued while frozen; they belong to the process.
     pub deferred: Vec<Siginfo>,
     pub frozen_at: Instant,
+    /// In a job-control stop before ferry touched it (or stopped while frozen).
+    pub was_stopped: bool,
     injected: u64,
 }
 
 impl Frozen {
     /// Seizes and stops `pid`, maps a scratch area and blocks all signals.
     pub fn freeze(pid: Pid) -> Result<Frozen, CheckpointError> {
+        // Once traced, a stopped process shows state `t`: read the job-control state first.
+        let was_stopped = ferry_sys::proc::stat(pid).is_ok_and(|s| s.state == 'T');
         let mut tracee = Tracee::seize(pid, false).map_err(|e| match e.errno() {
             Some(ferry_sys::Errno::ESRCH) => CheckpointError::NoSuchProcess { pid: pid.as_raw() },
             Some(ferry_sys::Errno::EPERM) => CheckpointError::PermissionDenied {
@@ -77,6 +81,7 @@ impl Frozen {
             mask_changed: false,
             deferred,
             frozen_at,
+            was_stopped,
             injected: 0,
         };
         // From here on, an error drops `frozen`, which resumes the process.

@@ -108,12 +108,17 @@ pub fn copy_to_sink(
                 }
             }
         });
-        for msg in full_rx.iter() {
-            let buf = msg.map_err(CheckpointError::sys("reading process memory"))?;
-            sink.write_pages(&buf)?;
-            let _ = empty_tx.send(buf);
-        }
-        Ok::<(), CheckpointError>(())
+        // Owns the consumer's channel ends: when it stops early (an error), dropping them
+        // ends the reader too, and the scope can join it.
+        let mut consume = move || -> Result<(), CheckpointError> {
+            for msg in full_rx.iter() {
+                let buf = msg.map_err(CheckpointError::sys("reading process memory"))?;
+                sink.write_pages(&buf)?;
+                let _ = empty_tx.send(buf);
+            }
+            Ok(())
+        };
+        consume()
     })?;
     Ok(started.elapsed())
 }
@@ -150,6 +155,32 @@ mod tests {
             self.0.extend_from_slice(data);
             Ok(())
         }
+    }
+
+    struct Full(usize);
+    impl PageSink for Full {
+        fn write_pages(&mut self, _: &[u8]) -> Result<(), CheckpointError> {
+            self.0 += 1;
+            if self.0 == 2 {
+                return Err(CheckpointError::ImageDir {
+                    path: "/full".into(),
+                    detail: "No space left on device".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_sink_stops_the_pipeline() {
+        let data = vec![1u8; 8 * CHUNK];
+        let segs = [Segment {
+            addr: data.as_ptr() as u64,
+            len: data.len() as u64,
+            readable: true,
+        }];
+        let err = copy_to_sink(ferry_sys::host::self_pid(), &segs, &mut Full(0)).unwrap_err();
+        assert!(err.to_string().contains("No space left"), "{err}");
     }
 
     #[test]

@@ -203,6 +203,9 @@ impl Tracee {
         mut accept: impl FnMut(&Stop) -> bool,
         resume: fn(&Tracee, i32) -> Result<()>,
     ) -> Result<Stop> {
+        // A process in a job-control stop reports it (and a stale interrupt trap may follow);
+        // resuming from such a stop is how a seized tracee is driven anyway.
+        let mut group_stops = 0;
         loop {
             let stop = self.wait()?;
             if accept(&stop) {
@@ -213,6 +216,15 @@ impl Tracee {
                     let info = self.siginfo()?;
                     trace!(pid = self.pid.as_raw(), sig, "deferring signal");
                     self.deferred.push(info);
+                    resume(self, 0)?;
+                }
+                Stop::Event { .. } if group_stops < 16 => {
+                    group_stops += 1;
+                    trace!(
+                        pid = self.pid.as_raw(),
+                        ?stop,
+                        "passing a group/interrupt stop"
+                    );
                     resume(self, 0)?;
                 }
                 Stop::Event { .. } | Stop::OtherEvent { .. } | Stop::Syscall => {

@@ -635,6 +635,7 @@ pub struct Launch {
     stdout: PathBuf,
     stderr: PathBuf,
     ctty: Option<PathBuf>,
+    stderr_to_stdout: bool,
 }
 
 impl Launch {
@@ -649,7 +650,15 @@ impl Launch {
             stdout: out_dir.join(format!("{label}.stdout")),
             stderr: out_dir.join(format!("{label}.stderr")),
             ctty: None,
+            stderr_to_stdout: false,
         }
+    }
+
+    /// stderr is the same open file description as stdout (`> out 2>&1`): one offset.
+    pub fn stderr_to_stdout(mut self) -> Launch {
+        self.stderr_to_stdout = true;
+        self.stderr = self.stdout.clone();
+        self
     }
 
     pub fn arg(mut self, a: impl AsRef<OsStr>) -> Launch {
@@ -687,8 +696,13 @@ impl Launch {
     pub fn spawn(self) -> Proc {
         let out = File::create(&self.stdout)
             .unwrap_or_else(|e| panic!("creating {}: {e}", self.stdout.display()));
-        let err = File::create(&self.stderr)
-            .unwrap_or_else(|e| panic!("creating {}: {e}", self.stderr.display()));
+        let err = if self.stderr_to_stdout {
+            out.try_clone()
+                .unwrap_or_else(|e| panic!("duplicating {}: {e}", self.stdout.display()))
+        } else {
+            File::create(&self.stderr)
+                .unwrap_or_else(|e| panic!("creating {}: {e}", self.stderr.display()))
+        };
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args).stdout(out).stderr(err);
         cmd.env("LC_ALL", "C");
@@ -723,8 +737,8 @@ impl Launch {
             start_time: proc_stat(pid.as_raw()).map(|s| s.start_time),
             child: Some(child),
             exit: None,
+            stderr: (!self.stderr_to_stdout).then_some(self.stderr),
             stdout: Some(self.stdout),
-            stderr: Some(self.stderr),
         }
     }
 }
@@ -1089,6 +1103,8 @@ pub struct Scenario {
     pub detach: bool,
     /// Bound for each run to finish.
     pub timeout: Duration,
+    /// stderr shares stdout's open file description (`2>&1`).
+    pub stderr_to_stdout: bool,
 }
 
 /// What an uninterrupted run produced.
@@ -1109,7 +1125,13 @@ impl Scenario {
             wake: None,
             detach: false,
             timeout: TIMEOUT,
+            stderr_to_stdout: false,
         }
+    }
+
+    pub fn stderr_to_stdout(mut self) -> Scenario {
+        self.stderr_to_stdout = true;
+        self
     }
 
     pub fn args(mut self, args: &[Arg]) -> Scenario {
@@ -1144,9 +1166,14 @@ impl Scenario {
                 Arg::Dir => dir.as_os_str().to_owned(),
             })
             .collect();
-        Launch::new(&format!("{}-{run}", self.label), &self.program, dir)
+        let launch = Launch::new(&format!("{}-{run}", self.label), &self.program, dir)
             .args(args)
-            .cwd(dir)
+            .cwd(dir);
+        if self.stderr_to_stdout {
+            launch.stderr_to_stdout()
+        } else {
+            launch
+        }
     }
 
     pub fn wait_marker(&self, proc: &mut Proc) {
