@@ -148,6 +148,8 @@ fn capture_frozen(
     let injected = frozen
         .with_injector(|inj| query_process(inj, scratch))
         .map_err(sys("querying the process"))?;
+    // Everything ferry borrowed goes back now; the rest only reads.
+    frozen.park().map_err(sys("putting the process back"))?;
 
     // 3. Control information and credentials.
     let stat = proc::stat(pid).map_err(sys("reading stat"))?;
@@ -193,7 +195,7 @@ fn capture_frozen(
             .unwrap_or(50_000),
         stopped: frozen.was_stopped
             || frozen
-                .deferred
+                .arrived_while_frozen()
                 .iter()
                 .any(|i| abi::siginfo_signo(i) == libc::SIGSTOP),
     };
@@ -231,7 +233,7 @@ fn capture_frozen(
             });
         }
     }
-    for info in &frozen.deferred {
+    for info in &frozen.arrived_while_frozen() {
         pending.push(PendingSignal {
             shared: false,
             siginfo: info.to_vec(),
@@ -269,15 +271,11 @@ fn capture_frozen(
         });
     }
 
-    // Mappings.
+    // Mappings (ferry's scratch area is gone again).
     let maps = proc::read_smaps(pid).map_err(sys("reading mappings"))?;
-    let scratch = frozen.scratch();
     let mut vmas = Vec::new();
     let mut raw_maps = Vec::new();
     for m in maps {
-        if m.start >= scratch.addr && m.end <= scratch.addr + scratch.len {
-            continue; // ferry's own scratch area
-        }
         let Some((backing, anon_name)) = mobility::classify_mapping(pid, &m)? else {
             continue;
         };

@@ -4,16 +4,21 @@
 //!  running ──seize+interrupt──▶ stopped in get_signal (raw registers read here)
 //!     ▲                               │ first injected call: kernel restores a sigsuspend mask
 //!     │                               ▼
-//!     │                        scratch mapped, all signals blocked, capture runs
+//!     │                        scratch mapped, all signals blocked: injected queries
 //!     │                               │
-//!     │        resume(): re-queue deferred signals, unmap scratch, registers and mask back,
-//!     └──────── interrupt+cont into get_signal, detach: the kernel itself restarts the call
+//!     │   park(): re-queue deferred signals, unmap scratch, registers and mask back,
+//!     │           interrupt+cont: stopped in get_signal again, exactly as found
+//!     │                               │ long work (pages) happens here
+//!     └──────── resume(): detach: the kernel itself restarts the interrupted call
 //!                                     │
 //!                              kill(): SIGKILL (after the image is safely written)
 //! ```
 //!
-//! Dropping a [`Frozen`] that was neither resumed nor killed resumes it: any error in capture
-//! leaves the process running as it was.
+//! Once parked, the process is in the state it was found in; if ferry itself dies, the kernel's
+//! automatic detach resumes it exactly as `resume()` would. Only the short query phase (a
+//! few milliseconds of injected calls) runs with borrowed registers. Dropping a [`Frozen`]
+//! that was neither resumed nor killed resumes it: any error in capture leaves the process
+//! running as it was.
 
 use std::time::Instant;
 
@@ -48,6 +53,8 @@ pub struct Frozen {
     /// In a job-control stop before ferry touched it (or stopped while frozen).
     pub was_stopped: bool,
     injected: u64,
+    parked: bool,
+    requeued: Vec<Siginfo>,
 }
 
 impl Frozen {
@@ -83,6 +90,8 @@ impl Frozen {
             frozen_at,
             was_stopped,
             injected: 0,
+            parked: false,
+            requeued: Vec::new(),
         };
         // From here on, an error drops `frozen`, which resumes the process.
         frozen.gadget =
@@ -156,9 +165,23 @@ impl Frozen {
     }
 
     fn resume_inner(&mut self) -> Result<(), SysError> {
-        let Some(_) = self.tracee.as_ref() else {
+        if self.tracee.is_none() {
             return Ok(());
-        };
+        }
+        self.park()?;
+        match self.tracee.take() {
+            Some(t) => t.detach(0),
+            None => Ok(()),
+        }
+    }
+
+    /// Undoes everything ferry changed (queued signals back, scratch unmapped, registers and
+    /// mask restored) and leaves the process stopped in the kernel's signal-delivery path.
+    /// No injected call is possible afterwards.
+    pub fn park(&mut self) -> Result<(), SysError> {
+        if self.parked || self.tracee.is_none() {
+            return Ok(());
+        }
         // Signals that arrived while frozen go back into the queue (still blocked here).
         if let Some(scratch) = self.scratch {
             for _round in 0..8 {
@@ -167,20 +190,14 @@ impl Frozen {
                     break;
                 }
                 let pid = self.pid.as_raw() as u64;
+                self.requeued.extend(pending.iter().copied());
                 self.with_injector(|inj| {
                     for info in &pending {
                         inj.poke(scratch.addr, info)?;
                         inj.call(
                             "rt_tgsigqueueinfo",
                             libc::SYS_rt_tgsigqueueinfo,
-                            [
-                                pid,
-                                pid,
-                                abi::siginfo_signo(info) as u64,
-                                scratch.addr,
-                                0,
-                                0,
-                            ],
+                            [pid, pid, abi::siginfo_signo(info) as u64, scratch.addr, 0, 0],
                         )?;
                     }
                     Ok(())
@@ -197,7 +214,16 @@ impl Frozen {
         if mask_changed {
             tracee.set_sigmask(blocked)?;
         }
-        enter_signal_path_and_detach(self.tracee.take().expect("checked above"))
+        enter_signal_path(tracee)?;
+        self.parked = true;
+        Ok(())
+    }
+
+    /// Signals that arrived while the process was frozen (queued again by [`Frozen::park`]).
+    pub fn arrived_while_frozen(&self) -> Vec<Siginfo> {
+        let mut all = self.requeued.clone();
+        all.extend(self.deferred.iter().copied());
+        all
     }
 
     /// Kills the process (its image is safely written).
@@ -210,30 +236,39 @@ impl Frozen {
 }
 
 /// Moves a tracee from wherever it stopped into the kernel's signal-delivery path (an
-/// interrupt stop), then detaches there, so that the kernel applies its own syscall-restart
-/// and signal rules to the registers it now has.
-pub fn enter_signal_path_and_detach(tracee: Tracee) -> Result<(), SysError> {
+/// interrupt stop), where a detach lets the kernel apply its own syscall-restart and signal
+/// rules to the registers it now has.
+pub fn enter_signal_path(tracee: &mut Tracee) -> Result<(), SysError> {
     tracee.interrupt()?;
     tracee.cont(0)?;
     loop {
         match tracee.wait()? {
-            Stop::Event { .. } => break,
+            Stop::Event { .. } => return Ok(()),
             Stop::Signal { sig } => {
-                // A signal that became deliverable: let the kernel deliver it after detach.
-                debug!(pid = tracee.pid().as_raw(), sig, "signal at final stop");
-                return tracee.detach(sig);
+                // A signal became deliverable before the trap: keep it for after the detach.
+                debug!(pid = tracee.pid().as_raw(), sig, "signal at the final stop");
+                let info = tracee.siginfo()?;
+                tracee.defer(info);
+                tracee.cont(0)?;
             }
             other => {
-                warn!(
-                    pid = tracee.pid().as_raw(),
-                    ?other,
-                    "unexpected stop while resuming"
-                );
+                warn!(pid = tracee.pid().as_raw(), ?other, "unexpected stop while resuming");
                 tracee.cont(0)?;
             }
         }
     }
-    tracee.detach(0)
+}
+
+/// [`enter_signal_path`], then detach (re-sending a signal met on the way, if any).
+pub fn enter_signal_path_and_detach(mut tracee: Tracee) -> Result<(), SysError> {
+    enter_signal_path(&mut tracee)?;
+    let late = tracee.take_deferred_signals();
+    let pid = tracee.pid();
+    tracee.detach(0)?;
+    for info in late {
+        ferry_sys::host::send_signal(pid, abi::siginfo_signo(&info))?;
+    }
+    Ok(())
 }
 
 impl Drop for Frozen {

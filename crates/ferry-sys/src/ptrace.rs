@@ -249,6 +249,11 @@ impl Tracee {
         )
     }
 
+    /// Remembers a signal suppressed at its delivery stop.
+    pub fn defer(&mut self, info: Siginfo) {
+        self.deferred.push(info);
+    }
+
     /// Signals that arrived while ferry drove the tracee, suppressed at their delivery stop.
     pub fn take_deferred_signals(&mut self) -> Vec<Siginfo> {
         std::mem::take(&mut self.deferred)

@@ -167,3 +167,52 @@ fn stopped_process_stays_stopped() {
 fn proc_stdout(proc: &Proc) -> Option<PathBuf> {
     proc.stdout.clone()
 }
+
+/// ferry itself is killed (SIGKILL, nothing can catch it) while it copies pages. The kernel
+/// detaches the process; since ferry put every register, the mask and queued signals back
+/// before the copy, the process runs on as if nothing happened.
+#[test]
+fn ferry_killed_mid_copy_leaves_the_process_running() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("ferry-killed");
+    let sc = Scenario::new("ferry-killed", c_workload("heap"), Marker::Text("ready\n"))
+        .args(&[Arg::Lit("768".into())]);
+    let reference = sc.reference(&scratch);
+    let dir = scratch.subdir("run");
+    let mut proc = sc.launch("run", &dir).spawn();
+    sc.wait_marker(&mut proc);
+    let image = scratch.join("image");
+    let pid = proc.raw_pid().to_string();
+    let (mut ferry, _args) = ferry_spawn(
+        &scratch,
+        &[os("checkpoint"), os(&pid), os("--dir"), image.as_os_str()],
+    );
+    let partial = image.join("pages.img.tmp");
+    let mut copying = false;
+    for _ in 0..2000 {
+        if std::fs::metadata(&partial).is_ok_and(|m| m.len() > (8 << 20)) {
+            copying = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(copying, "ferry never started copying pages");
+    ferry.signal(Signal::SIGKILL);
+    let _ = ferry.wait(TIMEOUT);
+    for _ in 0..3 {
+        let state = proc.state().expect("the process survived");
+        assert!(!matches!(state, 'T' | 't' | 'Z'), "state {state} after ferry died");
+        assert_eq!(proc_status(proc.raw_pid(), "TracerPid").as_deref(), Some("0"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let exit = proc.wait(TIMEOUT);
+    assert_eq!(exit.shell_code(), reference.exit.shell_code());
+    assert_same(
+        "output after ferry was killed mid-checkpoint",
+        &proc.output_bytes(),
+        &reference.stdout,
+        "",
+    );
+}
