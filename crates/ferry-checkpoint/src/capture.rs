@@ -65,7 +65,11 @@ pub fn checkpoint(
     mobility::check_resources(pid)?;
     let platform =
         platform::host_platform().map_err(CheckpointError::sys("fingerprinting this host"))?;
-    let mut writer = ImageWriter::create(dir)?;
+    // Room for the pages, allocated while the process still runs: the freeze then only copies.
+    let expected = proc::status(pid)
+        .map(|s| (s.rssanon.unwrap_or(0) + s.rssshmem.unwrap_or(0)) * 1024)
+        .unwrap_or(0);
+    let mut writer = ImageWriter::create(dir, expected + expected / 16)?;
 
     let mut frozen = Frozen::freeze(pid)?;
     // Threads or files may have appeared between the preflight and the stop.

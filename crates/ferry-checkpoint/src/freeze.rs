@@ -197,7 +197,14 @@ impl Frozen {
                         inj.call(
                             "rt_tgsigqueueinfo",
                             libc::SYS_rt_tgsigqueueinfo,
-                            [pid, pid, abi::siginfo_signo(info) as u64, scratch.addr, 0, 0],
+                            [
+                                pid,
+                                pid,
+                                abi::siginfo_signo(info) as u64,
+                                scratch.addr,
+                                0,
+                                0,
+                            ],
                         )?;
                     }
                     Ok(())
@@ -252,7 +259,11 @@ pub fn enter_signal_path(tracee: &mut Tracee) -> Result<(), SysError> {
                 tracee.cont(0)?;
             }
             other => {
-                warn!(pid = tracee.pid().as_raw(), ?other, "unexpected stop while resuming");
+                warn!(
+                    pid = tracee.pid().as_raw(),
+                    ?other,
+                    "unexpected stop while resuming"
+                );
                 tracee.cont(0)?;
             }
         }

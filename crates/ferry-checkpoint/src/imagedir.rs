@@ -41,8 +41,9 @@ pub struct ImageWriter {
 }
 
 impl ImageWriter {
-    /// Creates `dir` (or takes an existing empty one).
-    pub fn create(dir: &Path) -> Result<ImageWriter, CheckpointError> {
+    /// Creates `dir` (or takes an existing empty one), reserving room for about `expected`
+    /// bytes of page data (allocated now, before any process is frozen).
+    pub fn create(dir: &Path, expected: u64) -> Result<ImageWriter, CheckpointError> {
         let bad = |detail: String| CheckpointError::ImageDir {
             path: dir.to_path_buf(),
             detail,
@@ -62,6 +63,7 @@ impl ImageWriter {
         }
         let pages_tmp = dir.join(format!("{PAGES_FILE}.tmp"));
         let mut pages = File::create(&pages_tmp).map_err(|e| bad(e.to_string()))?;
+        ferry_sys::file::preallocate(&pages, PAGES_HEADER_LEN + expected);
         // Placeholder header, rewritten once the length and hash are known.
         pages
             .write_all(&[0u8; PAGES_HEADER_LEN as usize])
@@ -111,6 +113,7 @@ impl ImageWriter {
         use std::os::unix::fs::FileExt;
         self.pages
             .write_all_at(&header.encode(), 0)
+            .and_then(|_| self.pages.set_len(PAGES_HEADER_LEN + self.written))
             .and_then(|_| self.pages.sync_all())
             .map_err(|e| fail(format!("{PAGES_FILE}: {e}")))?;
         fs::rename(&self.pages_tmp, self.dir.join(PAGES_FILE))

@@ -35,3 +35,15 @@ impl MappedFile {
         self.map.as_deref().unwrap_or(&[])
     }
 }
+
+/// Reserves `len` bytes for `file` (`fallocate`): on tmpfs this allocates the pages now, so
+/// that later writes only copy. Best effort: file systems without it are left as they are.
+pub fn preallocate(file: &File, len: u64) {
+    use std::os::fd::AsFd;
+    let _ = nix::fcntl::fallocate(
+        file.as_fd(),
+        nix::fcntl::FallocateFlags::empty(),
+        0,
+        len as libc::off_t,
+    );
+}

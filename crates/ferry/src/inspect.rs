@@ -99,8 +99,10 @@ fn print_human(dir: &Path, image: &ProcessImage) {
     let e = &image.execution;
     println!("image      {}", dir.display());
     println!(
-        "taken      {} ms since epoch on {} by ferry {}",
-        o.created_unix_ms, o.hostname, o.ferry_version
+        "taken      {} on {} by ferry {}",
+        crate::units::utc(o.created_unix_ms),
+        o.hostname,
+        o.ferry_version
     );
     println!(
         "platform   {} kernel {}, XSAVE features {:#x} ({} bytes)",

@@ -203,8 +203,14 @@ fn ferry_killed_mid_copy_leaves_the_process_running() {
     let _ = ferry.wait(TIMEOUT);
     for _ in 0..3 {
         let state = proc.state().expect("the process survived");
-        assert!(!matches!(state, 'T' | 't' | 'Z'), "state {state} after ferry died");
-        assert_eq!(proc_status(proc.raw_pid(), "TracerPid").as_deref(), Some("0"));
+        assert!(
+            !matches!(state, 'T' | 't' | 'Z'),
+            "state {state} after ferry died"
+        );
+        assert_eq!(
+            proc_status(proc.raw_pid(), "TracerPid").as_deref(),
+            Some("0")
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let exit = proc.wait(TIMEOUT);
