@@ -378,3 +378,90 @@ fn inspect_missing_directory() {
     assert!(matches!(run.code(), 1 | 4), "{}", run.describe());
     assert!(run.stderr.contains("no-such-image"), "{}", run.describe());
 }
+
+/// Rewrites IMAGE/core.img with `edit` applied to the model, with a valid checksum: a
+/// hand-crafted image that only validation (or the platform check) can catch.
+fn craft(image: &Path, edit: impl FnOnce(&mut ferry_image::ProcessImage)) {
+    let path = image.join("core.img");
+    let bytes = fs::read(&path).expect("reading core.img");
+    let mut model = ferry_image::decode_core(&bytes).expect("decoding a real image");
+    edit(&mut model);
+    fs::write(&path, ferry_image::encode_core(&model).expect("encoding"))
+        .expect("writing core.img");
+}
+
+/// Restores IMAGE and requires exit 4, a message containing WANT, and no process created.
+fn assert_refused_image(scratch: &Scratch, comm: &str, exe: &Path, image: &Path, want: &str) {
+    let run = ferry(scratch, &[os("restore"), os("--dir"), image.as_os_str()]);
+    let context = run.describe();
+    assert_no_process(comm, exe, &context);
+    assert_eq!(run.code(), 4, "exit 4 expected\n{context}");
+    assert!(
+        run.stderr.contains(want),
+        "the message should say {want:?}\n{context}"
+    );
+}
+
+#[test]
+fn restore_image_from_another_kernel() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("other-kernel");
+    let (image, exe) = counter_image(&scratch, "ferry-okernel");
+    craft(&image, |m| {
+        m.origin.platform.kernel_release = "5.10.0-other".into()
+    });
+    assert_refused_image(
+        &scratch,
+        "ferry-okernel",
+        &exe,
+        &image,
+        "cannot restore on this host: the image was taken on kernel 5.10.0-other",
+    );
+    craft(&image, |m| {
+        m.origin.platform.kernel_release = ferry_sys::host::uname().1;
+        if let Some(v) = m.origin.platform.vdso.as_mut() {
+            v.code_hash ^= 1;
+        }
+    });
+    assert_refused_image(&scratch, "ferry-okernel", &exe, &image, "vDSO");
+}
+
+#[test]
+fn restore_hand_crafted_image_with_a_valid_checksum() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("crafted");
+    let (image, exe) = counter_image(&scratch, "ferry-crafted");
+    let original = fs::read(image.join("core.img")).expect("reading core.img");
+    craft(&image, |m| {
+        let last = m.memory.vmas.len() - 1;
+        m.memory.vmas[last].end = 0xffff_8000_0000_0000;
+    });
+    assert_refused_image(
+        &scratch,
+        "ferry-crafted",
+        &exe,
+        &image,
+        "outside user space",
+    );
+    fs::write(image.join("core.img"), &original).expect("restoring core.img");
+    craft(&image, |m| {
+        m.signals.actions.push(ferry_image::SigAction {
+            signo: 9,
+            handler: 0x1000,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        })
+    });
+    assert_refused_image(
+        &scratch,
+        "ferry-crafted",
+        &exe,
+        &image,
+        "disposition for signal 9",
+    );
+}

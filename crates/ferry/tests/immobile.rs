@@ -194,3 +194,105 @@ fn controlling_terminal() {
     assert_finishes(&mut proc, &reference.stdout, &run);
     drop(master);
 }
+
+#[test]
+fn kernel_thread() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("kthread");
+    // kthreadd (pid 2) and its children carry PF_KTHREAD.
+    let kthread = all_pids()
+        .into_iter()
+        .find(|&p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.rsplit_once(')')?.1.to_string();
+                    rest.split_whitespace().nth(6)?.parse::<u64>().ok()
+                })
+                .is_some_and(|flags| flags & 0x0020_0000 != 0)
+        })
+        .expect("a kernel thread");
+    let pid = kthread.to_string();
+    let run = ferry(
+        &scratch,
+        &[
+            os("checkpoint"),
+            os(&pid),
+            os("--dir"),
+            scratch.join("img").as_os_str(),
+        ],
+    );
+    assert_eq!(run.code(), 3, "{}", run.describe());
+    assert!(
+        run.stderr.contains("not migratable: it is a kernel thread"),
+        "{}",
+        run.describe()
+    );
+}
+
+#[test]
+fn zombie() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("zombie");
+    let dir = scratch.subdir("run");
+    let proc = Launch::new("zombie", system_program("true"), &dir).spawn();
+    // Exited but not reaped (the test is its parent and has not waited yet).
+    for _ in 0..400 {
+        if proc.state() == Some('Z') {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(proc.state(), Some('Z'));
+    let pid = proc.raw_pid().to_string();
+    let run = ferry(
+        &scratch,
+        &[
+            os("checkpoint"),
+            os(&pid),
+            os("--dir"),
+            scratch.join("img").as_os_str(),
+        ],
+    );
+    assert_eq!(run.code(), 3, "{}", run.describe());
+    assert!(run.stderr.contains("zombie"), "{}", run.describe());
+}
+
+/// ferry run by an unprivileged user on root's process: refused, and the process unharmed.
+#[test]
+fn another_users_process_when_not_root() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("other-user");
+    let dir = scratch.subdir("run");
+    let mut proc = Launch::new("counter", c_workload("counter"), &dir)
+        .args(["30", "50"])
+        .spawn();
+    wait_for_lines(&mut proc, 3);
+    let pid = proc.raw_pid().to_string();
+    // The image dir must be writable by nobody to reach the permission check.
+    let img = scratch.subdir("nobody");
+    std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+        .expect("chmod");
+    let out = std::process::Command::new(system_program("setpriv"))
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(ferry_bin())
+        .args(["checkpoint", &pid, "--dir"])
+        .arg(img.join("image"))
+        .output()
+        .expect("running ferry as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("permission denied") && stderr.contains("belongs to uid 0"),
+        "{stderr}"
+    );
+    let exit = proc.wait(TIMEOUT);
+    assert_eq!(exit.shell_code(), 0);
+    assert!(proc.output().ends_with("done\n"), "{}", proc.output());
+}
