@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ferry_image::*;
 use ferry_sys::abi::{self, Fields, Itimerval, KernelSigaction, StackT};
-use ferry_sys::inject::Injector;
+use ferry_sys::inject::{Batch, BatchArea, Injector};
 use ferry_sys::libc;
 use ferry_sys::pagemap::{PageScanner, Select};
 use ferry_sys::proc::{self, Mapping};
@@ -148,9 +148,9 @@ fn capture_frozen(
         .map_err(sys("reading queued signals"))?;
 
     // 2. State only the process can report.
-    let scratch = frozen.scratch().addr;
+    let area = frozen.batch_area();
     let injected = frozen
-        .with_injector(|inj| query_process(inj, scratch))
+        .with_injector(|inj| query_process(inj, area))
         .map_err(sys("querying the process"))?;
     // Everything ferry borrowed goes back now; the rest only reads.
     frozen.park().map_err(sys("putting the process back"))?;
@@ -434,103 +434,131 @@ struct Injected {
     securebits: u32,
 }
 
-fn query_process(inj: &mut Injector<'_>, scratch: u64) -> Result<Injected, SysError> {
-    let out = scratch; // results land here
-    let mut actions = Vec::new();
-    for sig in 1..=64u64 {
-        if sig == 9 || sig == 19 {
-            continue;
-        }
-        inj.call(
-            "rt_sigaction",
-            libc::SYS_rt_sigaction,
-            [sig, 0, out, 8, 0, 0],
-        )?;
-        let a = KernelSigaction::decode(&inj.peek(out, KernelSigaction::SIZE)?);
-        if a != KernelSigaction::default() {
-            actions.push(SigAction {
+/// Asks the process everything only it can answer, in one batch of injected calls.
+fn query_process(inj: &mut Injector<'_>, area: BatchArea) -> Result<Injected, SysError> {
+    let mut b = Batch::new(area);
+    let signals: Vec<(u64, u64)> = (1..=64u64)
+        .filter(|&s| s != 9 && s != 19)
+        .map(|sig| {
+            let out = b.out(KernelSigaction::SIZE);
+            b.push(
+                "rt_sigaction",
+                libc::SYS_rt_sigaction,
+                [sig, 0, out, 8, 0, 0],
+            );
+            (sig, out)
+        })
+        .collect();
+    let timers: Vec<u64> = [libc::ITIMER_REAL, libc::ITIMER_VIRTUAL, libc::ITIMER_PROF]
+        .iter()
+        .map(|&which| {
+            let out = b.out(Itimerval::SIZE);
+            b.push(
+                "getitimer",
+                libc::SYS_getitimer,
+                [which as u64, out, 0, 0, 0, 0],
+            );
+            out
+        })
+        .collect();
+    // Asked of the process itself: prlimit64 on another user's process needs
+    // CAP_SYS_RESOURCE, which root may lack.
+    let limits: Vec<(u32, u64)> = (0..RLIMIT_COUNT)
+        .map(|resource| {
+            let out = b.out(16);
+            b.push(
+                "prlimit64",
+                libc::SYS_prlimit64,
+                [0, resource as u64, 0, out, 0, 0],
+            );
+            (resource, out)
+        })
+        .collect();
+    let altstack_out = b.out(StackT::SIZE);
+    b.push(
+        "sigaltstack",
+        libc::SYS_sigaltstack,
+        [0, altstack_out, 0, 0, 0, 0],
+    );
+    let brk = b.push("brk", libc::SYS_brk, [0; 6]);
+    let prctl_out = |b: &mut Batch, op: u64, name: &'static str| {
+        let out = b.out(8);
+        b.push(name, libc::SYS_prctl, [op, out, 0, 0, 0, 0]);
+        out
+    };
+    let tid_out = prctl_out(&mut b, abi::PR_GET_TID_ADDRESS, "prctl(PR_GET_TID_ADDRESS)");
+    let subreaper_out = prctl_out(
+        &mut b,
+        abi::PR_GET_CHILD_SUBREAPER,
+        "prctl(PR_GET_CHILD_SUBREAPER)",
+    );
+    let pdeath_out = prctl_out(&mut b, abi::PR_GET_PDEATHSIG, "prctl(PR_GET_PDEATHSIG)");
+    let dumpable = b.push(
+        "prctl(PR_GET_DUMPABLE)",
+        libc::SYS_prctl,
+        [abi::PR_GET_DUMPABLE, 0, 0, 0, 0, 0],
+    );
+    let thp = b.push(
+        "prctl(PR_GET_THP_DISABLE)",
+        libc::SYS_prctl,
+        [abi::PR_GET_THP_DISABLE, 0, 0, 0, 0, 0],
+    );
+    let securebits = b.push(
+        "prctl(PR_GET_SECUREBITS)",
+        libc::SYS_prctl,
+        [abi::PR_GET_SECUREBITS, 0, 0, 0, 0, 0],
+    );
+
+    let r = inj.run_all(&b)?;
+    let word = |addr: u64| Fields::new(r.read(addr, 8)).u64(0);
+    let value = |i: usize| r.result(i).unwrap_or(0);
+    let actions = signals
+        .iter()
+        .filter_map(|&(sig, out)| {
+            let a = KernelSigaction::decode(r.read(out, KernelSigaction::SIZE));
+            (a != KernelSigaction::default()).then_some(SigAction {
                 signo: sig as u32,
                 handler: a.handler,
                 flags: a.flags,
                 restorer: a.restorer,
                 mask: a.mask,
-            });
-        }
-    }
-    let mut itimer = |which: u64| -> Result<ITimer, SysError> {
-        inj.call("getitimer", libc::SYS_getitimer, [which, out, 0, 0, 0, 0])?;
-        let t = Itimerval::decode(&inj.peek(out, Itimerval::SIZE)?);
-        Ok(ITimer {
+            })
+        })
+        .collect();
+    let itimer = |out: u64| {
+        let t = Itimerval::decode(r.read(out, Itimerval::SIZE));
+        ITimer {
             interval_us: t.interval_us,
             value_us: t.value_us,
+        }
+    };
+    let rlimits = limits
+        .iter()
+        .map(|&(resource, out)| {
+            let f = Fields::new(r.read(out, 16));
+            Rlimit {
+                resource,
+                soft: f.u64(0),
+                hard: f.u64(8),
+            }
         })
-    };
-    let timers = Timers {
-        real: itimer(libc::ITIMER_REAL as u64)?,
-        virtual_: itimer(libc::ITIMER_VIRTUAL as u64)?,
-        prof: itimer(libc::ITIMER_PROF as u64)?,
-    };
-    inj.call("sigaltstack", libc::SYS_sigaltstack, [0, out, 0, 0, 0, 0])?;
-    let altstack = StackT::decode(&inj.peek(out, StackT::SIZE)?);
-    let brk = inj.call("brk", libc::SYS_brk, [0; 6])?;
-    // Asked of the process itself: prlimit64 on another user's process needs
-    // CAP_SYS_RESOURCE, which root may lack.
-    let mut rlimits = Vec::new();
-    for resource in 0..RLIMIT_COUNT {
-        inj.call(
-            "prlimit64",
-            libc::SYS_prlimit64,
-            [0, resource as u64, 0, out, 0, 0],
-        )?;
-        let f = Fields::new(&inj.peek(out, 16)?).u64(0);
-        let hard = Fields::new(&inj.peek(out + 8, 8)?).u64(0);
-        rlimits.push(Rlimit {
-            resource,
-            soft: f,
-            hard,
-        });
-    }
-    let prctl_out =
-        |inj: &mut Injector<'_>, op: u64, name: &'static str| -> Result<u64, SysError> {
-            inj.poke(out, &[0u8; 8])?;
-            inj.call(name, libc::SYS_prctl, [op, out, 0, 0, 0, 0])?;
-            Ok(Fields::new(&inj.peek(out, 8)?).u64(0))
-        };
-    let tid_address = prctl_out(inj, abi::PR_GET_TID_ADDRESS, "prctl(PR_GET_TID_ADDRESS)")?;
-    let child_subreaper = prctl_out(
-        inj,
-        abi::PR_GET_CHILD_SUBREAPER,
-        "prctl(PR_GET_CHILD_SUBREAPER)",
-    )? as u32
-        != 0;
-    let pdeathsig = prctl_out(inj, abi::PR_GET_PDEATHSIG, "prctl(PR_GET_PDEATHSIG)")? as i32;
-    let dumpable = inj.call(
-        "prctl(PR_GET_DUMPABLE)",
-        libc::SYS_prctl,
-        [abi::PR_GET_DUMPABLE, 0, 0, 0, 0, 0],
-    )? as u32;
-    let thp_disable = inj.call(
-        "prctl(PR_GET_THP_DISABLE)",
-        libc::SYS_prctl,
-        [abi::PR_GET_THP_DISABLE, 0, 0, 0, 0, 0],
-    )? != 0;
-    let securebits = inj.call(
-        "prctl(PR_GET_SECUREBITS)",
-        libc::SYS_prctl,
-        [abi::PR_GET_SECUREBITS, 0, 0, 0, 0, 0],
-    )? as u32;
+        .collect();
     Ok(Injected {
         actions,
         rlimits,
-        timers,
-        altstack,
-        brk,
-        tid_address,
-        dumpable,
-        child_subreaper,
-        pdeathsig,
-        thp_disable,
-        securebits,
+        timers: Timers {
+            real: itimer(timers[0]),
+            virtual_: itimer(timers[1]),
+            prof: itimer(timers[2]),
+        },
+        altstack: StackT::decode(r.read(altstack_out, StackT::SIZE)),
+        brk: value(brk) as u64,
+        tid_address: word(tid_out),
+        child_subreaper: word(subreaper_out) as u32 != 0,
+        pdeathsig: word(pdeath_out) as i32,
+        dumpable: value(dumpable) as u32,
+        thp_disable: value(thp) != 0,
+        securebits: value(securebits) as u32,
     })
 }
 

@@ -23,16 +23,17 @@
 use std::time::Instant;
 
 use ferry_sys::abi::{self, Siginfo};
-use ferry_sys::inject::{Injector, Scratch, find_syscall_gadget};
+use ferry_sys::inject::{Batch, BatchArea, Injector, Scratch, code_page, find_syscall_gadget};
 use ferry_sys::libc;
 use ferry_sys::ptrace::{Stop, Tracee};
-use ferry_sys::{Pid, Regs, SysError};
+use ferry_sys::{PAGE_SIZE, Pid, Regs, SysError};
 use tracing::{debug, warn};
 
 use crate::{CheckpointError, restart};
 
-/// Pages of scratch memory mapped in a frozen process for syscall arguments.
-pub const SCRATCH_PAGES: u64 = 4;
+/// Pages of scratch memory mapped in a frozen process: the batch code page, call table and
+/// data (see `ferry_sys::inject::BatchArea`).
+pub const SCRATCH_PAGES: u64 = 16;
 /// Every signal but SIGKILL and SIGSTOP (which cannot be blocked anyway).
 pub const BLOCK_ALL: u64 = !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1)));
 
@@ -97,9 +98,27 @@ impl Frozen {
         frozen.gadget =
             find_syscall_gadget(pid).map_err(CheckpointError::sys("finding a syscall gadget"))?;
         let scratch = frozen
-            .with_injector(|inj| inj.map_scratch(None, SCRATCH_PAGES))
+            .with_injector(|inj| {
+                let s = inj.map_scratch(None, SCRATCH_PAGES)?;
+                inj.poke(s.addr, &code_page())?;
+                inj.call(
+                    "mprotect(code page)",
+                    libc::SYS_mprotect,
+                    [
+                        s.addr,
+                        PAGE_SIZE,
+                        (libc::PROT_READ | libc::PROT_EXEC) as u64,
+                        0,
+                        0,
+                        0,
+                    ],
+                )?;
+                Ok(s)
+            })
             .map_err(CheckpointError::sys("mapping scratch memory"))?;
         frozen.scratch = Some(scratch);
+        // From now on calls run from ferry's code page, alone or in batches.
+        frozen.gadget = BatchArea::within(&scratch).syscall_gadget();
         // The first injected call went through the kernel's signal path, which put back a
         // mask saved by sigsuspend/ppoll/pselect: only now is the blocked mask the real one.
         let tracee = frozen.tracee_mut();
@@ -119,8 +138,9 @@ impl Frozen {
         self.pid
     }
 
-    pub fn scratch(&self) -> Scratch {
-        self.scratch.unwrap_or(Scratch { addr: 0, len: 0 })
+    /// The batch layout of the scratch area.
+    pub fn batch_area(&self) -> BatchArea {
+        BatchArea::within(&self.scratch.unwrap_or(Scratch { addr: 0, len: 0 }))
     }
 
     /// Injected system calls so far.
@@ -191,24 +211,16 @@ impl Frozen {
                 }
                 let pid = self.pid.as_raw() as u64;
                 self.requeued.extend(pending.iter().copied());
-                self.with_injector(|inj| {
-                    for info in &pending {
-                        inj.poke(scratch.addr, info)?;
-                        inj.call(
-                            "rt_tgsigqueueinfo",
-                            libc::SYS_rt_tgsigqueueinfo,
-                            [
-                                pid,
-                                pid,
-                                abi::siginfo_signo(info) as u64,
-                                scratch.addr,
-                                0,
-                                0,
-                            ],
-                        )?;
-                    }
-                    Ok(())
-                })?;
+                let mut batch = Batch::new(BatchArea::within(&scratch));
+                for info in &pending {
+                    let at = batch.bytes(info);
+                    batch.push(
+                        "rt_tgsigqueueinfo",
+                        libc::SYS_rt_tgsigqueueinfo,
+                        [pid, pid, abi::siginfo_signo(info) as u64, at, 0, 0],
+                    );
+                }
+                self.with_injector(|inj| inj.run_all(&batch).map(drop))?;
             }
             self.with_injector(|inj| inj.unmap(scratch))?;
             self.scratch = None;

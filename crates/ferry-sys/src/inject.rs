@@ -34,6 +34,8 @@ pub struct Injector<'t> {
     gadget: u64,
     template: Regs,
     calls: u64,
+    singles: u64,
+    batches: u64,
 }
 
 fn is_syscall_stop(s: &Stop) -> bool {
@@ -49,6 +51,8 @@ impl<'t> Injector<'t> {
             gadget,
             template,
             calls: 0,
+            singles: 0,
+            batches: 0,
         }
     }
 
@@ -60,7 +64,7 @@ impl<'t> Injector<'t> {
         self.gadget = gadget;
     }
 
-    /// Number of system calls injected so far.
+    /// Number of system calls injected so far (in batches or alone).
     pub fn calls(&self) -> u64 {
         self.calls
     }
@@ -97,6 +101,7 @@ impl<'t> Injector<'t> {
             .wait_for("syscall exit", is_syscall_stop, Tracee::resume_to_syscall)?;
         let ret = self.tracee.regs()?.rax as i64;
         self.calls += 1;
+        self.singles += 1;
         trace!(pid = self.tracee.pid().as_raw(), nr, ?args, ret, "injected");
         Ok(ret)
     }
@@ -190,4 +195,275 @@ pub fn find_syscall_gadget(pid: nix::unistd::Pid) -> Result<u64> {
         pid: pid.as_raw(),
         detail: "no syscall instruction found in any executable mapping".into(),
     })
+}
+
+/// The batch executor: position-independent x86-64 code that runs a table of system calls
+/// inside the tracee and then stops itself, so that N calls cost one ptrace round trip instead
+/// of N. Assembled from:
+///
+/// ```text
+///  0: test r13,r13 ; jz stop            r12 = table (8 u64 per entry:
+///  5: mov rax,[r12] ; mov rdi,[r12+8]        nr, a0..a5, result)
+///     mov rsi,[r12+16] ; mov rdx,[r12+24]  r13 = entries left
+///     mov r10,[r12+32] ; mov r8,[r12+40] ; mov r9,[r12+48]
+/// 27: syscall ; mov [r12+56],rax
+///     cmp rax,-4095 ; jae stop           (first error ends the batch)
+///     add r12,64 ; dec r13 ; jmp 0
+/// 3f: stop: getpid ; gettid ; tgkill(pid, tid, SIGSTOP) ; jmp stop
+/// ```
+///
+/// SIGSTOP ends a batch because it can be neither blocked nor caught, and, unlike a trap
+/// instruction, it is not a forced signal that would reset the process's dispositions.
+pub const BATCH_CODE: [u8; 100] = [
+    0x4d, 0x85, 0xed, 0x74, 0x3a, 0x49, 0x8b, 0x04, 0x24, 0x49, 0x8b, 0x7c, 0x24, 0x08, 0x49, 0x8b,
+    0x74, 0x24, 0x10, 0x49, 0x8b, 0x54, 0x24, 0x18, 0x4d, 0x8b, 0x54, 0x24, 0x20, 0x4d, 0x8b, 0x44,
+    0x24, 0x28, 0x4d, 0x8b, 0x4c, 0x24, 0x30, 0x0f, 0x05, 0x49, 0x89, 0x44, 0x24, 0x38, 0x48, 0x3d,
+    0x01, 0xf0, 0xff, 0xff, 0x73, 0x09, 0x49, 0x83, 0xc4, 0x40, 0x49, 0xff, 0xcd, 0xeb, 0xc1, 0xb8,
+    0x27, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x48, 0x89, 0xc3, 0xb8, 0xba, 0x00, 0x00, 0x00, 0x0f, 0x05,
+    0x48, 0x89, 0xc6, 0x48, 0x89, 0xdf, 0xba, 0x13, 0x00, 0x00, 0x00, 0xb8, 0xea, 0x00, 0x00, 0x00,
+    0x0f, 0x05, 0xeb, 0xdb,
+];
+
+/// Where a lone `syscall` instruction sits in the code page (for single injected calls).
+pub const CODE_SYSCALL_OFFSET: u64 = 0x80;
+
+/// The code page ferry places in a tracee: the batch executor, and a lone `syscall`.
+pub fn code_page() -> Vec<u8> {
+    let mut page = vec![0xccu8; PAGE_SIZE as usize];
+    page[..BATCH_CODE.len()].copy_from_slice(&BATCH_CODE);
+    page[CODE_SYSCALL_OFFSET as usize..CODE_SYSCALL_OFFSET as usize + 2]
+        .copy_from_slice(&[0x0f, 0x05]);
+    page
+}
+
+/// A tracee memory area laid out for batches: one code page, a call table, a data area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchArea {
+    pub code: u64,
+    pub table: u64,
+    pub table_entries: usize,
+    pub data: u64,
+    pub data_len: usize,
+}
+
+impl BatchArea {
+    /// Splits a scratch area: code page, then a quarter of the rest for the table.
+    pub fn within(s: &Scratch) -> BatchArea {
+        let rest = s.len.saturating_sub(PAGE_SIZE);
+        let table_pages = (rest / PAGE_SIZE / 4).max(1);
+        let table = s.addr + PAGE_SIZE;
+        let data = table + table_pages * PAGE_SIZE;
+        BatchArea {
+            code: s.addr,
+            table,
+            table_entries: (table_pages * PAGE_SIZE / 64) as usize,
+            data,
+            data_len: (s.addr + s.len).saturating_sub(data) as usize,
+        }
+    }
+
+    pub fn syscall_gadget(&self) -> u64 {
+        self.code + CODE_SYSCALL_OFFSET
+    }
+}
+
+/// Result slot value of an entry the batch did not reach.
+const NOT_RUN: u64 = 0x7fff_ffff_ffff_fffe;
+
+/// A list of system calls to run inside a tracee in one go, with the data they point to.
+pub struct Batch {
+    area: BatchArea,
+    entries: Vec<[u64; 8]>,
+    names: Vec<&'static str>,
+    data: Vec<u8>,
+}
+
+impl Batch {
+    pub fn new(area: BatchArea) -> Batch {
+        Batch {
+            area,
+            entries: Vec::new(),
+            names: Vec::new(),
+            data: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether `calls` more entries and `bytes` more data still fit.
+    pub fn fits(&self, calls: usize, bytes: usize) -> bool {
+        self.entries.len() + calls <= self.area.table_entries
+            && self.data.len() + bytes.next_multiple_of(8) <= self.area.data_len
+    }
+
+    /// Adds a call; returns its index.
+    pub fn push(&mut self, name: &'static str, nr: i64, args: [u64; 6]) -> usize {
+        self.entries.push([
+            nr as u64, args[0], args[1], args[2], args[3], args[4], args[5], NOT_RUN,
+        ]);
+        self.names.push(name);
+        self.entries.len() - 1
+    }
+
+    /// Places `bytes` in the data area; returns their address in the tracee.
+    pub fn bytes(&mut self, bytes: &[u8]) -> u64 {
+        let at = self.area.data + self.data.len() as u64;
+        self.data.extend_from_slice(bytes);
+        self.data.resize(self.data.len().next_multiple_of(8), 0);
+        at
+    }
+
+    /// A NUL-terminated copy of `s` in the data area.
+    pub fn c_string(&mut self, s: &str) -> u64 {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        self.bytes(&b)
+    }
+
+    /// Reserves `len` zeroed bytes for the kernel to write into.
+    pub fn out(&mut self, len: usize) -> u64 {
+        self.bytes(&vec![0u8; len])
+    }
+}
+
+/// What a batch did.
+pub struct BatchResult {
+    area: BatchArea,
+    results: Vec<u64>,
+    data: Vec<u8>,
+    names: Vec<&'static str>,
+}
+
+impl BatchResult {
+    /// The raw result of entry `i` (`None` if the batch stopped before it).
+    pub fn result(&self, i: usize) -> Option<i64> {
+        self.results
+            .get(i)
+            .filter(|&&r| r != NOT_RUN)
+            .map(|&r| r as i64)
+    }
+
+    /// The first failed entry, with its errno.
+    pub fn failure(&self) -> Option<(usize, &'static str, Errno)> {
+        self.results.iter().enumerate().find_map(|(i, &r)| {
+            let r = r as i64;
+            (-4095..0)
+                .contains(&r)
+                .then(|| (i, self.names[i], Errno::from_raw(-r as i32)))
+        })
+    }
+
+    /// Bytes the kernel left at `addr` (an address from [`Batch::out`] or [`Batch::bytes`]).
+    pub fn read(&self, addr: u64, len: usize) -> &[u8] {
+        let off = addr.saturating_sub(self.area.data) as usize;
+        self.data.get(off..off + len).unwrap_or(&[])
+    }
+}
+
+impl Injector<'_> {
+    /// Runs `batch` inside the tracee: one write of the table and data, one resume, one stop,
+    /// one read back. Entries run in order until the first error, which
+    /// [`BatchResult::failure`] names. The code page must already hold [`code_page`].
+    pub fn run(&mut self, batch: &Batch) -> Result<BatchResult> {
+        let pid = self.tracee.pid();
+        if batch.entries.len() > batch.area.table_entries || batch.data.len() > batch.area.data_len
+        {
+            return Err(SysError::UnexpectedStop {
+                pid: pid.as_raw(),
+                detail: format!(
+                    "batch of {} calls / {} bytes exceeds its area",
+                    batch.entries.len(),
+                    batch.data.len()
+                ),
+            });
+        }
+        let table: Vec<u8> = batch
+            .entries
+            .iter()
+            .flat_map(|e| e.iter().flat_map(|w| w.to_le_bytes()))
+            .collect();
+        mem::write_scattered(
+            pid,
+            &[(batch.area.table, &table), (batch.area.data, &batch.data)],
+        )?;
+        let mut regs = self.template;
+        regs.rip = batch.area.code;
+        regs.r12 = batch.area.table;
+        regs.r13 = batch.entries.len() as u64;
+        regs.orig_rax = u64::MAX;
+        self.tracee.set_regs(&regs)?;
+        self.tracee.cont(0)?;
+        loop {
+            match self.tracee.wait()? {
+                Stop::Signal { sig: libc::SIGSTOP } => {
+                    let info = self.tracee.siginfo()?;
+                    let f = crate::abi::Fields::new(&info);
+                    // Our own tgkill: si_code SI_TKILL, si_pid the tracee itself.
+                    if f.i32(8) == libc::SI_TKILL && f.i32(16) == pid.as_raw() {
+                        break;
+                    }
+                    self.tracee.defer(info);
+                    self.tracee.cont(0)?;
+                }
+                Stop::Signal { .. } => {
+                    let info = self.tracee.siginfo()?;
+                    self.tracee.defer(info);
+                    self.tracee.cont(0)?;
+                }
+                Stop::Event { .. } => self.tracee.cont(0)?,
+                other => {
+                    return Err(SysError::UnexpectedStop {
+                        pid: pid.as_raw(),
+                        detail: format!("running a batch, got {other:?}"),
+                    });
+                }
+            }
+        }
+        let mut back = vec![0u8; table.len() + batch.data.len()];
+        mem::read(
+            pid,
+            &[
+                (batch.area.table, table.len()),
+                (batch.area.data, batch.data.len()),
+            ],
+            &mut back,
+        )?;
+        let results = back[..table.len()]
+            .chunks_exact(64)
+            .map(|e| crate::abi::Fields::new(e).u64(56))
+            .collect();
+        self.calls += batch.entries.len() as u64;
+        self.batches += 1;
+        trace!(pid = pid.as_raw(), calls = batch.entries.len(), "batch ran");
+        Ok(BatchResult {
+            area: batch.area,
+            results,
+            data: back[table.len()..].to_vec(),
+            names: batch.names.clone(),
+        })
+    }
+
+    /// [`Injector::run`], failing with the first failed call.
+    pub fn run_all(&mut self, batch: &Batch) -> Result<BatchResult> {
+        let r = self.run(batch)?;
+        if let Some((_, call, errno)) = r.failure() {
+            return Err(SysError::Injected {
+                call,
+                pid: self.tracee.pid().as_raw(),
+                errno,
+            });
+        }
+        Ok(r)
+    }
+
+    /// Round trips to the tracee so far (single calls and batches).
+    pub fn round_trips(&self) -> u64 {
+        self.batches + self.singles
+    }
 }

@@ -94,3 +94,70 @@ fn pagemap_scan_and_pagemap_file_agree() {
 fn touch(addr: u64) {
     ferry_sys::mem::write(ferry_sys::host::self_pid(), addr, &[1]).expect("writing own memory");
 }
+
+#[test]
+fn batches_run_many_calls_in_one_round_trip() {
+    use ferry_sys::inject::{Batch, BatchArea, Injector, code_page, find_syscall_gadget};
+    if !root() {
+        return;
+    }
+    let mut t = spawn::vessel().unwrap();
+    let pid = t.pid();
+    let gadget = find_syscall_gadget(pid).unwrap();
+    let template = t.regs().unwrap();
+    let mut inj = Injector::new(&mut t, gadget, template);
+    let s = inj.map_scratch(None, 8).unwrap();
+    inj.poke(s.addr, &code_page()).unwrap();
+    inj.call(
+        "mprotect",
+        libc::SYS_mprotect,
+        [
+            s.addr,
+            4096,
+            (libc::PROT_READ | libc::PROT_EXEC) as u64,
+            0,
+            0,
+            0,
+        ],
+    )
+    .unwrap();
+    let area = BatchArea::within(&s);
+    inj.set_gadget(area.syscall_gadget());
+
+    let mut b = Batch::new(area);
+    for _ in 0..50 {
+        b.push("getpid", libc::SYS_getpid, [0; 6]);
+    }
+    let out = b.out(24);
+    b.push("sigaltstack", libc::SYS_sigaltstack, [0, out, 0, 0, 0, 0]);
+    let r = inj.run_all(&b).unwrap();
+    for i in 0..50 {
+        assert_eq!(r.result(i), Some(pid.as_raw() as i64));
+    }
+    assert_eq!(r.result(50), Some(0));
+    assert_eq!(r.read(out, 24).len(), 24);
+
+    // The first error ends the batch and is named.
+    let mut b = Batch::new(area);
+    b.push("getpid", libc::SYS_getpid, [0; 6]);
+    b.push("close(bad)", libc::SYS_close, [999_999, 0, 0, 0, 0, 0]);
+    b.push("getpid", libc::SYS_getpid, [0; 6]);
+    let r = inj.run(&b).unwrap();
+    assert_eq!(r.result(0), Some(pid.as_raw() as i64));
+    let (i, name, errno) = r.failure().unwrap();
+    assert_eq!((i, name, errno), (1, "close(bad)", ferry_sys::Errno::EBADF));
+    assert_eq!(r.result(2), None);
+    // Single calls still work afterwards, from the code page.
+    assert_eq!(
+        inj.call("getpid", libc::SYS_getpid, [0; 6]).unwrap() as i32,
+        pid.as_raw()
+    );
+    // More than the table holds is refused, not overrun.
+    let mut b = Batch::new(area);
+    for _ in 0..=area.table_entries {
+        b.push("getpid", libc::SYS_getpid, [0; 6]);
+    }
+    assert!(!b.fits(0, 0));
+    assert!(inj.run(&b).is_err());
+    t.kill().unwrap();
+}
