@@ -1,36 +1,42 @@
 //! Restore (insertion): rebuild a process from a verified image.
 //!
-//! The process is built inside a *vessel*: a fork of ferry, seized before it runs any code,
-//! which the kernel kills if ferry dies (`PTRACE_O_EXITKILL`). Everything is done by system
-//! calls injected into the vessel, so that the kernel — not ferry — creates every mapping,
-//! opens every file and sets every credential, with its own checks:
+//! The process is built inside a *vessel* ([`Vessel`]): a fork of ferry, seized before it runs
+//! any code, which the kernel kills if ferry dies (`PTRACE_O_EXITKILL`), with ferry's
+//! restorer area mapped in it (a code page holding the batch executor, a call table, a data
+//! area). Vessels can be prepared ahead of time ("warm"). Everything is then done by system
+//! calls run inside the vessel in batches, so that the kernel — not ferry — creates every
+//! mapping, opens every file and sets every credential, with its own checks:
 //!
 //! ```text
-//!  vessel (copy of ferry) ─▶ scratch page at a free address, rseq of ferry unregistered,
-//!  fds closed, every other mapping unmapped ─▶ vDSO at its old address (ARCH_MAP_VDSO_64)
-//!  ─▶ as the image's fs uid/gid: every mapping (MAP_FIXED_NOREPLACE), files, cwd
-//!  ─▶ pages written (process_vm_writev, in large batches) ─▶ final protections, madvise
-//!  ─▶ mm layout + auxv + exe (PR_SET_MM_MAP) ─▶ signals, timers, limits, misc prctl
-//!  ─▶ credentials (bounding set, securebits, groups, gids, uids, capabilities)
-//!  ─▶ scratch unmapped, rseq registered, registers + XSAVE + mask set
-//!  ─▶ interrupt into the kernel's signal path, detach: the kernel restarts the interrupted
-//!     call (or delivers a pending signal) exactly as it would have on the old host.
+//!  Builder::new     ferry's rseq and fds gone, every mapping but the restorer unmapped,
+//!                   vDSO at its old address (ARCH_MAP_VDSO_64), then as the image's owner
+//!                   every mapping recreated (MAP_FIXED_NOREPLACE), files opened by path
+//!  write_pages      page data into the new mappings (process_vm_writev, two threads) —
+//!                   or none: demand paging registers the ranges with userfaultfd instead
+//!  finish           final protections and madvise; fds, cwd; PR_SET_MM_MAP; signals,
+//!                   timers, misc; credentials; what the owner must be allowed to do (limits)
+//!                   → ready: complete but still stopped (the commit point of a migration)
+//!  start            restorer unmapped, rseq registered, XSAVE + registers + mask set;
+//!                   interrupt into the kernel's signal path and detach: the kernel restarts
+//!                   the interrupted call exactly as it would have on the old host
 //! ```
 //!
 //! Files are opened with the image's filesystem credentials, so a crafted image cannot hand a
-//! process a file its owner could not open; limits and nice values are applied after the
-//! credentials, so the kernel refuses any that exceed the owner's privilege.
+//! process a file its owner could not open (except files the process held but its owner no
+//! longer may open: opened with root's identity and counted, see `docs/checkpoint-restore.md`);
+//! limits and nice values are applied after the credentials, so the kernel refuses any that
+//! exceed the owner's privilege. Dropping a [`Builder`] that was not started kills the vessel.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ferry_image::*;
 use ferry_sys::abi::{self, Itimerval, KernelSigaction, PrctlMmMap, StackT, encode_capset};
-use ferry_sys::inject::{Injector, Scratch};
+use ferry_sys::inject::{Batch, BatchArea, BatchResult, Injector, Scratch, code_page};
 use ferry_sys::libc;
 use ferry_sys::ptrace::Tracee;
-use ferry_sys::{Pid, SysError, host, mem, proc, spawn};
+use ferry_sys::{Errno, Pid, SysError, host, mem, proc, spawn};
 use tracing::{debug, info};
 
 use crate::capture::from_model_regs;
@@ -38,8 +44,8 @@ use crate::freeze::{BLOCK_ALL, enter_signal_path_and_detach};
 use crate::imagedir::LoadedImage;
 use crate::{RestoreError, platform};
 
-/// Pages of the restorer's scratch area: one page of code (`syscall`), the rest for arguments.
-const SCRATCH_PAGES: u64 = 4;
+/// Pages of the restorer area: code page, call table, data.
+const RESTORER_PAGES: u64 = 64;
 /// Highest capability number this code knows to drop from the bounding set.
 const CAP_LAST_CAP_MAX: u64 = 63;
 
@@ -50,7 +56,7 @@ pub struct RestoredProcess {
     pub report: RestoreReport,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RestoreReport {
     /// Request until the process runs again.
     pub total: Duration,
@@ -61,6 +67,8 @@ pub struct RestoreReport {
     pub memory_bytes: u64,
     pub mappings: usize,
     pub injected_calls: u64,
+    /// Round trips to the vessel (batches and single calls).
+    pub round_trips: u64,
     pub old_pid: i32,
     /// Files the process held that its owner could not open any more (opened as root).
     pub privileged_opens: u32,
@@ -80,7 +88,19 @@ pub fn restore_loaded(
     started: Instant,
     load: Duration,
 ) -> Result<RestoredProcess, RestoreError> {
-    let image = &loaded.image;
+    let mut builder = Builder::new(Vessel::prepare()?, &loaded.image)?;
+    let segments: Vec<(u64, &[u8])> = loaded.runs().collect();
+    builder.write_pages(&segments)?;
+    builder.finish()?;
+    let (pid, mut report) = builder.start()?;
+    report.total = started.elapsed();
+    report.load = load;
+    info!(pid = pid.as_raw(), ?report, "restored");
+    Ok(RestoredProcess { pid, report })
+}
+
+/// Checks that an image may be restored on this host at all: root, platform, files.
+pub fn check_restorable(image: &ProcessImage) -> Result<(), RestoreError> {
     if !host::is_root() {
         return Err(RestoreError::PermissionDenied(
             "restoring a process needs root (CAP_CHECKPOINT_RESTORE and the right to take the image's credentials)".into(),
@@ -88,41 +108,7 @@ pub fn restore_loaded(
     }
     let host = platform::host_platform().map_err(RestoreError::sys("fingerprinting this host"))?;
     image.origin.platform.check_runs_on(&host)?;
-    precheck_files(image)?;
-
-    let tracee = spawn::vessel().map_err(RestoreError::sys("creating the process"))?;
-    let pid = tracee.pid();
-    let mut builder = Builder {
-        tracee: Some(tracee),
-        image,
-        scratch: Scratch { addr: 0, len: 0 },
-        calls: 0,
-        copy_time: Duration::ZERO,
-        gadget: 0,
-        privileged_opens: 0,
-    };
-    match builder.build(loaded) {
-        Ok(()) => {
-            let report = RestoreReport {
-                total: started.elapsed(),
-                load,
-                memory_copy: builder.copy_time,
-                memory_bytes: image.memory.pages.bytes,
-                mappings: image.memory.vmas.len(),
-                injected_calls: builder.calls,
-                old_pid: image.control.pid,
-                privileged_opens: builder.privileged_opens,
-            };
-            info!(pid = pid.as_raw(), ?report, "restored");
-            Ok(RestoredProcess { pid, report })
-        }
-        Err(e) => {
-            if let Some(t) = builder.tracee.take() {
-                let _ = t.kill();
-            }
-            Err(e)
-        }
-    }
+    precheck_files(image)
 }
 
 /// Checks before any process exists that every file the image needs is there and, for
@@ -138,7 +124,7 @@ fn precheck_files(image: &ProcessImage) -> Result<(), RestoreError> {
             },
         })
     };
-    for fd in &image.files.fds {
+    for fd in image.files.fds.iter().filter(|f| f.dup_of.is_none()) {
         let what = format!("fd {}", fd.number);
         let st = stat(&what, fd.kind.path())?;
         let kind_ok = match &fd.kind {
@@ -181,94 +167,41 @@ fn precheck_files(image: &ProcessImage) -> Result<(), RestoreError> {
     Ok(())
 }
 
-struct Builder<'a> {
+/// An empty process to restore into, with ferry's restorer area mapped.
+pub struct Vessel {
     tracee: Option<Tracee>,
-    image: &'a ProcessImage,
+    area: BatchArea,
     scratch: Scratch,
     calls: u64,
-    copy_time: Duration,
-    gadget: u64,
-    privileged_opens: u32,
+    round_trips: u64,
 }
 
-/// Where arguments go inside the scratch area (page 0 holds the `syscall` instruction).
-fn arg_area(s: &Scratch) -> u64 {
-    s.addr + PAGE_SIZE
-}
-
-impl Builder<'_> {
-    fn tracee(&mut self) -> &mut Tracee {
-        self.tracee
-            .as_mut()
-            .expect("the vessel lives until build() ends")
-    }
-
-    /// Runs `f` with an injector on the vessel; errors name `step`.
-    fn inject<T>(
-        &mut self,
-        step: &str,
-        f: impl FnOnce(&mut Injector<'_>, Scratch) -> Result<T, SysError>,
-    ) -> Result<T, RestoreError> {
-        let gadget = self.gadget;
-        let scratch = self.scratch;
-        let tracee = self
-            .tracee
-            .as_mut()
-            .expect("the vessel lives until build() ends");
-        let template = tracee.regs().map_err(RestoreError::sys(step))?;
-        let mut inj = Injector::new(tracee, gadget, template);
-        let out = f(&mut inj, scratch);
-        self.calls += inj.calls();
-        out.map_err(RestoreError::sys(step))
-    }
-
-    fn build(&mut self, loaded: &LoadedImage) -> Result<(), RestoreError> {
-        let pid = self.tracee().pid();
-        self.tracee()
+impl Vessel {
+    /// Forks a vessel and maps the restorer area in it. Can be done before a migration
+    /// arrives (a warm vessel).
+    pub fn prepare() -> Result<Vessel, RestoreError> {
+        let tracee = spawn::vessel().map_err(RestoreError::sys("creating the process"))?;
+        let mut vessel = Vessel {
+            tracee: Some(tracee),
+            area: BatchArea::within(&Scratch { addr: 0, len: 0 }),
+            scratch: Scratch { addr: 0, len: 0 },
+            calls: 0,
+            round_trips: 0,
+        };
+        let pid = vessel.pid();
+        vessel
+            .tracee_mut()
             .set_sigmask(BLOCK_ALL)
             .map_err(RestoreError::sys("blocking signals"))?;
-        self.gadget = ferry_sys::inject::find_syscall_gadget(pid)
+        let maps = proc::read_maps(pid).map_err(RestoreError::sys("reading the vessel's maps"))?;
+        let mut taken: Vec<(u64, u64)> = maps.iter().map(|m| (m.start, m.end)).collect();
+        let at = find_gap(&mut taken, RESTORER_PAGES * PAGE_SIZE)
+            .ok_or_else(|| no_room(pid, "no free address range for the restorer"))?;
+        let gadget = ferry_sys::inject::find_syscall_gadget(pid)
             .map_err(RestoreError::sys("finding a syscall gadget"))?;
-
-        self.empty_the_vessel()?;
-        self.map_vdso()?;
-        self.as_image_fs_user(true)?;
-        self.map_memory()?;
-        self.write_pages(loaded)?;
-        self.finish_mappings()?;
-        self.open_files()?;
-        self.as_image_fs_user(false)?;
-        self.set_mm_layout()?;
-        self.restore_signals_and_timers()?;
-        self.restore_misc()?;
-        self.restore_credentials()?;
-        self.restore_after_credentials()?;
-        self.go()
-    }
-
-    /// Scratch page at a free address, ferry's rseq unregistered, fds closed, every other
-    /// mapping gone.
-    fn empty_the_vessel(&mut self) -> Result<(), RestoreError> {
-        let pid = self.tracee().pid();
-        let current =
-            proc::read_maps(pid).map_err(RestoreError::sys("reading the vessel's maps"))?;
-        let mut taken: Vec<(u64, u64)> = current.iter().map(|m| (m.start, m.end)).collect();
-        taken.extend(self.image.memory.vmas.iter().map(|v| (v.start, v.end)));
-        let len = SCRATCH_PAGES * PAGE_SIZE;
-        let at = find_gap(&mut taken, len).ok_or_else(|| RestoreError::Sys {
-            step: "placing the restorer".into(),
-            source: SysError::UnexpectedStop {
-                pid: pid.as_raw(),
-                detail: "no free address range".into(),
-            },
-        })?;
-        let rseq = self
-            .tracee()
-            .rseq_configuration()
-            .map_err(RestoreError::sys("reading the vessel's rseq"))?;
-        self.scratch = self.inject("mapping the restorer", |inj, _| {
-            let s = inj.map_scratch(Some(at), SCRATCH_PAGES)?;
-            inj.poke(s.addr, &[0x0f, 0x05])?;
+        vessel.scratch = vessel.single("mapping the restorer", gadget, |inj| {
+            let s = inj.map_scratch(Some(at), RESTORER_PAGES)?;
+            inj.poke(s.addr, &code_page())?;
             inj.call(
                 "mprotect(restorer code)",
                 libc::SYS_mprotect,
@@ -283,345 +216,629 @@ impl Builder<'_> {
             )?;
             Ok(s)
         })?;
-        let s = self.scratch;
-        self.gadget = s.addr;
-        self.inject("emptying the vessel", |inj, _| {
-            if let Some(r) = rseq {
-                inj.call(
-                    "rseq(unregister)",
-                    libc::SYS_rseq,
-                    [
-                        r.rseq_abi_pointer,
-                        r.rseq_abi_size as u64,
-                        1,
-                        r.signature as u64,
-                        0,
-                        0,
-                    ],
-                )?;
-            }
-            inj.call(
-                "close_range",
-                libc::SYS_close_range,
-                [0, u32::MAX as u64, 0, 0, 0, 0],
-            )?;
-            inj.call("munmap(below)", libc::SYS_munmap, [0, s.addr, 0, 0, 0, 0])?;
-            let top = s.addr + s.len;
-            inj.call(
-                "munmap(above)",
-                libc::SYS_munmap,
-                [top, validate::USER_SPACE_END - top, 0, 0, 0, 0],
-            )?;
-            Ok(())
-        })
+        vessel.area = BatchArea::within(&vessel.scratch);
+        Ok(vessel)
     }
 
-    fn map_vdso(&mut self) -> Result<(), RestoreError> {
-        let Some(start) = self
+    pub fn pid(&self) -> Pid {
+        self.tracee
+            .as_ref()
+            .map(Tracee::pid)
+            .unwrap_or(Pid::from_raw(0))
+    }
+
+    fn tracee_mut(&mut self) -> &mut Tracee {
+        self.tracee
+            .as_mut()
+            .expect("the vessel lives until started or dropped")
+    }
+
+    /// Runs `f` with an injector whose single calls use `gadget`.
+    fn single<T>(
+        &mut self,
+        step: &str,
+        gadget: u64,
+        f: impl FnOnce(&mut Injector<'_>) -> Result<T, SysError>,
+    ) -> Result<T, RestoreError> {
+        let tracee = self
+            .tracee
+            .as_mut()
+            .expect("the vessel lives until started or dropped");
+        let template = tracee.regs().map_err(RestoreError::sys(step))?;
+        let mut inj = Injector::new(tracee, gadget, template);
+        let out = f(&mut inj);
+        self.calls += inj.calls();
+        self.round_trips += inj.round_trips();
+        out.map_err(RestoreError::sys(step))
+    }
+
+    /// Runs one batch; returns its result (failures are the caller's to judge).
+    fn batch(&mut self, step: &str, batch: &Batch) -> Result<BatchResult, RestoreError> {
+        let gadget = self.area.syscall_gadget();
+        self.single(step, gadget, |inj| inj.run(batch))
+    }
+
+    /// Moves the restorer area out of the image's way if they overlap.
+    fn clear_of(&mut self, image: &ProcessImage) -> Result<(), RestoreError> {
+        let s = self.scratch;
+        let overlaps = image
+            .memory
+            .vmas
+            .iter()
+            .any(|v| v.start < s.addr + s.len + PAGE_SIZE && s.addr < v.end + PAGE_SIZE);
+        if !overlaps {
+            return Ok(());
+        }
+        let pid = self.pid();
+        let maps = proc::read_maps(pid).map_err(RestoreError::sys("reading the vessel's maps"))?;
+        let mut taken: Vec<(u64, u64)> = maps.iter().map(|m| (m.start, m.end)).collect();
+        taken.extend(image.memory.vmas.iter().map(|v| (v.start, v.end)));
+        let at = find_gap(&mut taken, s.len)
+            .ok_or_else(|| no_room(pid, "no free address range for the restorer"))?;
+        let old = self.area.syscall_gadget();
+        let new = self.single("moving the restorer", old, |inj| {
+            let n = inj.map_scratch(Some(at), s.len / PAGE_SIZE)?;
+            inj.poke(n.addr, &code_page())?;
+            inj.call(
+                "mprotect(restorer code)",
+                libc::SYS_mprotect,
+                [
+                    n.addr,
+                    PAGE_SIZE,
+                    (libc::PROT_READ | libc::PROT_EXEC) as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            )?;
+            Ok(n)
+        })?;
+        let gadget = BatchArea::within(&new).syscall_gadget();
+        self.single("moving the restorer", gadget, |inj| inj.unmap(s))?;
+        self.scratch = new;
+        self.area = BatchArea::within(&new);
+        Ok(())
+    }
+}
+
+impl Drop for Vessel {
+    fn drop(&mut self) {
+        if let Some(t) = self.tracee.take() {
+            let _ = t.kill();
+        }
+    }
+}
+
+fn no_room(pid: Pid, detail: &str) -> RestoreError {
+    RestoreError::Sys {
+        step: "placing the restorer".into(),
+        source: SysError::UnexpectedStop {
+            pid: pid.as_raw(),
+            detail: detail.into(),
+        },
+    }
+}
+
+/// The fd numbers of the vessel, as the kernel will hand them out (lowest free first), so
+/// that batched calls can name fds opened earlier in the same batch.
+#[derive(Default)]
+struct FdTable(BTreeSet<u64>);
+
+impl FdTable {
+    fn open(&mut self) -> u64 {
+        let mut n = 0;
+        while self.0.contains(&n) {
+            n += 1;
+        }
+        self.0.insert(n);
+        n
+    }
+    fn close(&mut self, fd: u64) {
+        self.0.remove(&fd);
+    }
+    fn place(&mut self, fd: u64) {
+        self.0.insert(fd);
+    }
+}
+
+/// What may go wrong with a call of a batch, beyond failing the restore.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Plain,
+    /// An open as the image's owner, to retry with root's identity on EACCES/EPERM.
+    OwnerOpen,
+}
+
+/// Calls queued for the vessel; runs them whenever the restorer area is full.
+struct Queue {
+    batch: Batch,
+    tags: Vec<Tag>,
+    step: String,
+}
+
+/// Builds a process from an image in a [`Vessel`] (see the module doc for the phases).
+pub struct Builder<'i> {
+    vessel: Vessel,
+    image: &'i ProcessImage,
+    fds: FdTable,
+    copy_time: Duration,
+    privileged_opens: u32,
+    has_pages: Vec<bool>,
+    ready: bool,
+}
+
+impl<'i> Builder<'i> {
+    /// Checks the image against this host, empties the vessel, recreates the vDSO and every
+    /// mapping. Page data comes next ([`Builder::write_pages`], or userfaultfd).
+    pub fn new(mut vessel: Vessel, image: &'i ProcessImage) -> Result<Builder<'i>, RestoreError> {
+        check_restorable(image)?;
+        vessel.clear_of(image)?;
+        let mut b = Builder {
+            vessel,
+            image,
+            fds: FdTable::default(),
+            copy_time: Duration::ZERO,
+            privileged_opens: 0,
+            has_pages: pages_per_vma(image),
+            ready: false,
+        };
+        b.empty_the_vessel()?;
+        b.map_memory()?;
+        Ok(b)
+    }
+
+    pub fn pid(&self) -> Pid {
+        self.vessel.pid()
+    }
+
+    fn queue(&self, step: &str) -> Queue {
+        Queue {
+            batch: Batch::new(self.vessel.area),
+            tags: Vec::new(),
+            step: step.to_string(),
+        }
+    }
+
+    /// Makes room for `calls` calls and `bytes` bytes of data, running what is queued if
+    /// needed.
+    fn room(&mut self, q: &mut Queue, calls: usize, bytes: usize) -> Result<(), RestoreError> {
+        if !q.batch.fits(calls, bytes) {
+            self.flush(q)?;
+            if !q.batch.fits(calls, bytes) {
+                return Err(no_room(
+                    self.pid(),
+                    "a single call needs more room than the restorer has",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, q: &mut Queue, tag: Tag, name: &'static str, nr: i64, args: [u64; 6]) {
+        q.batch.push(name, nr, args);
+        q.tags.push(tag);
+    }
+
+    /// Runs the queued calls. An open refused to the owner is retried with root's file-system
+    /// identity, then the rest of the batch goes on.
+    fn flush(&mut self, q: &mut Queue) -> Result<(), RestoreError> {
+        let mut from = 0usize;
+        while from < q.batch.len() {
+            let part = if from == 0 {
+                None
+            } else {
+                Some(q.batch.tail(from))
+            };
+            let r = self
+                .vessel
+                .batch(&q.step, part.as_ref().unwrap_or(&q.batch))?;
+            let Some((i, call, errno)) = r.failure() else {
+                break;
+            };
+            let at = from + i;
+            let creds = &self.image.credentials;
+            if q.tags[at] == Tag::OwnerOpen
+                && matches!(errno, Errno::EACCES | Errno::EPERM)
+                && creds.uid.fs != 0
+            {
+                let (nr, args) = q.batch.call(at);
+                let mut retry = Batch::new(self.vessel.area);
+                retry.push("setfsuid", libc::SYS_setfsuid, [0; 6]);
+                retry.push("setfsgid", libc::SYS_setfsgid, [0; 6]);
+                retry.push("open (as root)", nr, args);
+                retry.push(
+                    "setfsgid",
+                    libc::SYS_setfsgid,
+                    [creds.gid.fs as u64, 0, 0, 0, 0, 0],
+                );
+                retry.push(
+                    "setfsuid",
+                    libc::SYS_setfsuid,
+                    [creds.uid.fs as u64, 0, 0, 0, 0, 0],
+                );
+                // The retried open reads its path from the data area of the original batch.
+                let retry = q.batch.with_data_of(retry);
+                let r = self.vessel.batch(&q.step, &retry)?;
+                if let Some((_, call, errno)) = r.failure() {
+                    return Err(injected(&q.step, self.pid(), call, errno));
+                }
+                self.privileged_opens += 1;
+                info!(step = %q.step, "opened with root's identity: its owner can no longer open it");
+                from = at + 1;
+                continue;
+            }
+            return Err(injected(&q.step, self.pid(), call, errno));
+        }
+        q.batch = Batch::new(self.vessel.area);
+        q.tags.clear();
+        Ok(())
+    }
+
+    /// ferry's rseq registration, fds and mappings go; the vDSO comes back at its address.
+    fn empty_the_vessel(&mut self) -> Result<(), RestoreError> {
+        let rseq = self
+            .vessel
+            .tracee_mut()
+            .rseq_configuration()
+            .map_err(RestoreError::sys("reading the vessel's rseq"))?;
+        let s = self.vessel.scratch;
+        let mut q = self.queue("emptying the vessel");
+        if let Some(r) = rseq {
+            self.push(
+                &mut q,
+                Tag::Plain,
+                "rseq(unregister)",
+                libc::SYS_rseq,
+                [
+                    r.rseq_abi_pointer,
+                    r.rseq_abi_size as u64,
+                    1,
+                    r.signature as u64,
+                    0,
+                    0,
+                ],
+            );
+        }
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "close_range",
+            libc::SYS_close_range,
+            [0, u32::MAX as u64, 0, 0, 0, 0],
+        );
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "munmap(below)",
+            libc::SYS_munmap,
+            [0, s.addr, 0, 0, 0, 0],
+        );
+        let top = s.addr + s.len;
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "munmap(above)",
+            libc::SYS_munmap,
+            [top, validate::USER_SPACE_END - top, 0, 0, 0, 0],
+        );
+        if let Some(start) = self
             .image
             .memory
             .vmas
             .iter()
             .find(|v| matches!(v.backing, Backing::Vvar | Backing::Vdso))
             .map(|v| v.start)
-        else {
-            return Ok(());
-        };
-        self.inject("mapping the vDSO", |inj, _| {
-            inj.call(
+        {
+            self.push(
+                &mut q,
+                Tag::Plain,
                 "arch_prctl(ARCH_MAP_VDSO_64)",
                 libc::SYS_arch_prctl,
                 [abi::ARCH_MAP_VDSO_64, start, 0, 0, 0, 0],
-            )
-            .map(drop)
-        })
-    }
-
-    /// Switches the filesystem identity to the image's (`to_image`) or back to root. While it
-    /// is the image's, the kernel checks every open and mmap against the image's owner.
-    fn as_image_fs_user(&mut self, to_image: bool) -> Result<(), RestoreError> {
-        let creds = &self.image.credentials;
-        let groups: Vec<u8> = creds.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-        let (fsuid, fsgid) = if to_image {
-            (creds.uid.fs as u64, creds.gid.fs as u64)
-        } else {
-            (0, 0)
-        };
-        let ngroups = creds.groups.len() as u64;
-        self.inject("switching file-system identity", |inj, s| {
-            if to_image {
-                let buf = arg_area(&s);
-                if groups.len() as u64 > s.len - PAGE_SIZE {
-                    return Err(SysError::UnexpectedStop {
-                        pid: inj.tracee().pid().as_raw(),
-                        detail: format!("{ngroups} supplementary groups do not fit"),
-                    });
-                }
-                inj.poke(buf, &groups)?;
-                inj.call("setgroups", libc::SYS_setgroups, [ngroups, buf, 0, 0, 0, 0])?;
-            }
-            inj.call("setfsgid", libc::SYS_setfsgid, [fsgid, 0, 0, 0, 0, 0])?;
-            inj.call("setfsuid", libc::SYS_setfsuid, [fsuid, 0, 0, 0, 0, 0])?;
-            Ok(())
-        })
-    }
-
-    /// Opens `path` in the vessel as the image's owner. A process may hold files its owner can
-    /// no longer open (opened before it dropped privileges); those are opened with root's
-    /// file-system identity instead, and counted (`privileged_opens`).
-    fn open_as_owner(
-        inj: &mut Injector<'_>,
-        s: &Scratch,
-        creds: &Credentials,
-        path: &str,
-        flags: i32,
-        privileged_opens: &mut u32,
-    ) -> Result<u64, SysError> {
-        let p = Self::poke_path(inj, s, path)?;
-        let args = [libc::AT_FDCWD as u64, p, flags as u64, 0, 0, 0];
-        match inj.call("open", libc::SYS_openat, args) {
-            Err(SysError::Injected { errno, .. })
-                if matches!(errno, ferry_sys::Errno::EACCES | ferry_sys::Errno::EPERM)
-                    && creds.uid.fs != 0 =>
-            {
-                inj.call("setfsuid", libc::SYS_setfsuid, [0; 6])?;
-                inj.call("setfsgid", libc::SYS_setfsgid, [0; 6])?;
-                let fd = inj.call("open (as root)", libc::SYS_openat, args);
-                inj.call(
-                    "setfsgid",
-                    libc::SYS_setfsgid,
-                    [creds.gid.fs as u64, 0, 0, 0, 0, 0],
-                )?;
-                inj.call(
-                    "setfsuid",
-                    libc::SYS_setfsuid,
-                    [creds.uid.fs as u64, 0, 0, 0, 0, 0],
-                )?;
-                let fd = fd?;
-                *privileged_opens += 1;
-                info!(
-                    path,
-                    "opened with root's identity: its owner can no longer open it"
-                );
-                Ok(fd)
-            }
-            other => other,
+            );
         }
+        self.flush(&mut q)
     }
 
-    /// Writes a NUL-terminated path into the argument area.
-    fn poke_path(inj: &Injector<'_>, s: &Scratch, path: &str) -> Result<u64, SysError> {
-        let mut bytes = path.as_bytes().to_vec();
-        bytes.push(0);
-        inj.poke(arg_area(s), &bytes)?;
-        Ok(arg_area(s))
-    }
-
+    /// As the image's owner: every mapping, files opened by path.
     fn map_memory(&mut self) -> Result<(), RestoreError> {
         let image = self.image;
-        let has_pages = pages_per_vma(image);
         let creds = &image.credentials;
-        let mut privileged_opens = 0;
-        let privileged = &mut privileged_opens;
-        let result = self.inject("mapping memory", |inj, s| {
-            let mut open: HashMap<(&str, bool), u64> = HashMap::new();
-            for (i, v) in image.memory.vmas.iter().enumerate() {
-                let mut prot = prot_bits(v.prot);
-                if has_pages[i] {
-                    prot |= libc::PROT_READ | libc::PROT_WRITE;
+        let mut q = self.queue("mapping memory");
+        let groups: Vec<u8> = creds.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        self.room(&mut q, 3, groups.len())?;
+        let g = q.batch.bytes(&groups);
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "setgroups",
+            libc::SYS_setgroups,
+            [creds.groups.len() as u64, g, 0, 0, 0, 0],
+        );
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "setfsgid",
+            libc::SYS_setfsgid,
+            [creds.gid.fs as u64, 0, 0, 0, 0, 0],
+        );
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "setfsuid",
+            libc::SYS_setfsuid,
+            [creds.uid.fs as u64, 0, 0, 0, 0, 0],
+        );
+
+        let mut open: HashMap<(&str, bool), u64> = HashMap::new();
+        for (i, v) in image.memory.vmas.iter().enumerate() {
+            let mut prot = prot_bits(v.prot);
+            if self.has_pages[i] {
+                prot |= libc::PROT_READ | libc::PROT_WRITE;
+            }
+            let fixed = libc::MAP_FIXED_NOREPLACE;
+            let (flags, fd, off) = match &v.backing {
+                Backing::Vvar | Backing::VvarVclock | Backing::Vdso => continue,
+                Backing::Anonymous | Backing::Heap | Backing::Stack => {
+                    let mut f = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | fixed;
+                    if v.flags.growsdown {
+                        f |= libc::MAP_GROWSDOWN;
+                    }
+                    (f, u64::MAX, 0)
                 }
-                let fixed = libc::MAP_FIXED_NOREPLACE;
-                let (flags, fd, off) = match &v.backing {
-                    Backing::Vvar | Backing::VvarVclock | Backing::Vdso => continue,
-                    Backing::Anonymous | Backing::Heap | Backing::Stack => {
-                        let mut f = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | fixed;
-                        if v.flags.growsdown {
-                            f |= libc::MAP_GROWSDOWN;
+                Backing::SharedAnonymous => {
+                    (libc::MAP_SHARED | libc::MAP_ANONYMOUS | fixed, u64::MAX, 0)
+                }
+                Backing::File { path, offset, .. } => {
+                    let writable = v.shared && v.prot.write;
+                    let fd = match open.get(&(path.as_str(), writable)) {
+                        Some(&fd) => fd,
+                        None => {
+                            self.room(&mut q, 2, path.len() + 8)?;
+                            let p = q.batch.c_string(path);
+                            let mode = if writable {
+                                libc::O_RDWR
+                            } else {
+                                libc::O_RDONLY
+                            };
+                            let fd = self.fds.open();
+                            self.push(
+                                &mut q,
+                                Tag::OwnerOpen,
+                                "open(mapped file)",
+                                libc::SYS_openat,
+                                [
+                                    libc::AT_FDCWD as u64,
+                                    p,
+                                    (mode | libc::O_CLOEXEC) as u64,
+                                    0,
+                                    0,
+                                    0,
+                                ],
+                            );
+                            open.insert((path.as_str(), writable), fd);
+                            fd
                         }
-                        (f, u64::MAX, 0)
-                    }
-                    Backing::SharedAnonymous => {
-                        (libc::MAP_SHARED | libc::MAP_ANONYMOUS | fixed, u64::MAX, 0)
-                    }
-                    Backing::File { path, offset, .. } => {
-                        let writable = v.shared && v.prot.write;
-                        let fd = match open.get(&(path.as_str(), writable)) {
-                            Some(&fd) => fd,
-                            None => {
-                                let mode = if writable {
-                                    libc::O_RDWR
-                                } else {
-                                    libc::O_RDONLY
-                                };
-                                let fd = Self::open_as_owner(
-                                    inj,
-                                    &s,
-                                    creds,
-                                    path,
-                                    mode | libc::O_CLOEXEC,
-                                    privileged,
-                                )?;
-                                open.insert((path.as_str(), writable), fd);
-                                fd
-                            }
-                        };
-                        let share = if v.shared {
-                            libc::MAP_SHARED
-                        } else {
-                            libc::MAP_PRIVATE
-                        };
-                        (share | fixed, fd, *offset)
-                    }
-                };
-                let got = inj.call(
-                    "mmap",
-                    libc::SYS_mmap,
-                    [v.start, v.len(), prot as u64, flags as u64, fd, off],
-                )?;
-                if got != v.start {
-                    return Err(SysError::UnexpectedStop {
-                        pid: inj.tracee().pid().as_raw(),
-                        detail: format!("mapping {:#x} landed at {got:#x}", v.start),
-                    });
+                    };
+                    let share = if v.shared {
+                        libc::MAP_SHARED
+                    } else {
+                        libc::MAP_PRIVATE
+                    };
+                    (share | fixed, fd, *offset)
                 }
-            }
-            for (_, fd) in open {
-                inj.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
-            }
-            Ok(())
-        });
-        self.privileged_opens += privileged_opens;
-        result
+            };
+            self.room(&mut q, 1, 0)?;
+            self.push(
+                &mut q,
+                Tag::Plain,
+                "mmap",
+                libc::SYS_mmap,
+                [v.start, v.len(), prot as u64, flags as u64, fd, off],
+            );
+        }
+        for (_, fd) in open {
+            self.room(&mut q, 1, 0)?;
+            self.push(
+                &mut q,
+                Tag::Plain,
+                "close",
+                libc::SYS_close,
+                [fd, 0, 0, 0, 0, 0],
+            );
+            self.fds.close(fd);
+        }
+        self.flush(&mut q)
     }
 
-    /// Copies the page data from the mapped image with two threads; each faults in the fresh
-    /// pages it writes, so page allocation runs on both cores.
-    fn write_pages(&mut self, loaded: &LoadedImage) -> Result<(), RestoreError> {
-        let pid = self.tracee().pid();
+    /// The private ranges that page data goes into (for userfaultfd registration).
+    pub fn page_ranges(&self) -> Vec<(u64, u64)> {
+        self.image
+            .memory
+            .vmas
+            .iter()
+            .zip(&self.has_pages)
+            .filter(|(_, has)| **has)
+            .map(|(v, _)| (v.start, v.end))
+            .collect()
+    }
+
+    /// Writes `(address, bytes)` segments into the new process (from two threads).
+    pub fn write_pages(&mut self, segments: &[(u64, &[u8])]) -> Result<(), RestoreError> {
         let started = Instant::now();
-        let segments: Vec<(u64, &[u8])> = loaded.runs().collect();
-        parallel_write(pid, &segments).map_err(RestoreError::sys("writing memory"))?;
-        self.copy_time = started.elapsed();
+        parallel_write(self.pid(), segments).map_err(RestoreError::sys("writing memory"))?;
+        self.copy_time += started.elapsed();
+        Ok(())
+    }
+
+    /// Runs `f` with an injector on the (stopped) vessel: for callers that set up more inside
+    /// it, e.g. a userfaultfd.
+    pub fn with_injector<T>(
+        &mut self,
+        step: &str,
+        f: impl FnOnce(&mut Injector<'_>) -> Result<T, SysError>,
+    ) -> Result<T, RestoreError> {
+        let gadget = self.vessel.area.syscall_gadget();
+        self.vessel.single(step, gadget, f)
+    }
+
+    /// Everything but the registers: the process is complete and still stopped.
+    pub fn finish(&mut self) -> Result<(), RestoreError> {
+        self.finish_mappings()?;
+        self.open_files()?;
+        self.set_mm_layout()?;
+        self.restore_process_state()?;
+        self.restore_credentials()?;
+        self.ready = true;
         Ok(())
     }
 
     /// Final protections, anonymous names, madvise flags.
     fn finish_mappings(&mut self) -> Result<(), RestoreError> {
         let image = self.image;
-        let has_pages = pages_per_vma(image);
-        self.inject("finishing mappings", |inj, s| {
-            for (i, v) in image.memory.vmas.iter().enumerate() {
-                if matches!(
-                    v.backing,
-                    Backing::Vvar | Backing::VvarVclock | Backing::Vdso
-                ) {
-                    continue;
-                }
-                if has_pages[i] && (!v.prot.read || !v.prot.write) {
-                    inj.call(
-                        "mprotect",
-                        libc::SYS_mprotect,
-                        [v.start, v.len(), prot_bits(v.prot) as u64, 0, 0, 0],
-                    )?;
-                }
-                if let Some(name) = &v.anon_name {
-                    let p = Self::poke_path(inj, &s, name)?;
-                    inj.call(
-                        "prctl(PR_SET_VMA_ANON_NAME)",
-                        libc::SYS_prctl,
-                        [
-                            abi::PR_SET_VMA,
-                            abi::PR_SET_VMA_ANON_NAME,
-                            v.start,
-                            v.len(),
-                            p,
-                            0,
-                        ],
-                    )?;
-                }
-                for (on, advice) in [
-                    (v.flags.dontfork, libc::MADV_DONTFORK),
-                    (v.flags.dontdump, libc::MADV_DONTDUMP),
-                    (v.flags.wipeonfork, libc::MADV_WIPEONFORK),
-                    (v.flags.hugepage, libc::MADV_HUGEPAGE),
-                    (v.flags.nohugepage, libc::MADV_NOHUGEPAGE),
-                ] {
-                    if on {
-                        inj.call(
-                            "madvise",
-                            libc::SYS_madvise,
-                            [v.start, v.len(), advice as u64, 0, 0, 0],
-                        )?;
-                    }
+        let mut q = self.queue("finishing mappings");
+        for (i, v) in image.memory.vmas.iter().enumerate() {
+            if matches!(
+                v.backing,
+                Backing::Vvar | Backing::VvarVclock | Backing::Vdso
+            ) {
+                continue;
+            }
+            self.room(&mut q, 7, v.anon_name.as_ref().map_or(0, |n| n.len() + 8))?;
+            if self.has_pages[i] && (!v.prot.read || !v.prot.write) {
+                self.push(
+                    &mut q,
+                    Tag::Plain,
+                    "mprotect",
+                    libc::SYS_mprotect,
+                    [v.start, v.len(), prot_bits(v.prot) as u64, 0, 0, 0],
+                );
+            }
+            if let Some(name) = &v.anon_name {
+                let p = q.batch.c_string(name);
+                self.push(
+                    &mut q,
+                    Tag::Plain,
+                    "prctl(PR_SET_VMA_ANON_NAME)",
+                    libc::SYS_prctl,
+                    [
+                        abi::PR_SET_VMA,
+                        abi::PR_SET_VMA_ANON_NAME,
+                        v.start,
+                        v.len(),
+                        p,
+                        0,
+                    ],
+                );
+            }
+            for (on, advice) in [
+                (v.flags.dontfork, libc::MADV_DONTFORK),
+                (v.flags.dontdump, libc::MADV_DONTDUMP),
+                (v.flags.wipeonfork, libc::MADV_WIPEONFORK),
+                (v.flags.hugepage, libc::MADV_HUGEPAGE),
+                (v.flags.nohugepage, libc::MADV_NOHUGEPAGE),
+            ] {
+                if on {
+                    self.push(
+                        &mut q,
+                        Tag::Plain,
+                        "madvise",
+                        libc::SYS_madvise,
+                        [v.start, v.len(), advice as u64, 0, 0, 0],
+                    );
                 }
             }
-            Ok(())
-        })
+        }
+        self.flush(&mut q)
     }
 
+    /// Fds at their numbers, flags and offsets (duplicates shared again); the cwd.
     fn open_files(&mut self) -> Result<(), RestoreError> {
         let image = self.image;
-        let creds = &image.credentials;
         let mut fds: Vec<&Fd> = image.files.fds.iter().collect();
         // Primaries first, then their duplicates.
         fds.sort_by_key(|f| (f.dup_of.is_some(), f.number));
-        let mut privileged_opens = 0;
+        let mut q = self.queue("opening files");
         for fd in fds {
+            let n = fd.number as u64;
+            let cloexec = if fd.cloexec { libc::O_CLOEXEC } else { 0 };
+            self.room(&mut q, 4, fd.kind.path().len() + 8)?;
             if let Some(of) = fd.dup_of {
-                let dflags = if fd.cloexec { libc::O_CLOEXEC } else { 0 };
-                self.inject(
-                    &format!("duplicating fd {of} as fd {}", fd.number),
-                    |inj, _| {
-                        inj.call(
-                            "dup3",
-                            libc::SYS_dup3,
-                            [of as u64, fd.number as u64, dflags as u64, 0, 0, 0],
-                        )
-                        .map(drop)
-                    },
-                )?;
+                self.push(
+                    &mut q,
+                    Tag::Plain,
+                    "dup3",
+                    libc::SYS_dup3,
+                    [of as u64, n, cloexec as u64, 0, 0, 0],
+                );
+                self.fds.place(n);
                 continue;
             }
-            let step = format!("opening fd {} ({})", fd.number, fd.kind.path());
-            let privileged = &mut privileged_opens;
-            self.inject(&step, |inj, s| {
-                let mut flags = fd.kind.flags();
-                if fd.cloexec {
-                    flags |= libc::O_CLOEXEC;
-                }
-                let opened =
-                    Self::open_as_owner(inj, &s, creds, fd.kind.path(), flags, privileged)?;
-                let n = fd.number as u64;
-                if opened != n {
-                    let dflags = if fd.cloexec { libc::O_CLOEXEC } else { 0 };
-                    inj.call("dup3", libc::SYS_dup3, [opened, n, dflags as u64, 0, 0, 0])?;
-                    inj.call("close", libc::SYS_close, [opened, 0, 0, 0, 0, 0])?;
-                }
-                let pos = match &fd.kind {
-                    FdKind::Regular { pos, .. } | FdKind::Directory { pos, .. } => *pos,
-                    FdKind::CharDevice { .. } => 0,
-                };
-                if pos != 0 && fd.kind.flags() & libc::O_PATH == 0 {
-                    inj.call(
-                        "lseek",
-                        libc::SYS_lseek,
-                        [n, pos, libc::SEEK_SET as u64, 0, 0, 0],
-                    )?;
-                }
-                Ok(())
-            })?;
+            let p = q.batch.c_string(fd.kind.path());
+            let opened = self.fds.open();
+            self.push(
+                &mut q,
+                Tag::OwnerOpen,
+                "open",
+                libc::SYS_openat,
+                [
+                    libc::AT_FDCWD as u64,
+                    p,
+                    (fd.kind.flags() | cloexec) as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            );
+            if opened != n {
+                self.push(
+                    &mut q,
+                    Tag::Plain,
+                    "dup3",
+                    libc::SYS_dup3,
+                    [opened, n, cloexec as u64, 0, 0, 0],
+                );
+                self.push(
+                    &mut q,
+                    Tag::Plain,
+                    "close",
+                    libc::SYS_close,
+                    [opened, 0, 0, 0, 0, 0],
+                );
+                self.fds.close(opened);
+                self.fds.place(n);
+            }
+            let pos = match &fd.kind {
+                FdKind::Regular { pos, .. } | FdKind::Directory { pos, .. } => *pos,
+                FdKind::CharDevice { .. } => 0,
+            };
+            if pos != 0 && fd.kind.flags() & libc::O_PATH == 0 {
+                self.push(
+                    &mut q,
+                    Tag::Plain,
+                    "lseek",
+                    libc::SYS_lseek,
+                    [n, pos, libc::SEEK_SET as u64, 0, 0, 0],
+                );
+            }
         }
-        let cwd = image.control.cwd.clone();
-        self.inject(
-            &format!("entering the working directory {cwd}"),
-            |inj, s| {
-                let p = Self::poke_path(inj, &s, &cwd)?;
-                inj.call("chdir", libc::SYS_chdir, [p, 0, 0, 0, 0, 0])
-                    .map(drop)
-            },
-        )
+        let cwd = &image.control.cwd;
+        self.room(&mut q, 3, cwd.len() + 8)?;
+        let p = q.batch.c_string(cwd);
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "chdir",
+            libc::SYS_chdir,
+            [p, 0, 0, 0, 0, 0],
+        );
+        // Back to root's file-system identity for what follows.
+        self.push(&mut q, Tag::Plain, "setfsuid", libc::SYS_setfsuid, [0; 6]);
+        self.push(&mut q, Tag::Plain, "setfsgid", libc::SYS_setfsgid, [0; 6]);
+        self.flush(&mut q)
     }
 
+    /// `PR_SET_MM_MAP`: mm boundaries, auxv, exe link.
     fn set_mm_layout(&mut self) -> Result<(), RestoreError> {
         let image = self.image;
         let l = image.memory.layout;
@@ -631,335 +848,404 @@ impl Builder<'_> {
             .iter()
             .flat_map(|w| w.to_le_bytes())
             .collect();
-        let exe = image.control.exe.clone();
+        let exe = &image.control.exe;
         // The vessel's exe is ferry's. The kernel refuses to replace an exe that is still
         // mapped, which it is when the image is of ferry itself: then it is already right.
-        let pid = self.tracee().pid();
-        let same_exe = match (
-            proc::stat_link(pid, "exe"),
-            proc::stat_path(Path::new(&exe)),
-        ) {
+        let pid = self.pid();
+        let same_exe = match (proc::stat_link(pid, "exe"), proc::stat_path(Path::new(exe))) {
             (Ok(a), Ok(b)) => a.dev == b.dev && a.inode == b.inode,
             _ => false,
         };
-        self.inject("setting the memory layout (PR_SET_MM_MAP)", |inj, s| {
-            let exe_fd = if same_exe {
-                u32::MAX as u64
-            } else {
-                let p = Self::poke_path(inj, &s, &exe)?;
-                inj.call(
-                    "open(executable)",
-                    libc::SYS_openat,
-                    [
-                        libc::AT_FDCWD as u64,
-                        p,
-                        (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-                        0,
-                        0,
-                        0,
-                    ],
-                )?
-            };
-            let auxv_at = arg_area(&s) + 1024;
-            let map_at = arg_area(&s) + 2048;
-            inj.poke(auxv_at, &auxv)?;
-            let map = PrctlMmMap {
-                start_code: l.start_code,
-                end_code: l.end_code,
-                start_data: l.start_data,
-                end_data: l.end_data,
-                start_brk: l.start_brk,
-                brk: l.brk,
-                start_stack: l.start_stack,
-                arg_start: l.arg_start,
-                arg_end: l.arg_end,
-                env_start: l.env_start,
-                env_end: l.env_end,
-                auxv: auxv_at,
-                auxv_size: auxv.len() as u32,
-                exe_fd: exe_fd as u32,
-            };
-            inj.poke(map_at, &map.encode())?;
-            inj.call(
-                "prctl(PR_SET_MM_MAP)",
-                libc::SYS_prctl,
+        let mut q = self.queue("setting the memory layout (PR_SET_MM_MAP)");
+        self.room(&mut q, 3, exe.len() + auxv.len() + PrctlMmMap::SIZE + 32)?;
+        let exe_fd = if same_exe {
+            u32::MAX as u64
+        } else {
+            let p = q.batch.c_string(exe);
+            let fd = self.fds.open();
+            self.push(
+                &mut q,
+                Tag::Plain,
+                "open(executable)",
+                libc::SYS_openat,
                 [
-                    abi::PR_SET_MM,
-                    abi::PR_SET_MM_MAP,
-                    map_at,
-                    PrctlMmMap::SIZE as u64,
-                    0,
-                    0,
-                ],
-            )?;
-            if !same_exe {
-                inj.call("close", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
-            }
-            Ok(())
-        })
-    }
-
-    fn restore_signals_and_timers(&mut self) -> Result<(), RestoreError> {
-        let image = self.image;
-        let pid = self.tracee().pid().as_raw() as u64;
-        self.inject("restoring signals", |inj, s| {
-            let buf = arg_area(&s);
-            let actions: HashMap<u32, &SigAction> =
-                image.signals.actions.iter().map(|a| (a.signo, a)).collect();
-            for sig in 1..=64u32 {
-                if sig == 9 || sig == 19 {
-                    continue;
-                }
-                let act = actions
-                    .get(&sig)
-                    .map(|a| KernelSigaction {
-                        handler: a.handler,
-                        flags: a.flags,
-                        restorer: a.restorer,
-                        mask: a.mask,
-                    })
-                    .unwrap_or_default();
-                inj.poke(buf, &act.encode())?;
-                inj.call(
-                    "rt_sigaction",
-                    libc::SYS_rt_sigaction,
-                    [sig as u64, buf, 0, 8, 0, 0],
-                )?;
-            }
-            let alt = image.execution.sigaltstack;
-            let ss = StackT {
-                sp: alt.sp,
-                flags: alt.flags & libc::SS_DISABLE,
-                size: alt.size,
-            };
-            inj.poke(buf, &ss.encode())?;
-            inj.call("sigaltstack", libc::SYS_sigaltstack, [buf, 0, 0, 0, 0, 0])?;
-            // Queued while every signal is blocked: delivered once the real mask is set.
-            for p in &image.signals.pending {
-                inj.poke(buf, &p.siginfo)?;
-                let signo = p.signo() as u64;
-                if p.shared {
-                    inj.call(
-                        "rt_sigqueueinfo",
-                        libc::SYS_rt_sigqueueinfo,
-                        [pid, signo, buf, 0, 0, 0],
-                    )?;
-                } else {
-                    inj.call(
-                        "rt_tgsigqueueinfo",
-                        libc::SYS_rt_tgsigqueueinfo,
-                        [pid, pid, signo, buf, 0, 0],
-                    )?;
-                }
-            }
-            for (which, t) in [
-                (libc::ITIMER_REAL, image.timers.real),
-                (libc::ITIMER_VIRTUAL, image.timers.virtual_),
-                (libc::ITIMER_PROF, image.timers.prof),
-            ] {
-                if t.is_armed() {
-                    let v = Itimerval {
-                        interval_us: t.interval_us,
-                        value_us: t.value_us,
-                    };
-                    inj.poke(buf, &v.encode())?;
-                    inj.call(
-                        "setitimer",
-                        libc::SYS_setitimer,
-                        [which as u64, buf, 0, 0, 0, 0],
-                    )?;
-                }
-            }
-            Ok(())
-        })
-    }
-
-    fn restore_misc(&mut self) -> Result<(), RestoreError> {
-        let image = self.image;
-        let c = &image.control;
-        let e = &image.execution;
-        self.inject("restoring process settings", |inj, s| {
-            let buf = arg_area(&s);
-            let mut comm = c.comm.as_bytes().to_vec();
-            comm.truncate(15);
-            comm.push(0);
-            inj.poke(buf, &comm)?;
-            inj.call(
-                "prctl(PR_SET_NAME)",
-                libc::SYS_prctl,
-                [abi::PR_SET_NAME, buf, 0, 0, 0, 0],
-            )?;
-            inj.call(
-                "prctl(PR_SET_TIMERSLACK)",
-                libc::SYS_prctl,
-                [abi::PR_SET_TIMERSLACK, c.timer_slack_ns, 0, 0, 0, 0],
-            )?;
-            inj.call(
-                "prctl(PR_SET_THP_DISABLE)",
-                libc::SYS_prctl,
-                [abi::PR_SET_THP_DISABLE, c.thp_disable as u64, 0, 0, 0, 0],
-            )?;
-            inj.call(
-                "prctl(PR_SET_CHILD_SUBREAPER)",
-                libc::SYS_prctl,
-                [
-                    abi::PR_SET_CHILD_SUBREAPER,
-                    c.child_subreaper as u64,
-                    0,
+                    libc::AT_FDCWD as u64,
+                    p,
+                    (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
                     0,
                     0,
                     0,
                 ],
-            )?;
-            inj.call(
-                "personality",
-                libc::SYS_personality,
-                [c.personality as u64, 0, 0, 0, 0, 0],
-            )?;
-            inj.call("umask", libc::SYS_umask, [c.umask as u64, 0, 0, 0, 0, 0])?;
-            inj.call(
-                "set_tid_address",
-                libc::SYS_set_tid_address,
-                [e.tid_address, 0, 0, 0, 0, 0],
-            )?;
-            if e.robust_list.head != 0 {
-                inj.call(
-                    "set_robust_list",
-                    libc::SYS_set_robust_list,
-                    [e.robust_list.head, e.robust_list.len, 0, 0, 0, 0],
-                )?;
-            }
-            Ok(())
-        })
-    }
-
-    fn restore_credentials(&mut self) -> Result<(), RestoreError> {
-        let creds = self.image.credentials.clone();
-        let pid = self.tracee().pid().as_raw();
-        let last_cap = host::cap_last_cap().min(CAP_LAST_CAP_MAX);
-        self.inject("restoring credentials", |inj, s| {
-            let buf = arg_area(&s);
-            for cap in 0..=last_cap {
-                if creds.caps.bounding & (1 << cap) == 0 {
-                    inj.call(
-                        "prctl(PR_CAPBSET_DROP)",
-                        libc::SYS_prctl,
-                        [abi::PR_CAPBSET_DROP, cap, 0, 0, 0, 0],
-                    )?;
-                }
-            }
-            // Keep capabilities across the uid change when the image had some as non-root.
-            let keep = creds.uid.effective != 0 && creds.caps.permitted != 0;
-            let securebits = creds.securebits | if keep { 1 << 4 } else { 0 };
-            inj.call(
-                "prctl(PR_SET_SECUREBITS)",
-                libc::SYS_prctl,
-                [abi::PR_SET_SECUREBITS, securebits as u64, 0, 0, 0, 0],
-            )?;
-            let groups: Vec<u8> = creds.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-            inj.poke(buf, &groups)?;
-            inj.call(
-                "setgroups",
-                libc::SYS_setgroups,
-                [creds.groups.len() as u64, buf, 0, 0, 0, 0],
-            )?;
-            let g = creds.gid;
-            inj.call(
-                "setresgid",
-                libc::SYS_setresgid,
-                [g.real as u64, g.effective as u64, g.saved as u64, 0, 0, 0],
-            )?;
-            let u = creds.uid;
-            inj.call(
-                "setresuid",
-                libc::SYS_setresuid,
-                [u.real as u64, u.effective as u64, u.saved as u64, 0, 0, 0],
-            )?;
-            inj.call("setfsgid", libc::SYS_setfsgid, [g.fs as u64, 0, 0, 0, 0, 0])?;
-            inj.call("setfsuid", libc::SYS_setfsuid, [u.fs as u64, 0, 0, 0, 0, 0])?;
-            let c = creds.caps;
-            inj.poke(
-                buf,
-                &encode_capset(pid, c.effective, c.permitted, c.inheritable),
-            )?;
-            inj.call("capset", libc::SYS_capset, [buf, buf + 8, 0, 0, 0, 0])?;
-            for cap in 0..=last_cap {
-                if c.ambient & (1 << cap) != 0 {
-                    inj.call(
-                        "prctl(PR_CAP_AMBIENT_RAISE)",
-                        libc::SYS_prctl,
-                        [abi::PR_CAP_AMBIENT, abi::PR_CAP_AMBIENT_RAISE, cap, 0, 0, 0],
-                    )?;
-                }
-            }
-            if keep && creds.securebits & (1 << 4) == 0 {
-                inj.call(
-                    "prctl(PR_SET_KEEPCAPS)",
-                    libc::SYS_prctl,
-                    [abi::PR_SET_KEEPCAPS, 0, 0, 0, 0, 0],
-                )?;
-            }
-            Ok(())
-        })
-    }
-
-    /// What the image's owner must be allowed to do: limits, nice, dumpable, parent-death
-    /// signal, no_new_privs.
-    fn restore_after_credentials(&mut self) -> Result<(), RestoreError> {
-        let image = self.image;
-        let c = &image.control;
-        self.inject("restoring limits and process flags", |inj, s| {
-            let buf = arg_area(&s);
-            for r in &c.rlimits {
-                inj.poke(buf, &abi::Bytes::default().u64(r.soft).u64(r.hard).0)?;
-                inj.call(
-                    "prlimit64",
-                    libc::SYS_prlimit64,
-                    [0, r.resource as u64, buf, 0, 0, 0],
-                )?;
-            }
-            inj.call(
-                "setpriority",
-                libc::SYS_setpriority,
-                [libc::PRIO_PROCESS as u64, 0, c.nice as i64 as u64, 0, 0, 0],
-            )?;
-            inj.call(
-                "prctl(PR_SET_DUMPABLE)",
-                libc::SYS_prctl,
-                [abi::PR_SET_DUMPABLE, c.dumpable.min(1) as u64, 0, 0, 0, 0],
-            )?;
-            inj.call(
-                "prctl(PR_SET_PDEATHSIG)",
-                libc::SYS_prctl,
-                [abi::PR_SET_PDEATHSIG, c.pdeathsig as u64, 0, 0, 0, 0],
-            )?;
-            if c.no_new_privs {
-                inj.call(
-                    "prctl(PR_SET_NO_NEW_PRIVS)",
-                    libc::SYS_prctl,
-                    [abi::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0],
-                )?;
-            }
-            Ok(())
-        })
-    }
-
-    /// Unmaps the restorer, registers rseq, sets registers, extended state and mask, and lets
-    /// the kernel take it from the signal-delivery path.
-    fn go(&mut self) -> Result<(), RestoreError> {
-        let image = self.image;
-        let e = &image.execution;
-        let scratch = self.scratch;
-        // The last calls run from a `syscall` in the vDSO, which stays mapped.
-        if let Some(vdso_gadget) = vdso_gadget(image) {
-            self.gadget = vdso_gadget;
+            );
+            fd
+        };
+        let auxv_at = q.batch.bytes(&auxv);
+        let map = PrctlMmMap {
+            start_code: l.start_code,
+            end_code: l.end_code,
+            start_data: l.start_data,
+            end_data: l.end_data,
+            start_brk: l.start_brk,
+            brk: l.brk,
+            start_stack: l.start_stack,
+            arg_start: l.arg_start,
+            arg_end: l.arg_end,
+            env_start: l.env_start,
+            env_end: l.env_end,
+            auxv: auxv_at,
+            auxv_size: auxv.len() as u32,
+            exe_fd: exe_fd as u32,
+        };
+        let map_at = q.batch.bytes(&map.encode());
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "prctl(PR_SET_MM_MAP)",
+            libc::SYS_prctl,
+            [
+                abi::PR_SET_MM,
+                abi::PR_SET_MM_MAP,
+                map_at,
+                PrctlMmMap::SIZE as u64,
+                0,
+                0,
+            ],
+        );
+        if !same_exe {
+            self.push(
+                &mut q,
+                Tag::Plain,
+                "close",
+                libc::SYS_close,
+                [exe_fd, 0, 0, 0, 0, 0],
+            );
+            self.fds.close(exe_fd);
         }
-        let in_vdso = self.gadget != scratch.addr;
-        self.inject("removing the restorer", |inj, _| inj.unmap(scratch))?;
-        if let Some(r) = e.rseq
-            && in_vdso
-        {
-            self.inject("registering rseq", |inj, _| {
+        self.flush(&mut q)
+    }
+
+    /// Signal dispositions, the alternate stack, queued signals, itimers and per-process
+    /// settings.
+    fn restore_process_state(&mut self) -> Result<(), RestoreError> {
+        let image = self.image;
+        let pid = self.pid().as_raw() as u64;
+        let c = &image.control;
+        let e = &image.execution;
+        let mut q = self.queue("restoring signals and settings");
+        let actions: HashMap<u32, &SigAction> =
+            image.signals.actions.iter().map(|a| (a.signo, a)).collect();
+        for sig in (1..=64u32).filter(|&s| s != 9 && s != 19) {
+            let act = actions
+                .get(&sig)
+                .map(|a| KernelSigaction {
+                    handler: a.handler,
+                    flags: a.flags,
+                    restorer: a.restorer,
+                    mask: a.mask,
+                })
+                .unwrap_or_default();
+            self.room(&mut q, 1, KernelSigaction::SIZE)?;
+            let at = q.batch.bytes(&act.encode());
+            self.push(
+                &mut q,
+                Tag::Plain,
+                "rt_sigaction",
+                libc::SYS_rt_sigaction,
+                [sig as u64, at, 0, 8, 0, 0],
+            );
+        }
+        let alt = e.sigaltstack;
+        let ss = StackT {
+            sp: alt.sp,
+            flags: alt.flags & libc::SS_DISABLE,
+            size: alt.size,
+        };
+        self.room(&mut q, 1, StackT::SIZE)?;
+        let at = q.batch.bytes(&ss.encode());
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "sigaltstack",
+            libc::SYS_sigaltstack,
+            [at, 0, 0, 0, 0, 0],
+        );
+        // Queued while every signal is blocked: delivered once the real mask is set.
+        for p in &image.signals.pending {
+            self.room(&mut q, 1, p.siginfo.len())?;
+            let at = q.batch.bytes(&p.siginfo);
+            let signo = p.signo() as u64;
+            if p.shared {
+                self.push(
+                    &mut q,
+                    Tag::Plain,
+                    "rt_sigqueueinfo",
+                    libc::SYS_rt_sigqueueinfo,
+                    [pid, signo, at, 0, 0, 0],
+                );
+            } else {
+                self.push(
+                    &mut q,
+                    Tag::Plain,
+                    "rt_tgsigqueueinfo",
+                    libc::SYS_rt_tgsigqueueinfo,
+                    [pid, pid, signo, at, 0, 0],
+                );
+            }
+        }
+        for (which, t) in [
+            (libc::ITIMER_REAL, image.timers.real),
+            (libc::ITIMER_VIRTUAL, image.timers.virtual_),
+            (libc::ITIMER_PROF, image.timers.prof),
+        ] {
+            if t.is_armed() {
+                let v = Itimerval {
+                    interval_us: t.interval_us,
+                    value_us: t.value_us,
+                };
+                self.room(&mut q, 1, Itimerval::SIZE)?;
+                let at = q.batch.bytes(&v.encode());
+                self.push(
+                    &mut q,
+                    Tag::Plain,
+                    "setitimer",
+                    libc::SYS_setitimer,
+                    [which as u64, at, 0, 0, 0, 0],
+                );
+            }
+        }
+        let mut comm = c.comm.as_bytes().to_vec();
+        comm.truncate(15);
+        comm.push(0);
+        self.room(&mut q, 9, comm.len())?;
+        let at = q.batch.bytes(&comm);
+        let prctl = |op: u64, arg: u64| [op, arg, 0, 0, 0, 0];
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            prctl(abi::PR_SET_NAME, at),
+        );
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "prctl(PR_SET_TIMERSLACK)",
+            libc::SYS_prctl,
+            prctl(abi::PR_SET_TIMERSLACK, c.timer_slack_ns),
+        );
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "prctl(PR_SET_THP_DISABLE)",
+            libc::SYS_prctl,
+            prctl(abi::PR_SET_THP_DISABLE, c.thp_disable as u64),
+        );
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "prctl(PR_SET_CHILD_SUBREAPER)",
+            libc::SYS_prctl,
+            prctl(abi::PR_SET_CHILD_SUBREAPER, c.child_subreaper as u64),
+        );
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "personality",
+            libc::SYS_personality,
+            [c.personality as u64, 0, 0, 0, 0, 0],
+        );
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "umask",
+            libc::SYS_umask,
+            [c.umask as u64, 0, 0, 0, 0, 0],
+        );
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "set_tid_address",
+            libc::SYS_set_tid_address,
+            [e.tid_address, 0, 0, 0, 0, 0],
+        );
+        if e.robust_list.head != 0 {
+            self.push(
+                &mut q,
+                Tag::Plain,
+                "set_robust_list",
+                libc::SYS_set_robust_list,
+                [e.robust_list.head, e.robust_list.len, 0, 0, 0, 0],
+            );
+        }
+        self.flush(&mut q)
+    }
+
+    /// Credentials, then what the owner must be allowed to do: limits, nice, dumpable,
+    /// parent-death signal, no_new_privs.
+    fn restore_credentials(&mut self) -> Result<(), RestoreError> {
+        let image = self.image;
+        let creds = &image.credentials;
+        let c = &image.control;
+        let pid = self.pid().as_raw();
+        let last_cap = host::cap_last_cap().min(CAP_LAST_CAP_MAX);
+        let mut q = self.queue("restoring credentials");
+        for cap in 0..=last_cap {
+            if creds.caps.bounding & (1 << cap) == 0 {
+                self.room(&mut q, 1, 0)?;
+                self.push(
+                    &mut q,
+                    Tag::Plain,
+                    "prctl(PR_CAPBSET_DROP)",
+                    libc::SYS_prctl,
+                    [abi::PR_CAPBSET_DROP, cap, 0, 0, 0, 0],
+                );
+            }
+        }
+        // Keep capabilities across the uid change when the image had some as non-root.
+        let keep = creds.uid.effective != 0 && creds.caps.permitted != 0;
+        let securebits = creds.securebits | if keep { 1 << 4 } else { 0 };
+        let groups: Vec<u8> = creds.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let caps = creds.caps;
+        let capset = encode_capset(pid, caps.effective, caps.permitted, caps.inheritable);
+        self.room(&mut q, 8, groups.len() + capset.len())?;
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "prctl(PR_SET_SECUREBITS)",
+            libc::SYS_prctl,
+            [abi::PR_SET_SECUREBITS, securebits as u64, 0, 0, 0, 0],
+        );
+        let g_at = q.batch.bytes(&groups);
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "setgroups",
+            libc::SYS_setgroups,
+            [creds.groups.len() as u64, g_at, 0, 0, 0, 0],
+        );
+        let (g, u) = (creds.gid, creds.uid);
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "setresgid",
+            libc::SYS_setresgid,
+            [g.real as u64, g.effective as u64, g.saved as u64, 0, 0, 0],
+        );
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "setresuid",
+            libc::SYS_setresuid,
+            [u.real as u64, u.effective as u64, u.saved as u64, 0, 0, 0],
+        );
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "setfsgid",
+            libc::SYS_setfsgid,
+            [g.fs as u64, 0, 0, 0, 0, 0],
+        );
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "setfsuid",
+            libc::SYS_setfsuid,
+            [u.fs as u64, 0, 0, 0, 0, 0],
+        );
+        let cap_at = q.batch.bytes(&capset);
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "capset",
+            libc::SYS_capset,
+            [cap_at, cap_at + 8, 0, 0, 0, 0],
+        );
+        for cap in 0..=last_cap {
+            if caps.ambient & (1 << cap) != 0 {
+                self.room(&mut q, 1, 0)?;
+                self.push(
+                    &mut q,
+                    Tag::Plain,
+                    "prctl(PR_CAP_AMBIENT_RAISE)",
+                    libc::SYS_prctl,
+                    [abi::PR_CAP_AMBIENT, abi::PR_CAP_AMBIENT_RAISE, cap, 0, 0, 0],
+                );
+            }
+        }
+        if keep && creds.securebits & (1 << 4) == 0 {
+            self.room(&mut q, 1, 0)?;
+            self.push(
+                &mut q,
+                Tag::Plain,
+                "prctl(PR_SET_KEEPCAPS)",
+                libc::SYS_prctl,
+                [abi::PR_SET_KEEPCAPS, 0, 0, 0, 0, 0],
+            );
+        }
+        for r in &c.rlimits {
+            self.room(&mut q, 1, 16)?;
+            let at = q
+                .batch
+                .bytes(&abi::Bytes::default().u64(r.soft).u64(r.hard).0);
+            self.push(
+                &mut q,
+                Tag::Plain,
+                "prlimit64",
+                libc::SYS_prlimit64,
+                [0, r.resource as u64, at, 0, 0, 0],
+            );
+        }
+        self.room(&mut q, 4, 0)?;
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "setpriority",
+            libc::SYS_setpriority,
+            [libc::PRIO_PROCESS as u64, 0, c.nice as i64 as u64, 0, 0, 0],
+        );
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "prctl(PR_SET_DUMPABLE)",
+            libc::SYS_prctl,
+            [abi::PR_SET_DUMPABLE, c.dumpable.min(1) as u64, 0, 0, 0, 0],
+        );
+        self.push(
+            &mut q,
+            Tag::Plain,
+            "prctl(PR_SET_PDEATHSIG)",
+            libc::SYS_prctl,
+            [abi::PR_SET_PDEATHSIG, c.pdeathsig as u64, 0, 0, 0, 0],
+        );
+        if c.no_new_privs {
+            self.push(
+                &mut q,
+                Tag::Plain,
+                "prctl(PR_SET_NO_NEW_PRIVS)",
+                libc::SYS_prctl,
+                [abi::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0],
+            );
+        }
+        self.flush(&mut q)
+    }
+
+    /// Lets the finished process run: the restorer goes, rseq is registered, registers, XSAVE
+    /// and mask are set, and the kernel takes it from its signal-delivery path.
+    pub fn start(mut self) -> Result<(Pid, RestoreReport), RestoreError> {
+        if !self.ready {
+            self.finish()?;
+        }
+        let image = self.image;
+        let e = &image.execution;
+        let scratch = self.vessel.scratch;
+        // The last calls run from a `syscall` in the vDSO, which stays mapped.
+        let vdso = vdso_gadget(image);
+        let gadget = vdso.unwrap_or(self.vessel.area.syscall_gadget());
+        self.vessel
+            .single("removing the restorer", gadget, |inj| inj.unmap(scratch))?;
+        if let (Some(r), true) = (e.rseq, vdso.is_some()) {
+            // Last, so that the kernel's rseq fixup sees the final instruction pointer.
+            self.vessel.single("registering rseq", gadget, |inj| {
                 inj.call(
                     "rseq",
                     libc::SYS_rseq,
@@ -969,7 +1255,7 @@ impl Builder<'_> {
             })?;
         }
         let regs = from_model_regs(&e.regs);
-        let tracee = self.tracee();
+        let tracee = self.vessel.tracee_mut();
         tracee
             .set_xstate(&e.xstate)
             .map_err(RestoreError::sys("setting the FPU/AVX state"))?;
@@ -979,10 +1265,21 @@ impl Builder<'_> {
         tracee
             .set_sigmask(image.signals.blocked)
             .map_err(RestoreError::sys("setting the signal mask"))?;
+        let report = RestoreReport {
+            memory_copy: self.copy_time,
+            memory_bytes: image.memory.pages.bytes,
+            mappings: image.memory.vmas.len(),
+            injected_calls: self.vessel.calls,
+            round_trips: self.vessel.round_trips,
+            old_pid: image.control.pid,
+            privileged_opens: self.privileged_opens,
+            ..RestoreReport::default()
+        };
         let tracee = self
+            .vessel
             .tracee
             .take()
-            .expect("the vessel lives until build() ends");
+            .expect("the vessel lives until started");
         let pid = tracee.pid();
         enter_signal_path_and_detach(tracee).map_err(RestoreError::sys("starting the process"))?;
         if image.control.stopped {
@@ -990,7 +1287,18 @@ impl Builder<'_> {
                 .map_err(RestoreError::sys("stopping the process as it was"))?;
         }
         debug!(pid = pid.as_raw(), "running");
-        Ok(())
+        Ok((pid, report))
+    }
+}
+
+fn injected(step: &str, pid: Pid, call: &'static str, errno: Errno) -> RestoreError {
+    RestoreError::Sys {
+        step: step.to_string(),
+        source: SysError::Injected {
+            call,
+            pid: pid.as_raw(),
+            errno,
+        },
     }
 }
 
@@ -1122,5 +1430,19 @@ mod tests {
             .map(|f| f.0)
             .collect();
         assert_eq!(with, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn fd_numbers_follow_the_kernel() {
+        let mut t = FdTable::default();
+        assert_eq!(t.open(), 0);
+        assert_eq!(t.open(), 1);
+        t.place(5);
+        t.close(0);
+        assert_eq!(t.open(), 0);
+        assert_eq!(t.open(), 2);
+        assert_eq!(t.open(), 3);
+        assert_eq!(t.open(), 4);
+        assert_eq!(t.open(), 6);
     }
 }

@@ -330,6 +330,28 @@ impl Batch {
     pub fn out(&mut self, len: usize) -> u64 {
         self.bytes(&vec![0u8; len])
     }
+
+    /// Number and arguments of entry `i`.
+    pub fn call(&self, i: usize) -> (i64, [u64; 6]) {
+        let e = self.entries[i];
+        (e[0] as i64, [e[1], e[2], e[3], e[4], e[5], e[6]])
+    }
+
+    /// The entries from `from` on, with the same data (so their pointers stay valid).
+    pub fn tail(&self, from: usize) -> Batch {
+        Batch {
+            area: self.area,
+            entries: self.entries[from.min(self.entries.len())..].to_vec(),
+            names: self.names[from.min(self.names.len())..].to_vec(),
+            data: self.data.clone(),
+        }
+    }
+
+    /// `other`'s calls with this batch's data area (for calls that point into it).
+    pub fn with_data_of(&self, mut other: Batch) -> Batch {
+        other.data = self.data.clone();
+        other
+    }
 }
 
 /// What a batch did.

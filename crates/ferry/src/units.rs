@@ -86,6 +86,7 @@ pub fn restore_json(r: &RestoreReport, pid: i32) -> Value {
         "memory_bytes": r.memory_bytes,
         "mappings": r.mappings,
         "injected_calls": r.injected_calls,
+        "round_trips": r.round_trips,
         "privileged_opens": r.privileged_opens,
     })
 }
