@@ -71,12 +71,15 @@ pub fn checkpoint(
         .unwrap_or(0);
     let mut writer = ImageWriter::create(dir, expected + expected / 16)?;
 
-    let mut frozen = Frozen::freeze(pid)?;
-    // Threads or files may have appeared between the preflight and the stop.
-    mobility::frozen_checks(pid)?;
-
-    let (mut image, stats) = capture_frozen(&mut frozen, platform, &mut writer)?;
-    writer.finish(&mut image)?;
+    let mut excised = excise_checked(pid, platform)?;
+    let copy_time = pagecopy::copy_to_sink(pid, &excised.segments, &mut writer)?;
+    writer.finish(&mut excised.image)?;
+    let Excised {
+        frozen,
+        image,
+        stats,
+        ..
+    } = excised;
     let interrupted = format!("{:?}", restart::classify(&frozen.regs));
     let injected_calls = frozen.injected_calls();
     let frozen_at = frozen.frozen_at;
@@ -95,7 +98,7 @@ pub fn checkpoint(
         leave_running: opts.leave_running,
         total: started.elapsed(),
         freeze,
-        memory_copy: stats.copy_time,
+        memory_copy: copy_time,
         memory_bytes: image.memory.pages.bytes,
         mappings: image.memory.vmas.len(),
         page_runs: image.memory.pages.runs.len(),
@@ -108,16 +111,57 @@ pub fn checkpoint(
     Ok(report)
 }
 
-struct Stats {
-    copy_time: Duration,
-    pagemap_scan: bool,
+/// A process frozen and captured but for the bytes of its pages, which can be read from it
+/// (it stays parked) until it is killed or resumed.
+pub struct Excised {
+    /// The frozen, parked process.
+    pub frozen: Frozen,
+    /// Its state; `memory.pages.runs` and `.bytes` name the pages to move (`hash` is 0 until
+    /// an image file is written).
+    pub image: ProcessImage,
+    /// The same page runs, with how to read each.
+    pub segments: Vec<Segment>,
+    pub stats: ExcisionStats,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExcisionStats {
+    /// From the stop to the state being captured (pages excepted).
+    pub excision: Duration,
+    /// Whether PAGEMAP_SCAN found the pages (else /proc/PID/pagemap).
+    pub pagemap_scan: bool,
+}
+
+/// Freezes and captures `pid` (all but its page bytes): what every migration algorithm starts
+/// from. Fails with the process left running as it was.
+pub fn excise(pid: Pid) -> Result<Excised, CheckpointError> {
+    mobility::preflight(pid)?;
+    mobility::check_resources(pid)?;
+    let platform =
+        platform::host_platform().map_err(CheckpointError::sys("fingerprinting this host"))?;
+    excise_checked(pid, platform)
+}
+
+fn excise_checked(pid: Pid, platform: Platform) -> Result<Excised, CheckpointError> {
+    let mut frozen = Frozen::freeze(pid)?;
+    // Threads or files may have appeared between the preflight and the stop.
+    mobility::frozen_checks(pid)?;
+    let (image, segments, pagemap_scan) = capture_frozen(&mut frozen, platform)?;
+    Ok(Excised {
+        stats: ExcisionStats {
+            excision: frozen.frozen_at.elapsed(),
+            pagemap_scan,
+        },
+        frozen,
+        image,
+        segments,
+    })
 }
 
 fn capture_frozen(
     frozen: &mut Frozen,
     platform: Platform,
-    writer: &mut ImageWriter,
-) -> Result<(ProcessImage, Stats), CheckpointError> {
+) -> Result<(ProcessImage, Vec<Segment>, bool), CheckpointError> {
     let pid = frozen.pid();
     let raw_regs = frozen.regs;
     let sys = CheckpointError::sys;
@@ -307,8 +351,16 @@ fn capture_frozen(
         raw_maps.push(m);
     }
 
-    // Pages.
-    let (runs, stats) = copy_pages(pid, &vmas, &raw_maps, writer)?;
+    // Pages to move.
+    let (segments, pagemap_scan) = plan_pages(pid, &vmas, &raw_maps)?;
+    let runs: Vec<PageRun> = segments
+        .iter()
+        .map(|s| PageRun {
+            addr: s.addr,
+            pages: s.len / PAGE_SIZE,
+        })
+        .collect();
+    let bytes = segments.iter().map(|s| s.len).sum();
 
     let auxv_bytes = proc::read_bytes(pid, "auxv").map_err(sys("reading auxv"))?;
     let auxv: Vec<u64> = auxv_bytes
@@ -369,7 +421,7 @@ fn capture_frozen(
             vmas,
             pages: PageIndex {
                 runs,
-                bytes: 0,
+                bytes,
                 hash: 0,
             },
         },
@@ -387,7 +439,7 @@ fn capture_frozen(
         runs = image.memory.pages.runs.len(),
         "captured"
     );
-    Ok((image, stats))
+    Ok((image, segments, pagemap_scan))
 }
 
 fn path_string(pid: Pid, what: &str, bytes: &[u8]) -> Result<String, CheckpointError> {
@@ -562,16 +614,15 @@ fn query_process(inj: &mut Injector<'_>, area: BatchArea) -> Result<Injected, Sy
     })
 }
 
-/// Finds the pages to copy in every mapping and streams them to `pages.img`.
-fn copy_pages(
+/// Finds the pages to move in every mapping: those whose content differs from the backing.
+fn plan_pages(
     pid: Pid,
     vmas: &[Vma],
     maps: &[Mapping],
-    writer: &mut ImageWriter,
-) -> Result<(Vec<PageRun>, Stats), CheckpointError> {
+) -> Result<(Vec<Segment>, bool), CheckpointError> {
     let sys = CheckpointError::sys;
     let mut scanner = PageScanner::open(pid).map_err(sys("opening pagemap"))?;
-    let mut runs: Vec<(u64, u64, bool)> = Vec::new(); // start, end, readable
+    let mut segments = Vec::new();
     let mut found = Vec::new();
     for (vma, m) in vmas.iter().zip(maps) {
         if !vma.carries_pages() {
@@ -591,33 +642,13 @@ fn copy_pages(
                 .scan(vma.start, vma.end, select, &mut found)
                 .map_err(sys("scanning page tables"))?;
         }
-        runs.extend(found.iter().map(|&(s, e)| (s, e, vma.prot.read)));
-    }
-    let pagemap_scan = scanner.uses_scan_ioctl();
-    let segments: Vec<Segment> = runs
-        .iter()
-        .map(|&(s, e, readable)| Segment {
+        segments.extend(found.iter().map(|&(s, e)| Segment {
             addr: s,
             len: e - s,
-            readable,
-        })
-        .collect();
-    let copy_time = pagecopy::copy_to_sink(pid, &segments, writer)?;
-
-    let mut page_runs: Vec<PageRun> = Vec::with_capacity(runs.len());
-    for (s, e, _) in runs {
-        page_runs.push(PageRun {
-            addr: s,
-            pages: (e - s) / PAGE_SIZE,
-        });
+            readable: vma.prot.read,
+        }));
     }
-    Ok((
-        page_runs,
-        Stats {
-            copy_time,
-            pagemap_scan,
-        },
-    ))
+    Ok((segments, scanner.uses_scan_ioctl()))
 }
 
 /// Field-for-field conversions between the kernel's register set and the image's.

@@ -25,10 +25,12 @@ pub mod restore;
 
 use std::path::PathBuf;
 
-pub use capture::{CheckpointOptions, CheckpointReport, checkpoint};
+pub use capture::{
+    CheckpointOptions, CheckpointReport, Excised, ExcisionStats, checkpoint, excise,
+};
 pub use ferry_sys::Pid;
 pub use imagedir::LoadedImage;
-pub use restore::{RestoreReport, RestoredProcess, restore};
+pub use restore::{Builder, RestoreReport, RestoredProcess, Vessel, restore};
 
 use ferry_image::validate::PlatformMismatch;
 use ferry_image::{FormatError, ValidationError};
