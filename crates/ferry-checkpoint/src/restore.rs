@@ -29,6 +29,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_image::*;
@@ -88,7 +89,7 @@ pub fn restore_loaded(
     started: Instant,
     load: Duration,
 ) -> Result<RestoredProcess, RestoreError> {
-    let mut builder = Builder::new(Vessel::prepare()?, &loaded.image)?;
+    let mut builder = Builder::new(Vessel::prepare()?, Arc::new(loaded.image.clone()))?;
     let segments: Vec<(u64, &[u8])> = loaded.runs().collect();
     builder.write_pages(&segments)?;
     builder.finish()?;
@@ -357,9 +358,9 @@ struct Queue {
 }
 
 /// Builds a process from an image in a [`Vessel`] (see the module doc for the phases).
-pub struct Builder<'i> {
+pub struct Builder {
     vessel: Vessel,
-    image: &'i ProcessImage,
+    image: Arc<ProcessImage>,
     fds: FdTable,
     copy_time: Duration,
     privileged_opens: u32,
@@ -367,19 +368,20 @@ pub struct Builder<'i> {
     ready: bool,
 }
 
-impl<'i> Builder<'i> {
+impl Builder {
     /// Checks the image against this host, empties the vessel, recreates the vDSO and every
     /// mapping. Page data comes next ([`Builder::write_pages`], or userfaultfd).
-    pub fn new(mut vessel: Vessel, image: &'i ProcessImage) -> Result<Builder<'i>, RestoreError> {
-        check_restorable(image)?;
-        vessel.clear_of(image)?;
+    pub fn new(mut vessel: Vessel, image: Arc<ProcessImage>) -> Result<Builder, RestoreError> {
+        check_restorable(&image)?;
+        vessel.clear_of(&image)?;
+        let has_pages = pages_per_vma(&image);
         let mut b = Builder {
             vessel,
             image,
             fds: FdTable::default(),
             copy_time: Duration::ZERO,
             privileged_opens: 0,
-            has_pages: pages_per_vma(image),
+            has_pages,
             ready: false,
         };
         b.empty_the_vessel()?;
@@ -542,7 +544,7 @@ impl<'i> Builder<'i> {
 
     /// As the image's owner: every mapping, files opened by path.
     fn map_memory(&mut self) -> Result<(), RestoreError> {
-        let image = self.image;
+        let image = Arc::clone(&self.image);
         let creds = &image.credentials;
         let mut q = self.queue("mapping memory");
         let groups: Vec<u8> = creds.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
@@ -652,6 +654,10 @@ impl<'i> Builder<'i> {
     }
 
     /// The private ranges that page data goes into (for userfaultfd registration).
+    pub fn image(&self) -> &ProcessImage {
+        &self.image
+    }
+
     pub fn page_ranges(&self) -> Vec<(u64, u64)> {
         self.image
             .memory
@@ -695,7 +701,7 @@ impl<'i> Builder<'i> {
 
     /// Final protections, anonymous names, madvise flags.
     fn finish_mappings(&mut self) -> Result<(), RestoreError> {
-        let image = self.image;
+        let image = Arc::clone(&self.image);
         let mut q = self.queue("finishing mappings");
         for (i, v) in image.memory.vmas.iter().enumerate() {
             if matches!(
@@ -754,7 +760,7 @@ impl<'i> Builder<'i> {
 
     /// Fds at their numbers, flags and offsets (duplicates shared again); the cwd.
     fn open_files(&mut self) -> Result<(), RestoreError> {
-        let image = self.image;
+        let image = Arc::clone(&self.image);
         let mut fds: Vec<&Fd> = image.files.fds.iter().collect();
         // Primaries first, then their duplicates.
         fds.sort_by_key(|f| (f.dup_of.is_some(), f.number));
@@ -840,7 +846,7 @@ impl<'i> Builder<'i> {
 
     /// `PR_SET_MM_MAP`: mm boundaries, auxv, exe link.
     fn set_mm_layout(&mut self) -> Result<(), RestoreError> {
-        let image = self.image;
+        let image = Arc::clone(&self.image);
         let l = image.memory.layout;
         let auxv: Vec<u8> = image
             .memory
@@ -927,7 +933,7 @@ impl<'i> Builder<'i> {
     /// Signal dispositions, the alternate stack, queued signals, itimers and per-process
     /// settings.
     fn restore_process_state(&mut self) -> Result<(), RestoreError> {
-        let image = self.image;
+        let image = Arc::clone(&self.image);
         let pid = self.pid().as_raw() as u64;
         let c = &image.control;
         let e = &image.execution;
@@ -1083,7 +1089,7 @@ impl<'i> Builder<'i> {
     /// Credentials, then what the owner must be allowed to do: limits, nice, dumpable,
     /// parent-death signal, no_new_privs.
     fn restore_credentials(&mut self) -> Result<(), RestoreError> {
-        let image = self.image;
+        let image = Arc::clone(&self.image);
         let creds = &image.credentials;
         let c = &image.control;
         let pid = self.pid().as_raw();
@@ -1235,11 +1241,11 @@ impl<'i> Builder<'i> {
         if !self.ready {
             self.finish()?;
         }
-        let image = self.image;
+        let image = Arc::clone(&self.image);
         let e = &image.execution;
         let scratch = self.vessel.scratch;
         // The last calls run from a `syscall` in the vDSO, which stays mapped.
-        let vdso = vdso_gadget(image);
+        let vdso = vdso_gadget(&image);
         let gadget = vdso.unwrap_or(self.vessel.area.syscall_gadget());
         self.vessel
             .single("removing the restorer", gadget, |inj| inj.unmap(scratch))?;

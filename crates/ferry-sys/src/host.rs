@@ -296,3 +296,10 @@ pub fn route_termination_to_relay() -> Result<()> {
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
         .map_err(|e| SysError::syscall("pthread_sigmask", self_pid(), e))
 }
+
+/// Who is at the other end of a connected Unix socket (`SO_PEERCRED`): pid, uid, gid.
+pub fn peer_credentials(socket: &impl std::os::fd::AsFd) -> Result<(i32, u32, u32)> {
+    let cred = nix::sys::socket::getsockopt(socket, nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(|e| SysError::syscall("getsockopt(SO_PEERCRED)", self_pid(), e))?;
+    Ok((cred.pid(), cred.uid(), cred.gid()))
+}
