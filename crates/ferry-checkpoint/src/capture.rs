@@ -62,7 +62,7 @@ pub fn checkpoint(
 ) -> Result<CheckpointReport, CheckpointError> {
     let started = Instant::now();
     mobility::preflight(pid)?;
-    mobility::check_resources(pid)?;
+    mobility::check_resources(pid, mobility::Options::default())?;
     let platform =
         platform::host_platform().map_err(CheckpointError::sys("fingerprinting this host"))?;
     // Room for the pages, allocated while the process still runs: the freeze then only copies.
@@ -71,7 +71,7 @@ pub fn checkpoint(
         .unwrap_or(0);
     let mut writer = ImageWriter::create(dir, expected + expected / 16)?;
 
-    let mut excised = excise_checked(pid, platform)?;
+    let mut excised = excise_checked(pid, platform, mobility::Options::default())?;
     let copy_time = pagecopy::copy_to_sink(pid, &excised.segments, &mut writer)?;
     writer.finish(&mut excised.image)?;
     let Excised {
@@ -134,19 +134,23 @@ pub struct ExcisionStats {
 
 /// Freezes and captures `pid` (all but its page bytes): what every migration algorithm starts
 /// from. Fails with the process left running as it was.
-pub fn excise(pid: Pid) -> Result<Excised, CheckpointError> {
+pub fn excise(pid: Pid, opts: mobility::Options) -> Result<Excised, CheckpointError> {
     mobility::preflight(pid)?;
-    mobility::check_resources(pid)?;
+    mobility::check_resources(pid, opts)?;
     let platform =
         platform::host_platform().map_err(CheckpointError::sys("fingerprinting this host"))?;
-    excise_checked(pid, platform)
+    excise_checked(pid, platform, opts)
 }
 
-fn excise_checked(pid: Pid, platform: Platform) -> Result<Excised, CheckpointError> {
+fn excise_checked(
+    pid: Pid,
+    platform: Platform,
+    opts: mobility::Options,
+) -> Result<Excised, CheckpointError> {
     let mut frozen = Frozen::freeze(pid)?;
     // Threads or files may have appeared between the preflight and the stop.
     mobility::frozen_checks(pid)?;
-    let (image, segments, pagemap_scan) = capture_frozen(&mut frozen, platform)?;
+    let (image, segments, pagemap_scan) = capture_frozen(&mut frozen, platform, opts)?;
     Ok(Excised {
         stats: ExcisionStats {
             excision: frozen.frozen_at.elapsed(),
@@ -161,6 +165,7 @@ fn excise_checked(pid: Pid, platform: Platform) -> Result<Excised, CheckpointErr
 fn capture_frozen(
     frozen: &mut Frozen,
     platform: Platform,
+    opts: mobility::Options,
 ) -> Result<(ProcessImage, Vec<Segment>, bool), CheckpointError> {
     let pid = frozen.pid();
     let raw_regs = frozen.regs;
@@ -324,7 +329,7 @@ fn capture_frozen(
     let mut vmas = Vec::new();
     let mut raw_maps = Vec::new();
     for m in maps {
-        let Some((backing, anon_name)) = mobility::classify_mapping(pid, &m)? else {
+        let Some((backing, anon_name)) = mobility::classify_mapping(pid, &m, opts)? else {
             continue;
         };
         vmas.push(Vma {

@@ -254,6 +254,22 @@ impl Frozen {
     }
 }
 
+/// Stops `pid` just long enough to run `f` with calls injected into it (for instance to set up
+/// dirty tracking), then lets it go exactly as it was.
+pub fn borrow<T>(
+    pid: Pid,
+    f: impl FnOnce(&mut Injector<'_>) -> Result<T, SysError>,
+) -> Result<T, CheckpointError> {
+    let mut frozen = Frozen::freeze(pid)?;
+    let out = frozen
+        .with_injector(f)
+        .map_err(CheckpointError::sys("working inside the process"))?;
+    frozen
+        .resume()
+        .map_err(CheckpointError::sys("resuming the process"))?;
+    Ok(out)
+}
+
 /// Moves a tracee from wherever it stopped into the kernel's signal-delivery path (an
 /// interrupt stop), where a detach lets the kernel apply its own syscall-restart and signal
 /// rules to the registers it now has.

@@ -30,6 +30,7 @@ pub use capture::{
 };
 pub use ferry_sys::Pid;
 pub use imagedir::LoadedImage;
+pub use mobility::Options as MobilityOptions;
 pub use restore::{Builder, RestoreReport, RestoredProcess, Vessel, restore};
 
 use ferry_image::validate::PlatformMismatch;

@@ -234,6 +234,7 @@ pub fn check_locks(pid: Pid, fd: i32) -> Result<(), CheckpointError> {
 pub fn classify_mapping(
     pid: Pid,
     m: &Mapping,
+    opts: Options,
 ) -> Result<Option<(Backing, Option<String>)>, CheckpointError> {
     let at = m.start;
     let path = m.path.as_slice();
@@ -254,7 +255,7 @@ pub fn classify_mapping(
         ("um", "registered with userfaultfd"),
         ("uw", "registered with userfaultfd"),
     ] {
-        if m.has_flag(flag) {
+        if m.has_flag(flag) && !(opts.own_write_protect && flag == "uw") {
             return Err(refuse(pid, format!("the mapping at {at:#x} is {why}")));
         }
     }
@@ -353,8 +354,16 @@ pub fn classify_mapping(
     Ok(Some((backing, None)))
 }
 
+/// Exceptions to the rules, for ferry's own use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Mappings write-protected with userfaultfd are ferry's own dirty tracking (pre-copy):
+    /// not a reason to refuse.
+    pub own_write_protect: bool,
+}
+
 /// Runs every fd and mapping check (used by the preflight, before freezing).
-pub fn check_resources(pid: Pid) -> Result<(), CheckpointError> {
+pub fn check_resources(pid: Pid, opts: Options) -> Result<(), CheckpointError> {
     let fds = proc::open_fds(pid).map_err(CheckpointError::sys("listing fds"))?;
     for fd in &fds {
         classify_fd(pid, fd)?;
@@ -362,7 +371,7 @@ pub fn check_resources(pid: Pid) -> Result<(), CheckpointError> {
     }
     let maps = proc::read_smaps(pid).map_err(CheckpointError::sys("reading mappings"))?;
     for m in &maps {
-        classify_mapping(pid, m)?;
+        classify_mapping(pid, m, opts)?;
     }
     Ok(())
 }

@@ -218,6 +218,17 @@ impl Vessel {
             Ok(s)
         })?;
         vessel.area = BatchArea::within(&vessel.scratch);
+        // Nothing ferry had open may stay with a vessel that waits (a warm one would otherwise
+        // keep, for instance, other migrations' userfaultfds alive).
+        let gadget = vessel.area.syscall_gadget();
+        vessel.single("closing inherited files", gadget, |inj| {
+            inj.call(
+                "close_range",
+                libc::SYS_close_range,
+                [0, u32::MAX as u64, 0, 0, 0, 0],
+            )
+            .map(drop)
+        })?;
         Ok(vessel)
     }
 
@@ -665,6 +676,26 @@ impl Builder {
             .iter()
             .zip(&self.has_pages)
             .filter(|(_, has)| **has)
+            .map(|(v, _)| (v.start, v.end))
+            .collect()
+    }
+
+    /// Private anonymous mappings that hold page data: the ranges a userfaultfd can fill
+    /// lazily (missing-page faults).
+    pub fn lazy_ranges(&self) -> Vec<(u64, u64)> {
+        self.image
+            .memory
+            .vmas
+            .iter()
+            .zip(&self.has_pages)
+            .filter(|(v, has)| {
+                **has
+                    && !v.shared
+                    && matches!(
+                        v.backing,
+                        Backing::Anonymous | Backing::Heap | Backing::Stack
+                    )
+            })
             .map(|(v, _)| (v.start, v.end))
             .collect()
     }
@@ -1306,6 +1337,12 @@ fn injected(step: &str, pid: Pid, call: &'static str, errno: Errno) -> RestoreEr
             errno,
         },
     }
+}
+
+/// Writes `(address, bytes)` segments into a process being built (any thread may, no ptrace
+/// involved): for page data that arrives after [`Builder::new`].
+pub fn write_segments(pid: Pid, segments: &[(u64, &[u8])]) -> Result<(), RestoreError> {
+    parallel_write(pid, segments).map_err(RestoreError::sys("writing memory"))
 }
 
 /// Writes `(address, bytes)` segments into `pid` from two threads (split by bytes).

@@ -91,6 +91,10 @@ pub enum StoreRef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 
 pub enum ToDest {
+    /// First message on a pages connection: which migration it belongs to.
+    Attach {
+        migration: String,
+    },
     Offer(Box<Offer>),
     State(Box<State>),
     /// Pre-copy: round `round` of pages (page frames) follows.
@@ -164,10 +168,19 @@ pub enum ToSource {
         reason: String,
     },
     /// Answer to `Query`.
-    Outcome {
-        started: bool,
-        pid: i32,
-    },
+    Outcome(Outcome),
+}
+
+/// What a destination knows of a migration it was asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// It runs there as `pid`.
+    Started { pid: i32 },
+    /// Committed, still starting: ask again.
+    Pending,
+    /// It will never run there (aborted, failed to start, or never committed): the source
+    /// may resume it.
+    NotStarted,
 }
 
 /// The tag of a fault reply.

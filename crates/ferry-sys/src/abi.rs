@@ -359,3 +359,356 @@ mod tests {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// userfaultfd (linux/userfaultfd.h as of 6.18; Debian's header stops at 6.1) and the
+// PAGEMAP_SCAN flags that drive uffd-wp-async dirty tracking. Used by `uffd` and `dirty`.
+// ---------------------------------------------------------------------------------------------
+
+/// `_IOC(dir, 0xAA, nr, size)` for the userfaultfd ioctls (`_IOC_WRITE` = 1, `_IOC_READ` = 2).
+const fn uffd_ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (0xAA << 8) | nr
+}
+const IOC_READ: u64 = 2;
+const IOC_READ_WRITE: u64 = 3;
+
+/// The only userfaultfd API version.
+pub const UFFD_API: u64 = 0xAA;
+/// `userfaultfd(2)` flag: only faults raised by user-mode accesses are reported; a kernel
+/// access (a `write(2)` from the buffer, `process_vm_readv`) fails with EFAULT instead.
+/// Without it, creating a uffd needs CAP_SYS_PTRACE when `vm.unprivileged_userfaultfd` is 0.
+pub const UFFD_USER_MODE_ONLY: u64 = 1;
+/// `/dev/userfaultfd` ioctl: a new uffd for the caller's mm (`_IO(0xAA, 0)`).
+pub const USERFAULTFD_IOC_NEW: u64 = 0xAA00;
+
+pub const UFFD_FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
+pub const UFFD_FEATURE_EVENT_FORK: u64 = 1 << 1;
+pub const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
+pub const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
+pub const UFFD_FEATURE_MISSING_HUGETLBFS: u64 = 1 << 4;
+pub const UFFD_FEATURE_MISSING_SHMEM: u64 = 1 << 5;
+pub const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
+pub const UFFD_FEATURE_SIGBUS: u64 = 1 << 7;
+pub const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
+pub const UFFD_FEATURE_MINOR_HUGETLBFS: u64 = 1 << 9;
+pub const UFFD_FEATURE_MINOR_SHMEM: u64 = 1 << 10;
+pub const UFFD_FEATURE_EXACT_ADDRESS: u64 = 1 << 11;
+pub const UFFD_FEATURE_WP_HUGETLBFS_SHMEM: u64 = 1 << 12;
+pub const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+pub const UFFD_FEATURE_POISON: u64 = 1 << 14;
+pub const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+pub const UFFD_FEATURE_MOVE: u64 = 1 << 16;
+
+/// Names of the feature bits, for logs and errors.
+pub const UFFD_FEATURE_NAMES: [(u64, &str); 17] = [
+    (UFFD_FEATURE_PAGEFAULT_FLAG_WP, "PAGEFAULT_FLAG_WP"),
+    (UFFD_FEATURE_EVENT_FORK, "EVENT_FORK"),
+    (UFFD_FEATURE_EVENT_REMAP, "EVENT_REMAP"),
+    (UFFD_FEATURE_EVENT_REMOVE, "EVENT_REMOVE"),
+    (UFFD_FEATURE_MISSING_HUGETLBFS, "MISSING_HUGETLBFS"),
+    (UFFD_FEATURE_MISSING_SHMEM, "MISSING_SHMEM"),
+    (UFFD_FEATURE_EVENT_UNMAP, "EVENT_UNMAP"),
+    (UFFD_FEATURE_SIGBUS, "SIGBUS"),
+    (UFFD_FEATURE_THREAD_ID, "THREAD_ID"),
+    (UFFD_FEATURE_MINOR_HUGETLBFS, "MINOR_HUGETLBFS"),
+    (UFFD_FEATURE_MINOR_SHMEM, "MINOR_SHMEM"),
+    (UFFD_FEATURE_EXACT_ADDRESS, "EXACT_ADDRESS"),
+    (UFFD_FEATURE_WP_HUGETLBFS_SHMEM, "WP_HUGETLBFS_SHMEM"),
+    (UFFD_FEATURE_WP_UNPOPULATED, "WP_UNPOPULATED"),
+    (UFFD_FEATURE_POISON, "POISON"),
+    (UFFD_FEATURE_WP_ASYNC, "WP_ASYNC"),
+    (UFFD_FEATURE_MOVE, "MOVE"),
+];
+
+// ioctl numbers within the 0xAA space (bits of `uffdio_api.ioctls` / `uffdio_register.ioctls`).
+pub const UFFDIO_REGISTER_NR: u64 = 0x00;
+pub const UFFDIO_UNREGISTER_NR: u64 = 0x01;
+pub const UFFDIO_WAKE_NR: u64 = 0x02;
+pub const UFFDIO_COPY_NR: u64 = 0x03;
+pub const UFFDIO_ZEROPAGE_NR: u64 = 0x04;
+pub const UFFDIO_MOVE_NR: u64 = 0x05;
+pub const UFFDIO_WRITEPROTECT_NR: u64 = 0x06;
+pub const UFFDIO_CONTINUE_NR: u64 = 0x07;
+pub const UFFDIO_POISON_NR: u64 = 0x08;
+pub const UFFDIO_API_NR: u64 = 0x3F;
+
+pub const UFFDIO_API: u64 = uffd_ioc(IOC_READ_WRITE, UFFDIO_API_NR, size_of::<UffdioApi>());
+pub const UFFDIO_REGISTER: u64 = uffd_ioc(
+    IOC_READ_WRITE,
+    UFFDIO_REGISTER_NR,
+    size_of::<UffdioRegister>(),
+);
+// UNREGISTER and WAKE are `_IOR` in the kernel header although the kernel reads them.
+pub const UFFDIO_UNREGISTER: u64 =
+    uffd_ioc(IOC_READ, UFFDIO_UNREGISTER_NR, size_of::<UffdioRange>());
+pub const UFFDIO_WAKE: u64 = uffd_ioc(IOC_READ, UFFDIO_WAKE_NR, size_of::<UffdioRange>());
+pub const UFFDIO_COPY: u64 = uffd_ioc(IOC_READ_WRITE, UFFDIO_COPY_NR, size_of::<UffdioCopy>());
+pub const UFFDIO_ZEROPAGE: u64 = uffd_ioc(
+    IOC_READ_WRITE,
+    UFFDIO_ZEROPAGE_NR,
+    size_of::<UffdioZeropage>(),
+);
+pub const UFFDIO_MOVE: u64 = uffd_ioc(IOC_READ_WRITE, UFFDIO_MOVE_NR, size_of::<UffdioMove>());
+pub const UFFDIO_WRITEPROTECT: u64 = uffd_ioc(
+    IOC_READ_WRITE,
+    UFFDIO_WRITEPROTECT_NR,
+    size_of::<UffdioWriteprotect>(),
+);
+pub const UFFDIO_CONTINUE: u64 = uffd_ioc(
+    IOC_READ_WRITE,
+    UFFDIO_CONTINUE_NR,
+    size_of::<UffdioContinue>(),
+);
+
+pub const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
+pub const UFFDIO_REGISTER_MODE_WP: u64 = 1 << 1;
+pub const UFFDIO_REGISTER_MODE_MINOR: u64 = 1 << 2;
+pub const UFFDIO_COPY_MODE_DONTWAKE: u64 = 1 << 0;
+pub const UFFDIO_COPY_MODE_WP: u64 = 1 << 1;
+pub const UFFDIO_ZEROPAGE_MODE_DONTWAKE: u64 = 1 << 0;
+pub const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1 << 0;
+pub const UFFDIO_WRITEPROTECT_MODE_DONTWAKE: u64 = 1 << 1;
+pub const UFFDIO_CONTINUE_MODE_DONTWAKE: u64 = 1 << 0;
+pub const UFFDIO_CONTINUE_MODE_WP: u64 = 1 << 1;
+pub const UFFDIO_MOVE_MODE_DONTWAKE: u64 = 1 << 0;
+pub const UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES: u64 = 1 << 1;
+
+/// `struct uffdio_api`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UffdioApi {
+    pub api: u64,
+    pub features: u64,
+    pub ioctls: u64,
+}
+
+/// `struct uffdio_range`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UffdioRange {
+    pub start: u64,
+    pub len: u64,
+}
+
+/// `struct uffdio_register`; `ioctls` is written by the kernel.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UffdioRegister {
+    pub range: UffdioRange,
+    pub mode: u64,
+    pub ioctls: u64,
+}
+
+/// `struct uffdio_copy`; `copy` is written by the kernel: bytes copied, or `-errno`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UffdioCopy {
+    pub dst: u64,
+    pub src: u64,
+    pub len: u64,
+    pub mode: u64,
+    pub copy: i64,
+}
+
+/// `struct uffdio_zeropage`; `zeropage` is written by the kernel like `UffdioCopy::copy`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UffdioZeropage {
+    pub range: UffdioRange,
+    pub mode: u64,
+    pub zeropage: i64,
+}
+
+/// `struct uffdio_writeprotect`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UffdioWriteprotect {
+    pub range: UffdioRange,
+    pub mode: u64,
+}
+
+/// `struct uffdio_continue`; `mapped` is written by the kernel.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UffdioContinue {
+    pub range: UffdioRange,
+    pub mode: u64,
+    pub mapped: i64,
+}
+
+/// `struct uffdio_move` (6.8+); `move_` (`move` in C) is written by the kernel.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UffdioMove {
+    pub dst: u64,
+    pub src: u64,
+    pub len: u64,
+    pub mode: u64,
+    pub move_: i64,
+}
+
+/// Size of `struct uffd_msg` (packed): what one `read` of a uffd returns per event.
+pub const UFFD_MSG_SIZE: usize = 32;
+
+pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+pub const UFFD_EVENT_FORK: u8 = 0x13;
+pub const UFFD_EVENT_REMAP: u8 = 0x14;
+pub const UFFD_EVENT_REMOVE: u8 = 0x15;
+pub const UFFD_EVENT_UNMAP: u8 = 0x16;
+
+pub const UFFD_PAGEFAULT_FLAG_WRITE: u64 = 1 << 0;
+pub const UFFD_PAGEFAULT_FLAG_WP: u64 = 1 << 1;
+pub const UFFD_PAGEFAULT_FLAG_MINOR: u64 = 1 << 2;
+
+/// A decoded `struct uffd_msg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UffdMsg {
+    /// `flags`: `UFFD_PAGEFAULT_FLAG_*`; `ptid`: the faulting thread (with THREAD_ID, else 0).
+    Pagefault {
+        flags: u64,
+        address: u64,
+        ptid: u32,
+    },
+    /// `ufd`: a new uffd that the kernel installed in the *reading* process.
+    Fork {
+        ufd: u32,
+    },
+    Remap {
+        from: u64,
+        to: u64,
+        len: u64,
+    },
+    Remove {
+        start: u64,
+        end: u64,
+    },
+    Unmap {
+        start: u64,
+        end: u64,
+    },
+    Unknown {
+        event: u8,
+    },
+}
+
+impl UffdMsg {
+    /// Decodes one 32-byte message: `event` at 0, the union at 8.
+    pub fn decode(b: &[u8; UFFD_MSG_SIZE]) -> UffdMsg {
+        let f = Fields::new(b);
+        match b[0] {
+            UFFD_EVENT_PAGEFAULT => UffdMsg::Pagefault {
+                flags: f.u64(8),
+                address: f.u64(16),
+                ptid: f.u32(24),
+            },
+            UFFD_EVENT_FORK => UffdMsg::Fork { ufd: f.u32(8) },
+            UFFD_EVENT_REMAP => UffdMsg::Remap {
+                from: f.u64(8),
+                to: f.u64(16),
+                len: f.u64(24),
+            },
+            UFFD_EVENT_REMOVE => UffdMsg::Remove {
+                start: f.u64(8),
+                end: f.u64(16),
+            },
+            UFFD_EVENT_UNMAP => UffdMsg::Unmap {
+                start: f.u64(8),
+                end: f.u64(16),
+            },
+            event => UffdMsg::Unknown { event },
+        }
+    }
+}
+
+// PAGEMAP_SCAN flags (`pm_scan_arg.flags`) and the categories newer than the ones above.
+/// Write-protect the pages that match (with PAGE_IS_WRITTEN: read-and-reset dirty bits).
+pub const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
+/// Fail with EPERM if a VMA of the range is not registered for uffd-wp in async mode.
+pub const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
+pub const PAGE_IS_HUGE: u64 = 1 << 6;
+pub const PAGE_IS_SOFT_DIRTY: u64 = 1 << 7;
+pub const PAGE_IS_GUARD: u64 = 1 << 8;
+
+#[cfg(test)]
+mod uffd_tests {
+    use super::*;
+
+    /// `_IOWR`/`_IOR` as `asm-generic/ioctl.h` spells them, independently of `uffd_ioc`.
+    fn ioc(dir: u64, ty: u8, nr: u64, size: u64) -> u64 {
+        (dir << 30) | (size << 16) | ((ty as u64) << 8) | nr
+    }
+
+    #[test]
+    fn struct_sizes_match_the_kernel() {
+        assert_eq!(size_of::<UffdioApi>(), 24);
+        assert_eq!(size_of::<UffdioRange>(), 16);
+        assert_eq!(size_of::<UffdioRegister>(), 32);
+        assert_eq!(size_of::<UffdioCopy>(), 40);
+        assert_eq!(size_of::<UffdioZeropage>(), 32);
+        assert_eq!(size_of::<UffdioWriteprotect>(), 24);
+        assert_eq!(size_of::<UffdioContinue>(), 32);
+        assert_eq!(size_of::<UffdioMove>(), 40);
+    }
+
+    #[test]
+    fn ioctl_numbers_match_the_kernel() {
+        // The values glibc-era headers produce, spelled out, and the generic encoding.
+        assert_eq!(UFFDIO_API, 0xc018_aa3f);
+        assert_eq!(UFFDIO_REGISTER, 0xc020_aa00);
+        assert_eq!(UFFDIO_UNREGISTER, 0x8010_aa01);
+        assert_eq!(UFFDIO_WAKE, 0x8010_aa02);
+        assert_eq!(UFFDIO_COPY, 0xc028_aa03);
+        assert_eq!(UFFDIO_ZEROPAGE, 0xc020_aa04);
+        assert_eq!(UFFDIO_MOVE, 0xc028_aa05);
+        assert_eq!(UFFDIO_WRITEPROTECT, 0xc018_aa06);
+        assert_eq!(UFFDIO_CONTINUE, 0xc020_aa07);
+        assert_eq!(UFFDIO_COPY, ioc(3, 0xAA, 3, 40));
+        assert_eq!(UFFDIO_UNREGISTER, ioc(2, 0xAA, 1, 16));
+        assert_eq!(USERFAULTFD_IOC_NEW, ioc(0, 0xAA, 0, 0));
+    }
+
+    #[test]
+    fn feature_names_are_the_bits_in_order() {
+        for (i, (bit, _)) in UFFD_FEATURE_NAMES.iter().enumerate() {
+            assert_eq!(*bit, 1 << i);
+        }
+    }
+
+    #[test]
+    fn messages_decode() {
+        let mut m = [0u8; UFFD_MSG_SIZE];
+        m[0] = UFFD_EVENT_PAGEFAULT;
+        m[8..16].copy_from_slice(&UFFD_PAGEFAULT_FLAG_WRITE.to_le_bytes());
+        m[16..24].copy_from_slice(&0x7f00_1234_5000u64.to_le_bytes());
+        m[24..28].copy_from_slice(&4242u32.to_le_bytes());
+        assert_eq!(
+            UffdMsg::decode(&m),
+            UffdMsg::Pagefault {
+                flags: UFFD_PAGEFAULT_FLAG_WRITE,
+                address: 0x7f00_1234_5000,
+                ptid: 4242
+            }
+        );
+        let mut m = [0u8; UFFD_MSG_SIZE];
+        m[0] = UFFD_EVENT_REMAP;
+        m[8..16].copy_from_slice(&1u64.to_le_bytes());
+        m[16..24].copy_from_slice(&2u64.to_le_bytes());
+        m[24..32].copy_from_slice(&3u64.to_le_bytes());
+        assert_eq!(
+            UffdMsg::decode(&m),
+            UffdMsg::Remap {
+                from: 1,
+                to: 2,
+                len: 3
+            }
+        );
+        m[0] = UFFD_EVENT_REMOVE;
+        assert_eq!(UffdMsg::decode(&m), UffdMsg::Remove { start: 1, end: 2 });
+        m[0] = UFFD_EVENT_UNMAP;
+        assert_eq!(UffdMsg::decode(&m), UffdMsg::Unmap { start: 1, end: 2 });
+        m[0] = UFFD_EVENT_FORK;
+        assert_eq!(UffdMsg::decode(&m), UffdMsg::Fork { ufd: 1 });
+        m[0] = 0x99;
+        assert_eq!(UffdMsg::decode(&m), UffdMsg::Unknown { event: 0x99 });
+    }
+}

@@ -303,3 +303,31 @@ pub fn peer_credentials(socket: &impl std::os::fd::AsFd) -> Result<(i32, u32, u3
         .map_err(|e| SysError::syscall("getsockopt(SO_PEERCRED)", self_pid(), e))?;
     Ok((cred.pid(), cred.uid(), cred.gid()))
 }
+
+/// Reaps child `pid` if it has exited (`waitpid` with `WNOHANG`).
+pub fn try_reap(pid: Pid) -> Result<Option<ExitStatus>> {
+    let mut status = 0;
+    // SAFETY: `status` is a valid out-pointer.
+    let r = unsafe { libc::waitpid(pid.as_raw(), &mut status, libc::WNOHANG) };
+    if r == 0 {
+        return Ok(None);
+    }
+    if r < 0 {
+        return Err(SysError::syscall("waitpid", pid, nix::errno::Errno::last()));
+    }
+    if libc::WIFEXITED(status) {
+        return Ok(Some(ExitStatus::Exited(libc::WEXITSTATUS(status))));
+    }
+    if libc::WIFSIGNALED(status) {
+        return Ok(Some(ExitStatus::Signaled(libc::WTERMSIG(status))));
+    }
+    Ok(None)
+}
+
+/// Free memory the kernel can hand out without swapping (`MemAvailable`), in bytes.
+pub fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -12,6 +12,7 @@
 //! - [`proc`]: what `/proc` tells about a process (maps with VmFlags, status, fds, limits).
 //! - [`host`]: facts about this machine (kernel release, vDSO, XSAVE layout).
 //! - [`spawn`]: an empty, traced child process to restore into.
+//! - [`aio`]: kernel fds (userfaultfd, pidfd) watched by tokio.
 //! - [`abi`]: kernel structures and constants that libc does not define (yet).
 //! - [`file`]: mapped image files.
 //!
@@ -19,14 +20,18 @@
 //! are defined once, in [`abi`].
 
 pub mod abi;
+pub mod aio;
+pub mod dirty;
 pub mod file;
 pub mod host;
 pub mod inject;
 pub mod mem;
 pub mod pagemap;
+pub mod pidfd;
 pub mod proc;
 pub mod ptrace;
 pub mod spawn;
+pub mod uffd;
 
 pub use libc;
 pub use nix::errno::Errno;

@@ -16,6 +16,14 @@ pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace); or set FERRY_LOG.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// The local daemon's control socket.
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_SOCKET",
+        default_value = "/run/ferry/ferry.sock"
+    )]
+    pub socket: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -56,9 +64,58 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Move a running process to another host (through the local daemon).
+    Migrate {
+        /// The process to move.
+        pid: i32,
+        /// Destination node(s), tried in order until one accepts: `n2` or `n2,n3`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        #[arg(long, default_value = "freeze-free")]
+        algorithm: ferry_migrate::Algorithm,
+        /// Print the report as JSON on stdout (no progress bar).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the ferry daemon of this host.
+    Daemon(DaemonArgs),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// Configuration file (TOML); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The control socket for the local CLI (default: the config's, else /run/ferry/ferry.sock).
+    #[arg(long)]
+    pub control_socket: Option<PathBuf>,
+    /// This host's name in the cluster.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Address for peer daemons, e.g. 10.77.0.1:7070.
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// A peer daemon, NAME=ADDRESS:PORT (repeatable).
+    #[arg(long = "peer")]
+    pub peers: Vec<String>,
+    /// The cluster secret (32 bytes, or 64 hex characters).
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// Directory for migration records.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Page store: a directory, or node:NAME for a page-store daemon.
+    #[arg(long)]
+    pub page_store: Option<String>,
+    /// Send pages unencrypted (peers still authenticate): for trusted links.
+    #[arg(long)]
+    pub plain_pages: bool,
+    /// normal, or page-store (holds pages for others, runs no processes).
+    #[arg(long)]
+    pub role: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

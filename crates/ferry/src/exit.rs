@@ -31,6 +31,9 @@ pub fn classify(err: &anyhow::Error) -> Code {
     if err.downcast_ref::<ImageError>().is_some() {
         return Code::BadImage;
     }
+    if let Some(f) = err.downcast_ref::<crate::remote::RemoteFailure>() {
+        return f.code();
+    }
     Code::Error
 }
 

@@ -7,6 +7,7 @@ mod bench;
 mod cli;
 mod exit;
 mod inspect;
+mod remote;
 mod units;
 
 use std::path::Path;
@@ -23,7 +24,7 @@ use crate::exit::Code;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    match run(cli.command) {
+    match run(&cli.socket, cli.command) {
         Ok(code) => code,
         Err(err) => {
             let code = exit::classify(&err);
@@ -49,7 +50,7 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-fn run(command: Command) -> Result<ExitCode> {
+fn run(socket: &Path, command: Command) -> Result<ExitCode> {
     match command {
         Command::Checkpoint {
             pid,
@@ -60,6 +61,13 @@ fn run(command: Command) -> Result<ExitCode> {
         Command::Restore { dir, detach, json } => restore(&dir, detach, json),
         Command::Inspect { dir, json } => inspect::run(&dir, json),
         Command::Bench(args) => bench::run(args),
+        Command::Migrate {
+            pid,
+            to,
+            algorithm,
+            json,
+        } => remote::migrate(socket, pid, to, algorithm, json),
+        Command::Daemon(args) => daemon(args),
     }
 }
 
@@ -124,6 +132,37 @@ fn restore(dir: &Path, detach: bool, json: bool) -> Result<ExitCode> {
     let status = host::wait_child_relaying_signals(pid)
         .with_context(|| format!("waiting for restored pid {pid}"))?;
     Ok(ExitCode::from(status.shell_code().clamp(0, 255) as u8))
+}
+
+fn daemon(args: cli::DaemonArgs) -> Result<ExitCode> {
+    use ferry_cluster::config::{Config, Overrides, Role, parse_peer};
+    let role = match args.role.as_deref() {
+        None => None,
+        Some("normal") => Some(Role::Normal),
+        Some("page-store") => Some(Role::PageStore),
+        Some(other) => anyhow::bail!("--role {other}: use normal or page-store"),
+    };
+    let peers = args
+        .peers
+        .iter()
+        .map(|p| parse_peer(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let config = Config::load(
+        args.config.as_deref(),
+        Overrides {
+            node: args.node,
+            listen: args.listen,
+            socket: args.control_socket,
+            secret_file: args.secret_file,
+            state_dir: args.state_dir,
+            page_store: args.page_store,
+            plain_pages: args.plain_pages,
+            role,
+            peers,
+        },
+    )?;
+    ferry_cluster::daemon::run(config)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 impl From<Code> for ExitCode {

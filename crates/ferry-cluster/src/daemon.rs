@@ -1,0 +1,212 @@
+//! The daemon: one per host. Serves the local CLI on a Unix socket and peer daemons on TCP.
+//!
+//! Every request runs in its own task; migrations out and in are driven by
+//! `ferry_migrate::{source, dest}`, with their ptrace-bound parts on threads of their own.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Mutex, mpsc};
+use tracing::{error, info, warn};
+
+use crate::config::{Config, PageStore, Role};
+use crate::control::{Event, FailureKind, NodeStatus, Request};
+use ferry_migrate::protocol::StoreRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("control socket {}: {detail}", path.display())]
+    Socket {
+        path: std::path::PathBuf,
+        detail: String,
+    },
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What every task of the daemon shares.
+pub struct Shared {
+    pub config: Config,
+    pub history: Mutex<Vec<ferry_migrate::MigrationReport>>,
+    pub source: Arc<ferry_migrate::source::SourceConfig>,
+    pub dest: Arc<ferry_migrate::dest::Dest>,
+}
+
+/// How long a peer may stay silent during a migration.
+const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Memory a destination keeps free when it accepts a process.
+const RESERVE_BYTES: u64 = 64 << 20;
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ferry-daemon")
+        .build()
+        .map_err(|e| DaemonError::Setup(format!("starting the runtime: {e}")))?;
+    rt.block_on(serve(config))
+}
+
+fn bind_control(path: &Path) -> Result<UnixListener, DaemonError> {
+    let err = |detail: String| DaemonError::Socket {
+        path: path.to_path_buf(),
+        detail,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    // A socket left by a daemon that died: remove it, unless one is still listening there.
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(err("another daemon is listening there".into()));
+        }
+        std::fs::remove_file(path).map_err(|e| err(e.to_string()))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    // Anyone may connect; the daemon checks each caller's credentials per request.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| err(e.to_string()))?;
+    Ok(listener)
+}
+
+async fn serve(config: Config) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+        DaemonError::Setup(format!(
+            "state directory {}: {e}",
+            config.state_dir.display()
+        ))
+    })?;
+    let secret = ferry_wire::ClusterSecret::load(&config.secret_file)
+        .map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let store_dir = match &config.page_store {
+        Some(PageStore::Dir(d)) => Some(
+            ferry_migrate::store::DirStore::open(d)
+                .map_err(|e| DaemonError::Setup(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let store_ref = match &config.page_store {
+        Some(PageStore::Dir(d)) => store_dir
+            .clone()
+            .map(|s| (s, StoreRef::Dir(d.display().to_string()))),
+        _ => None,
+    };
+    let source = Arc::new(ferry_migrate::source::SourceConfig {
+        node: config.node.clone(),
+        secret: secret.clone(),
+        encrypt_pages: config.encrypt_pages,
+        store: store_ref,
+        precopy: Default::default(),
+        timeout: PEER_TIMEOUT,
+    });
+    let dest = ferry_migrate::dest::Dest::new(ferry_migrate::dest::DestConfig {
+        node: config.node.clone(),
+        state_dir: config.state_dir.clone(),
+        store: store_dir,
+        timeout: PEER_TIMEOUT,
+        reserve_bytes: RESERVE_BYTES,
+        page_store_only: config.role == Role::PageStore,
+    });
+    let mut peers = ferry_wire::Listener::bind(
+        config.listen,
+        secret,
+        ferry_wire::AcceptConfig::new(config.node.clone()),
+    )
+    .await
+    .map_err(|e| DaemonError::Setup(format!("listening on {}: {e}", config.listen)))?;
+    let control = bind_control(&config.socket)?;
+    info!(node = %config.node, socket = %config.socket.display(), listen = %config.listen, "ferry daemon up");
+    let shared = Arc::new(Shared {
+        config,
+        history: Mutex::new(Vec::new()),
+        source,
+        dest: Arc::clone(&dest),
+    });
+    tokio::spawn({
+        let dest = Arc::clone(&dest);
+        async move { dest.warm_up().await }
+    });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| DaemonError::Setup(format!("SIGTERM handler: {e}")))?;
+    loop {
+        tokio::select! {
+            accepted = control.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let shared = Arc::clone(&shared);
+                    tokio::spawn(async move { control_session(shared, stream).await });
+                }
+                Err(e) => warn!(error = %e, "control socket accept"),
+            },
+            accepted = peers.accept() => match accepted {
+                Ok(conn) => {
+                    let dest = Arc::clone(&shared.dest);
+                    tokio::spawn(async move { dest.handle(conn).await });
+                }
+                // A peer without the secret, or a broken handshake: it got nothing.
+                Err(ferry_wire::AcceptError::Handshake { peer, source }) => {
+                    warn!(%peer, error = %source, "refused a peer");
+                }
+                Err(e) => {
+                    warn!(error = %e, "peer listener");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    let _ = std::fs::remove_file(&shared.config.socket);
+    info!(node = %shared.config.node, "ferry daemon down");
+    Ok(())
+}
+
+/// One CLI request: read it, check who asks, answer with events.
+async fn control_session(shared: Arc<Shared>, stream: UnixStream) {
+    let caller = ferry_sys::host::peer_credentials(&stream);
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let request = match lines.next_line().await {
+        Ok(Some(line)) => serde_json::from_str::<Request>(&line),
+        _ => return,
+    };
+    let (tx, mut rx) = mpsc::channel::<Event>(64);
+    let writer = tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            let Ok(mut line) = serde_json::to_string(&event) else {
+                continue;
+            };
+            line.push('\n');
+            if write.write_all(line.as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    });
+    let fail = |kind, message: String| Event::Failed { kind, message };
+    match (request, caller) {
+        (Err(e), _) => {
+            let _ = tx
+                .send(fail(FailureKind::Error, format!("bad request: {e}")))
+                .await;
+        }
+        (_, Err(e)) => {
+            error!(error = %e, "control socket: no peer credentials");
+        }
+        (Ok(Request::Status), Ok(_)) => {
+            let status = NodeStatus {
+                node: shared.config.node.clone(),
+                listen: shared.config.listen.to_string(),
+                peers: shared.config.peers.iter().map(|p| p.name.clone()).collect(),
+                migrations: shared.history.lock().await.clone(),
+            };
+            let _ = tx.send(Event::Status { status }).await;
+        }
+        (Ok(Request::Migrate { pid, to, algorithm }), Ok((_, uid, _))) => {
+            crate::migrate::handle(shared, uid, pid, to, algorithm, tx.clone()).await;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}

@@ -1,0 +1,1049 @@
+//! The destination side of a migration: judge the offer, rebuild the process, start it on
+//! `Commit`, and (lazy algorithms) fill its memory as it runs.
+//!
+//! ```text
+//!  Offer ──▶ check (protocol, platform, files, memory) ──▶ Accept | Reject
+//!  State ──▶ vessel (warm) + mappings ──▶ pages (staged / eager) ──▶ [uffd] ──▶ finish
+//!        ──▶ Ready ──▶ Commit ──▶ record, start ──▶ Started ──▶ [pager until Done]
+//!  control lost or Abort before Commit: the vessel dies, "aborted" is recorded.
+//! ```
+//!
+//! The pages connection is read by one task whose target the control task moves along:
+//! staging (pre-copy rounds), then the vessel (pages that follow the state), then the
+//! userfaultfd (the freeze-free stream).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_checkpoint::{Builder, RestoreError, Vessel};
+use ferry_image::{PAGE_SIZE, ProcessImage};
+use ferry_sys::uffd::{RegisterMode, Uffd};
+use ferry_sys::{Pid, host};
+use ferry_wire::{Connection, Received, Receiver, Role, Sender};
+use tokio::sync::{Mutex, Notify, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::changes::Changes;
+use crate::pages::PageMap;
+use crate::pinned::Pinned;
+use crate::protocol::{self, DestFigures, Offer, PROTOCOL, State, ToDest, ToSource, tag};
+use crate::report::{Algorithm, FaultStats};
+use crate::source::ms;
+use crate::staging::Staging;
+use crate::store::{DirStore, StoreReader};
+
+#[derive(Clone)]
+pub struct DestConfig {
+    pub node: String,
+    /// Commit records live in `state_dir/migrations`.
+    pub state_dir: PathBuf,
+    /// The page-store directory, to read flushed pages from.
+    pub store: Option<DirStore>,
+    pub timeout: Duration,
+    /// Refuse processes that would leave less than this much memory available.
+    pub reserve_bytes: u64,
+    /// This node only stores pages (it runs no processes).
+    pub page_store_only: bool,
+}
+
+/// What a vessel thread holds.
+enum Slot {
+    Warm(Vessel),
+    Building(Builder),
+}
+
+type VesselThread = Pinned<Slot>;
+
+/// The destination side of a daemon.
+pub struct Dest {
+    cfg: DestConfig,
+    attached: Mutex<HashMap<String, Receiver>>,
+    arrived: Notify,
+    warm: Mutex<Option<VesselThread>>,
+}
+
+impl Dest {
+    pub fn new(cfg: DestConfig) -> Arc<Dest> {
+        Arc::new(Dest {
+            cfg,
+            attached: Mutex::new(HashMap::new()),
+            arrived: Notify::new(),
+            warm: Mutex::new(None),
+        })
+    }
+
+    /// Prepares a vessel for the next migration (fork, seize, restorer), off the critical
+    /// path.
+    pub async fn warm_up(self: &Arc<Dest>) {
+        let mut warm = self.warm.lock().await;
+        if warm.is_some() || self.cfg.page_store_only {
+            return;
+        }
+        match Pinned::spawn("ferry-vessel", || Vessel::prepare().map(Slot::Warm)).await {
+            Ok(Ok(v)) => *warm = Some(v),
+            Ok(Err(e)) => warn!(error = %e, "preparing a warm vessel"),
+            Err(e) => warn!(error = %e, "preparing a warm vessel"),
+        }
+    }
+
+    /// Handles one authenticated connection from a peer.
+    pub async fn handle(self: Arc<Dest>, conn: Connection) {
+        let peer = conn.peer_node().to_string();
+        match conn.role() {
+            Role::Control => {
+                let (tx, rx) = conn.into_split();
+                if let Err(e) = self.control(peer.clone(), tx, rx).await {
+                    warn!(%peer, error = %e, "incoming migration failed");
+                }
+            }
+            Role::Pages => {
+                let (_tx, mut rx) = conn.into_split();
+                match tokio::time::timeout(self.cfg.timeout, rx.recv_msg::<ToDest>()).await {
+                    Ok(Ok(ToDest::Attach { migration })) => {
+                        self.attached.lock().await.insert(migration, rx);
+                        self.arrived.notify_waiters();
+                    }
+                    other => warn!(%peer, ?other, "pages connection without a migration"),
+                }
+            }
+            other => warn!(%peer, ?other, "unexpected connection role"),
+        }
+    }
+
+    async fn take_pages(&self, id: &str) -> Option<Receiver> {
+        let deadline = Instant::now() + self.cfg.timeout;
+        loop {
+            let notified = self.arrived.notified();
+            if let Some(rx) = self.attached.lock().await.remove(id) {
+                return Some(rx);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            if tokio::time::timeout(left, notified).await.is_err() {
+                return self.attached.lock().await.remove(id);
+            }
+        }
+    }
+
+    fn record_path(&self, id: &str) -> Option<PathBuf> {
+        let ok = id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        ok.then(|| self.cfg.state_dir.join("migrations").join(id))
+    }
+
+    /// Writes (and syncs) what happened to migration `id`: `started PID` or `aborted`.
+    fn record(&self, id: &str, what: &str) {
+        let Some(path) = self.record_path(id) else {
+            return;
+        };
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            use std::io::Write;
+            let mut f = std::fs::File::create(&path)?;
+            f.write_all(what.as_bytes())?;
+            f.sync_all()
+        };
+        if let Err(e) = write() {
+            error!(migration = id, error = %e, "cannot record the outcome");
+        }
+    }
+
+    fn outcome(&self, id: &str) -> protocol::Outcome {
+        let text = self
+            .record_path(id)
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
+        match text.trim() {
+            "committed" => protocol::Outcome::Pending,
+            t => match t.strip_prefix("started ") {
+                Some(pid) => protocol::Outcome::Started {
+                    pid: pid.trim().parse().unwrap_or(0),
+                },
+                // Aborted, or never committed: a vessel that was not started died with its
+                // daemon (PTRACE_O_EXITKILL), so it can never run here.
+                None => protocol::Outcome::NotStarted,
+            },
+        }
+    }
+
+    /// Why this host refuses `offer`, if it does.
+    fn judge(&self, offer: &Offer) -> Result<(), String> {
+        if self.cfg.page_store_only {
+            return Err(format!(
+                "{} is a page store and runs no processes",
+                self.cfg.node
+            ));
+        }
+        if offer.protocol != PROTOCOL {
+            return Err(format!(
+                "protocol {} offered, {} spoken here",
+                offer.protocol, PROTOCOL
+            ));
+        }
+        let host = ferry_checkpoint::platform::host_platform().map_err(|e| e.to_string())?;
+        offer
+            .platform
+            .check_runs_on(&host)
+            .map_err(|e| format!("another kernel or CPU: {e}"))?;
+        if let Some(missing) = offer
+            .files
+            .iter()
+            .find(|f| !std::path::Path::new(f).exists())
+        {
+            return Err(format!("a needed file is missing here: {missing}"));
+        }
+        if let Some(avail) = host::mem_available()
+            && avail < offer.memory_bytes + self.cfg.reserve_bytes
+        {
+            return Err(format!(
+                "not enough memory: {} MiB needed, {} MiB available",
+                (offer.memory_bytes + self.cfg.reserve_bytes) >> 20,
+                avail >> 20
+            ));
+        }
+        Ok(())
+    }
+
+    async fn control(
+        self: &Arc<Dest>,
+        peer: String,
+        mut tx: Sender,
+        mut rx: Receiver,
+    ) -> Result<(), String> {
+        let first = tokio::time::timeout(self.cfg.timeout, rx.recv_msg::<ToDest>())
+            .await
+            .map_err(|_| "no request".to_string())?
+            .map_err(|e| e.to_string())?;
+        let (offer, state) = match first {
+            ToDest::Query { migration } => {
+                let _ = tx
+                    .send_msg(&ToSource::Outcome(self.outcome(&migration)))
+                    .await;
+                return Ok(());
+            }
+            ToDest::Offer(offer) => {
+                if let Err(reason) = self.judge(&offer) {
+                    info!(%peer, migration = %offer.migration, %reason, "refusing");
+                    let _ = tx.send_msg(&ToSource::Reject { reason }).await;
+                    return Ok(());
+                }
+                tx.send_msg(&ToSource::Accept)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (*offer, None)
+            }
+            ToDest::State(state) => {
+                // Freeze-free: the offer comes with the state.
+                let Some(offer) = state.offer.clone() else {
+                    return Err("a state without an offer".into());
+                };
+                if let Err(reason) = self.judge(&offer) {
+                    info!(%peer, migration = %offer.migration, %reason, "refusing after the fact");
+                    let _ = tx.send_msg(&ToSource::Abort { reason }).await;
+                    return Ok(());
+                }
+                (offer, Some(state))
+            }
+            other => return Err(format!("unexpected first message {other:?}")),
+        };
+        let id = offer.migration.clone();
+        self.incoming(&peer, &id, offer, state, tx, rx).await
+    }
+
+    async fn incoming(
+        self: &Arc<Dest>,
+        peer: &str,
+        id: &str,
+        offer: Offer,
+        state: Option<Box<State>>,
+        mut tx: Sender,
+        mut rx: Receiver,
+    ) -> Result<(), String> {
+        // Until the process runs here, any failure is reported to the source, which then
+        // resumes it there.
+        let lazy = match self
+            .build_and_start(peer, id, offer, state, &mut tx, &mut rx)
+            .await
+        {
+            Ok(lazy) => lazy,
+            Err(e) => {
+                let _ = tx.send_msg(&ToSource::Abort { reason: e.clone() }).await;
+                return Err(e);
+            }
+        };
+        let Some((pager, sink, reader, running)) = lazy else {
+            return Ok(());
+        };
+        sink.target.send_replace(Target::Uffd(Arc::clone(&pager)));
+        let figures = pager.run(tx, rx, running).await;
+        reader.abort();
+        info!(
+            migration = id,
+            ?figures,
+            "no residual dependency on the source any more"
+        );
+        Ok(())
+    }
+
+    /// Everything up to `Started`. Returns what the lazy phase needs, for lazy algorithms.
+    async fn build_and_start(
+        self: &Arc<Dest>,
+        peer: &str,
+        id: &str,
+        offer: Offer,
+        state: Option<Box<State>>,
+        tx: &mut Sender,
+        rx: &mut Receiver,
+    ) -> Result<Option<LazyPhase>, String> {
+        let pages_rx = self
+            .take_pages(id)
+            .await
+            .ok_or_else(|| "the pages connection never came".to_string())?;
+        let sink = Arc::new(PageSink::new());
+        let reader = tokio::spawn(read_pages(pages_rx, Arc::clone(&sink)));
+
+        // Pre-copy rounds stream in (into staging) while we wait for the state.
+        let state = match state {
+            Some(s) => s,
+            None => match rx.recv_msg::<ToDest>().await.map_err(|e| e.to_string())? {
+                ToDest::State(s) => s,
+                ToDest::Abort { reason } => return Err(format!("the source gave up: {reason}")),
+                other => return Err(format!("expected the state, got {other:?}")),
+            },
+        };
+        let received = Instant::now();
+        let algorithm = state.algorithm;
+        let image = Arc::new(state.image.clone());
+        info!(migration = id, %peer, %algorithm, comm = %offer.comm, "rebuilding");
+
+        // The vessel: a warm one if there is, else a new one.
+        let vessel = match self.warm.lock().await.take() {
+            Some(v) => v,
+            None => Pinned::spawn("ferry-vessel", || Vessel::prepare().map(Slot::Warm))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?,
+        };
+        let again = Arc::clone(self);
+        tokio::spawn(async move { again.warm_up().await });
+
+        let img = Arc::clone(&image);
+        let built = vessel
+            .call(
+                move |slot| -> Result<(Pid, Vec<(u64, u64)>), RestoreError> {
+                    let Some(Slot::Warm(v)) = slot.take() else {
+                        return Err(RestoreError::PermissionDenied("no vessel".into()));
+                    };
+                    let b = Builder::new(v, img)?;
+                    let out = (b.pid(), b.lazy_ranges());
+                    *slot = Some(Slot::Building(b));
+                    Ok(out)
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let (pid, lazy_ranges) = built.map_err(|e| e.to_string())?;
+
+        // Staged pages (pre-copy), then what follows the state, straight into the vessel.
+        {
+            let staging = sink.staging.lock().await;
+            let (segments, _missing) = staging.for_runs(&image.memory.pages.runs);
+            ferry_checkpoint::restore::write_segments(pid, &segments).map_err(|e| e.to_string())?;
+        }
+        sink.target.send_replace(Target::Vessel(pid));
+        sink.wait_eager_done(self.cfg.timeout.max(Duration::from_secs(600)))
+            .await
+            .map_err(|e| format!("pages: {e}"))?;
+        if let Some(e) = sink.failure.lock().await.take() {
+            return Err(e);
+        }
+
+        // Lazy algorithms: the rest of the memory comes through userfaultfd.
+        let map = Arc::new(PageMap::new(&image.memory.pages.runs));
+        let uffd = if algorithm.lazy() {
+            let uffd = vessel
+                .call(move |slot| -> Result<Uffd, String> {
+                    let Some(Slot::Building(b)) = slot.as_mut() else {
+                        return Err("no vessel".into());
+                    };
+                    // A full uffd (not user-mode-only): the process's own system calls must
+                    // wait for missing pages too, not fail with EFAULT. The vessel is still
+                    // privileged here.
+                    let mut uffd = b
+                        .with_injector("creating a userfaultfd", |inj| {
+                            Uffd::create_in_tracee(inj, 0)
+                        })
+                        .map_err(|e| e.to_string())?;
+                    // The process's unmap/discard/move must be seen before more pages land.
+                    uffd.api(
+                        ferry_sys::abi::UFFD_FEATURE_EVENT_UNMAP
+                            | ferry_sys::abi::UFFD_FEATURE_EVENT_REMOVE
+                            | ferry_sys::abi::UFFD_FEATURE_EVENT_REMAP,
+                    )
+                    .map_err(|e| e.to_string())?;
+                    for &(s, e) in &lazy_ranges {
+                        uffd.register(s, e - s, RegisterMode::MISSING)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Ok(uffd)
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+            Some(Arc::new(uffd))
+        } else {
+            None
+        };
+
+        // Complete, still stopped.
+        vessel
+            .call(|slot| match slot.as_mut() {
+                Some(Slot::Building(b)) => b.finish().map_err(|e| e.to_string()),
+                _ => Err("no vessel".into()),
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+        let insertion_ms = ms(received.elapsed());
+        tx.send_msg(&ToSource::Ready { insertion_ms })
+            .await
+            .map_err(|e| e.to_string())?;
+        match rx.recv_msg::<ToDest>().await {
+            Ok(ToDest::Commit) => {}
+            Ok(ToDest::Abort { reason }) => {
+                self.record(id, "aborted");
+                return Err(format!("the source gave up: {reason}"));
+            }
+            other => {
+                // Lost before the commit: the process will not run here.
+                self.record(id, "aborted");
+                return Err(format!("no commit: {other:?}"));
+            }
+        }
+        // Recorded before the start: a source that lost the link and asks meanwhile hears
+        // "pending", never "not started" about a process that may be running.
+        self.record(id, "committed");
+        let started = vessel
+            .call(|slot| match slot.take() {
+                Some(Slot::Building(b)) => b.start().map_err(|e| e.to_string()),
+                _ => Err("no vessel".into()),
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+        drop(vessel);
+        let (pid, _report) = match started {
+            Ok(s) => s,
+            Err(e) => {
+                // The vessel is dead (never detached): the source may resume its copy.
+                self.record(id, "aborted");
+                return Err(format!("starting the process failed: {e}"));
+            }
+        };
+        self.record(id, &format!("started {}", pid.as_raw()));
+        let running = Instant::now();
+        // It runs: from here nothing is reported as an abort. A source that misses this asks
+        // (Query) and reads the commit record.
+        if let Err(e) = tx.send_msg(&ToSource::Started { pid: pid.as_raw() }).await {
+            warn!(migration = id, pid = pid.as_raw(), error = %e, "started, but lost the source");
+        }
+        info!(migration = id, pid = pid.as_raw(), insertion_ms, "running");
+        reap_when_done(pid);
+
+        let Some(uffd) = uffd else {
+            reader.abort();
+            return Ok(None);
+        };
+        // If this daemon dies, the kernel would fill the missing pages with zeros and the
+        // process would run on with wrong memory: the guard ends it instead.
+        let guard = ferry_sys::uffd::PagerGuard::new(&uffd)
+            .map_err(|e| format!("guarding the pager: {e}"))?;
+        let pager = Pager::new(
+            id.to_string(),
+            algorithm,
+            pid,
+            Arc::clone(&uffd),
+            map,
+            self.cfg.store.clone().filter(|_| state.store.is_some()),
+            guard,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Some((Arc::new(pager), sink, reader, running)))
+    }
+}
+
+/// What the lazy phase takes over: the pager, the page sink and its reader, when it began.
+type LazyPhase = (
+    Arc<Pager>,
+    Arc<PageSink>,
+    tokio::task::JoinHandle<()>,
+    Instant,
+);
+
+/// Reaps a restored process (a child of the daemon) when it exits.
+fn reap_when_done(pid: Pid) {
+    tokio::spawn(async move {
+        ferry_sys::aio::exited(pid).await;
+        match host::try_reap(pid) {
+            Ok(Some(status)) => info!(pid = pid.as_raw(), ?status, "migrated process ended"),
+            other => debug!(pid = pid.as_raw(), ?other, "reaping"),
+        }
+    });
+}
+
+/// Where frames of the pages connection go.
+enum Target {
+    Staging,
+    Vessel(Pid),
+    Uffd(Arc<Pager>),
+}
+
+struct PageSink {
+    staging: Mutex<Staging>,
+    target: watch::Sender<Target>,
+    eager_done: Notify,
+    done: AtomicBool,
+    failure: Mutex<Option<String>>,
+}
+
+impl PageSink {
+    fn new() -> PageSink {
+        PageSink {
+            staging: Mutex::new(Staging::new()),
+            target: watch::Sender::new(Target::Staging),
+            eager_done: Notify::new(),
+            done: AtomicBool::new(false),
+            failure: Mutex::new(None),
+        }
+    }
+
+    async fn wait_eager_done(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.eager_done.notified();
+            if self.done.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .ok_or("the pages did not arrive in time")?;
+            let _ = tokio::time::timeout(left, n).await;
+        }
+    }
+}
+
+/// Reads the pages connection until it closes, sending each frame where the target says.
+async fn read_pages(mut rx: Receiver, sink: Arc<PageSink>) {
+    let mut buf = vec![0u8; ferry_wire::MAX_PAGES_PAYLOAD];
+    let mut target_rx = sink.target.subscribe();
+    let mut staging_round = false;
+    loop {
+        let frame = match rx.recv::<ToDest>(&mut buf).await {
+            Ok(f) => f,
+            Err(e) => {
+                if !sink.done.load(Ordering::Acquire) && !e.is_closed() {
+                    *sink.failure.lock().await = Some(format!("pages connection: {e}"));
+                    sink.done.store(true, Ordering::Release);
+                    sink.eager_done.notify_waiters();
+                }
+                return;
+            }
+        };
+        match frame {
+            Received::Msg(ToDest::Round { .. }) => staging_round = true,
+            Received::Msg(ToDest::PagesEnd { .. }) => {
+                staging_round = false;
+                sink.done.store(true, Ordering::Release);
+                sink.eager_done.notify_waiters();
+            }
+            Received::Msg(ToDest::StreamComplete { .. }) => {}
+            Received::Msg(other) => debug!(?other, "ignored on the pages connection"),
+            Received::Pages(h) => {
+                let data = &buf[..h.len as usize];
+                if staging_round {
+                    sink.staging.lock().await.put(h.addr, data);
+                    continue;
+                }
+                // Pages after the state: wait until the vessel exists.
+                let target = loop {
+                    let t = match &*target_rx.borrow_and_update() {
+                        Target::Staging => None,
+                        Target::Vessel(pid) => Some(Target::Vessel(*pid)),
+                        Target::Uffd(p) => Some(Target::Uffd(Arc::clone(p))),
+                    };
+                    if let Some(t) = t {
+                        break t;
+                    }
+                    if target_rx.changed().await.is_err() {
+                        return;
+                    }
+                };
+                match target {
+                    Target::Vessel(pid) => {
+                        if let Err(e) =
+                            ferry_checkpoint::restore::write_segments(pid, &[(h.addr, data)])
+                        {
+                            *sink.failure.lock().await = Some(e.to_string());
+                        }
+                    }
+                    Target::Uffd(pager) => pager.place_streamed(h.addr, data),
+                    Target::Staging => {}
+                }
+            }
+        }
+    }
+}
+
+/// Fault requests sent to the source: id → (image address, pages, when).
+type Pending = Arc<std::sync::Mutex<HashMap<u32, (u64, u64, Instant)>>>;
+
+/// Fills a running process's missing memory: faults, the stream, the page store.
+pub struct Pager {
+    id: String,
+    algorithm: Algorithm,
+    pid: Pid,
+    uffd: Arc<Uffd>,
+    map: Arc<PageMap>,
+    /// One bit per page of the stream: present in the process.
+    present: std::sync::Mutex<Vec<u64>>,
+    present_count: AtomicU64,
+    total_pages: u64,
+    store_dir: Option<DirStore>,
+    store: std::sync::Mutex<Option<StoreReader>>,
+    /// Stream offsets below this are durable in the store.
+    flushed: AtomicU64,
+    flush_complete: AtomicBool,
+    uses_store: bool,
+    /// Ends the process if this daemon dies before every page arrived.
+    guard: std::sync::Mutex<Option<ferry_sys::uffd::PagerGuard>>,
+    /// What the process did to its address space; held while pages are placed.
+    changes: std::sync::Mutex<Changes>,
+}
+
+impl Pager {
+    fn new(
+        id: String,
+        algorithm: Algorithm,
+        pid: Pid,
+        uffd: Arc<Uffd>,
+        map: Arc<PageMap>,
+        store_dir: Option<DirStore>,
+        guard: ferry_sys::uffd::PagerGuard,
+    ) -> Result<Pager, String> {
+        let uses_store = store_dir.is_some();
+        let total_pages = map.total_bytes() / PAGE_SIZE;
+        Ok(Pager {
+            id,
+            algorithm,
+            pid,
+            uffd,
+            present: std::sync::Mutex::new(vec![0u64; total_pages.div_ceil(64) as usize]),
+            present_count: AtomicU64::new(0),
+            total_pages,
+            map,
+            store_dir,
+            store: std::sync::Mutex::new(None),
+            flushed: AtomicU64::new(0),
+            flush_complete: AtomicBool::new(false),
+            uses_store,
+            guard: std::sync::Mutex::new(Some(guard)),
+            changes: std::sync::Mutex::new(Changes::default()),
+        })
+    }
+
+    fn mark(&self, offset: u64, pages: u64) {
+        let Ok(mut bits) = self.present.lock() else {
+            return;
+        };
+        for i in 0..pages {
+            let p = offset / PAGE_SIZE + i;
+            let (w, b) = ((p / 64) as usize, p % 64);
+            if let Some(word) = bits.get_mut(w)
+                && *word & (1 << b) == 0
+            {
+                *word |= 1 << b;
+                self.present_count.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    fn is_present(&self, offset: u64) -> bool {
+        let p = offset / PAGE_SIZE;
+        self.present
+            .lock()
+            .map(|bits| {
+                bits.get((p / 64) as usize)
+                    .is_some_and(|w| w & (1 << (p % 64)) != 0)
+            })
+            .unwrap_or(false)
+    }
+
+    fn complete(&self) -> bool {
+        self.present_count.load(Ordering::Acquire) >= self.total_pages
+    }
+
+    /// Every page is in: nothing can fault any more, the guard can go.
+    fn release_guard(&self) {
+        if let Ok(mut g) = self.guard.lock()
+            && let Some(g) = g.take()
+            && let Err(e) = g.release()
+        {
+            warn!(migration = %self.id, error = %e, "releasing the pager guard");
+        }
+    }
+
+    /// Places pages of the bulk stream (an already present page is left alone).
+    fn place_streamed(&self, addr: u64, data: &[u8]) {
+        self.place(addr, data);
+    }
+
+    /// Places image pages (`addr` is their image address) where they live now; pages whose
+    /// image content no longer applies are skipped and count as done.
+    fn place(&self, addr: u64, data: &[u8]) {
+        let Ok(changes) = self.changes.lock() else {
+            return;
+        };
+        let page = PAGE_SIZE as usize;
+        let mut i = 0usize;
+        while i < data.len() {
+            let ia = addr + i as u64;
+            let Some(cur) = changes.current(ia) else {
+                self.mark_image(ia, 1);
+                i += page;
+                continue;
+            };
+            // A stretch that stays contiguous where it lives now.
+            let mut n = 1usize;
+            while i + n * page < data.len()
+                && changes.current(ia + (n * page) as u64) == Some(cur + (n * page) as u64)
+            {
+                n += 1;
+            }
+            self.copy_stretch(ia, cur, &data[i..i + n * page]);
+            i += n * page;
+        }
+    }
+
+    /// Copies one stretch to `cur`; if it crosses mappings (ENOENT), page by page.
+    fn copy_stretch(&self, ia: u64, cur: u64, data: &[u8]) {
+        match self.uffd.copy(cur, data, true) {
+            Ok(out) if out.is_complete() => self.mark_image(ia, data.len() as u64 / PAGE_SIZE),
+            Ok(out) => {
+                let done = (data.len() as u64 - out.retry) / PAGE_SIZE;
+                self.mark_image(ia, done);
+                debug!(addr = cur, ?out, "partly placed (address space changing)");
+            }
+            Err(_) if data.len() > PAGE_SIZE as usize => {
+                for (k, p) in data.chunks(PAGE_SIZE as usize).enumerate() {
+                    let off = k as u64 * PAGE_SIZE;
+                    match self.uffd.copy(cur + off, p, true) {
+                        Ok(out) if out.is_complete() => self.mark_image(ia + off, 1),
+                        // Not registered there any more (a new mapping): nothing to fill.
+                        Err(e) if e.errno() == Some(ferry_sys::Errno::ENOENT) => {
+                            self.mark_image(ia + off, 1)
+                        }
+                        other => debug!(addr = cur + off, ?other, "page not placed"),
+                    }
+                }
+            }
+            Err(e) if e.errno() == Some(ferry_sys::Errno::ENOENT) => self.mark_image(ia, 1),
+            Err(e) => debug!(addr = cur, error = %e, "not placed"),
+        }
+    }
+
+    fn mark_image(&self, ia: u64, pages: u64) {
+        if let Some(off) = self.map.offset_of(ia) {
+            self.mark(off, pages);
+        }
+    }
+
+    /// Records an address-space change reported by userfaultfd.
+    fn apply(&self, ev: &ferry_sys::uffd::Event) {
+        use ferry_sys::uffd::Event;
+        let Ok(mut changes) = self.changes.lock() else {
+            return;
+        };
+        match *ev {
+            Event::Unmap { start, end } | Event::Remove { start, end } => {
+                // The image pages that lived there are not needed any more.
+                let mut a = start & !(PAGE_SIZE - 1);
+                while a < end {
+                    if let Some(ia) = changes.image(a)
+                        && let Some(off) = self.map.offset_of(ia)
+                    {
+                        self.mark(off, 1);
+                    }
+                    a += PAGE_SIZE;
+                }
+                changes.forget(start, end);
+            }
+            Event::Remap { from, to, len } => changes.moved(from, to, len),
+            _ => {}
+        }
+    }
+
+    /// The image address whose page belongs at `addr` now.
+    fn image_at(&self, addr: u64) -> Option<u64> {
+        self.changes.lock().ok()?.image(addr)
+    }
+
+    /// Reads pages from the store, if they are there.
+    fn read_store(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
+        let durable = self.flush_complete.load(Ordering::Acquire)
+            || offset + len <= self.flushed.load(Ordering::Acquire);
+        if !durable {
+            return None;
+        }
+        let mut store = self.store.lock().ok()?;
+        if store.is_none() {
+            *store = self.store_dir.as_ref()?.reader(&self.id).ok();
+        }
+        let mut buf = vec![0u8; len as usize];
+        store.as_ref()?.read_at(offset, &mut buf).ok()?;
+        Some(buf)
+    }
+
+    /// Serves faults until nothing is needed from the source; returns the figures.
+    async fn run(
+        self: &Arc<Pager>,
+        mut tx: Sender,
+        mut rx: Receiver,
+        running: Instant,
+    ) -> DestFigures {
+        const FETCH_PAGES: u64 = 16;
+        let pending: Pending = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let samples: Arc<std::sync::Mutex<Vec<f64>>> = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store_faults = Arc::new(AtomicU64::new(0));
+        let source_gone = Arc::new(AtomicBool::new(false));
+        let (req_tx, mut req_rx) = tokio::sync::mpsc::unbounded_channel::<ToSource>();
+
+        // Replies, flush news and the end of the source, from the control connection.
+        let replies = {
+            let me = Arc::clone(self);
+            let pending = Arc::clone(&pending);
+            let samples = Arc::clone(&samples);
+            let source_gone = Arc::clone(&source_gone);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; ferry_wire::MAX_PAGES_PAYLOAD];
+                loop {
+                    match rx.recv::<ToDest>(&mut buf).await {
+                        Ok(Received::Pages(h)) => {
+                            let data = &buf[..h.len as usize];
+                            me.place(h.addr, data);
+                            if let Some(id) = protocol::fault_id(h.tag)
+                                && let Ok(mut p) = pending.lock()
+                                && let Some((_, _, t0)) = p.remove(&id)
+                                && let Ok(mut s) = samples.lock()
+                            {
+                                s.push(t0.elapsed().as_secs_f64() * 1e3);
+                            }
+                        }
+                        Ok(Received::Msg(ToDest::FlushProgress { upto })) => {
+                            me.flushed.store(upto, Ordering::Release);
+                        }
+                        Ok(Received::Msg(ToDest::FlushComplete { .. })) => {
+                            me.flush_complete.store(true, Ordering::Release);
+                        }
+                        Ok(Received::Msg(other)) => debug!(?other, "ignored"),
+                        Err(_) => {
+                            source_gone.store(true, Ordering::Release);
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+
+        let afd = match ferry_sys::aio::watch_uffd(Arc::clone(&self.uffd)) {
+            Ok(a) => a,
+            Err(e) => {
+                error!(migration = %self.id, error = %e, "cannot poll the userfaultfd");
+                return DestFigures::default();
+            }
+        };
+        let exited = ferry_sys::aio::exited(self.pid);
+        tokio::pin!(exited);
+        let mut events = Vec::new();
+        let mut next_id: u32 = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let ended_by = loop {
+            if self.complete() {
+                break "every page arrived";
+            }
+            if self.uses_store
+                && self.flush_complete.load(Ordering::Acquire)
+                && self.algorithm != Algorithm::DemandPaging
+            {
+                break "the page store holds every page";
+            }
+            if source_gone.load(Ordering::Acquire) && !self.flush_complete.load(Ordering::Acquire) {
+                error!(
+                    migration = %self.id,
+                    pid = self.pid.as_raw(),
+                    "the process's memory lives on a host that is no longer reachable: ending it"
+                );
+                let _ = host::send_signal(self.pid, libc_sigkill());
+                break "the source host became unreachable (process ended)";
+            }
+            tokio::select! {
+                _ = &mut exited => break "the process exited",
+                _ = tick.tick() => continue,
+                Some(req) = req_rx.recv() => {
+                    if tx.send_msg(&req).await.is_err() {
+                        source_gone.store(true, Ordering::Release);
+                    }
+                    continue;
+                }
+                guard = afd.readable() => {
+                    let Ok(mut guard) = guard else { break "userfaultfd failed" };
+                    events.clear();
+                    match self.uffd.read_events(&mut events) {
+                        Ok(_) => {}
+                        Err(e) => {
+                            warn!(error = %e, "reading userfaultfd events");
+                        }
+                    }
+                    guard.clear_ready();
+                    for ev in events.drain(..) {
+                        let ferry_sys::uffd::Event::PageFault { addr, .. } = ev else {
+                            self.apply(&ev);
+                            continue;
+                        };
+                        let here = addr & !(PAGE_SIZE - 1);
+                        let stretch = self
+                            .image_at(here)
+                            .and_then(|ia| self.map.stretch(ia, FETCH_PAGES).map(|s| (ia, s)));
+                        let Some((page, (off, n))) = stretch else {
+                            // Never touched at the source, or fresh since: a zero page.
+                            let _ = self.uffd.zeropage(here, PAGE_SIZE, true);
+                            continue;
+                        };
+                        if self.is_present(off) {
+                            let _ = self.uffd.wake(here, PAGE_SIZE);
+                            continue;
+                        }
+                        if let Some(data) = self.read_store(off, n * PAGE_SIZE) {
+                            store_faults.fetch_add(1, Ordering::Relaxed);
+                            self.place(page, &data);
+                            continue;
+                        }
+                        let already = pending
+                            .lock()
+                            .map(|p| p.values().any(|&(a, n, _)| a <= page && page < a + n * PAGE_SIZE))
+                            .unwrap_or(false);
+                        if already {
+                            continue;
+                        }
+                        next_id = (next_id + 1) & 0x00ff_ffff;
+                        if let Ok(mut p) = pending.lock() {
+                            p.insert(next_id, (page, n, Instant::now()));
+                        }
+                        let _ = req_tx.send(ToSource::Fault { id: next_id, addr: page, pages: n as u32 });
+                    }
+                }
+            }
+        };
+        let residual = ms(running.elapsed());
+        // Faults sent to the source and not answered: from the store now (it holds every
+        // page), or they would wait forever.
+        if self.flush_complete.load(Ordering::Acquire) {
+            let waiting: Vec<(u64, u64)> = pending
+                .lock()
+                .map(|mut p| p.drain().map(|(_, (a, n, _))| (a, n)).collect())
+                .unwrap_or_default();
+            for (addr, n) in waiting {
+                if let Some(off) = self.map.offset_of(addr)
+                    && let Some(data) = self.read_store(off, n * PAGE_SIZE)
+                {
+                    store_faults.fetch_add(1, Ordering::Relaxed);
+                    self.place(addr, &data);
+                }
+            }
+        }
+        if self.complete() || ended_by == "the process exited" {
+            self.release_guard();
+        }
+        let figures = DestFigures {
+            insertion_ms: 0.0,
+            remote_faults: FaultStats::from_samples(
+                samples.lock().map(|s| s.clone()).unwrap_or_default(),
+            ),
+            store_faults: store_faults.load(Ordering::Relaxed),
+            residual_ms: Some(residual),
+            ended_by: ended_by.to_string(),
+        };
+        let _ = tx
+            .send_msg(&ToSource::Done {
+                figures: figures.clone(),
+            })
+            .await;
+        replies.abort();
+        // After the old host dropped out (file-server): keep serving faults from the store.
+        if ended_by == "the page store holds every page" && !self.complete() {
+            let me = Arc::clone(self);
+            tokio::spawn(async move { me.serve_from_store().await });
+        }
+        let _ = tag::STREAM;
+        figures
+    }
+
+    /// After the source dropped out: every remaining fault from the store, until the process
+    /// has all its pages or exits.
+    async fn serve_from_store(self: Arc<Pager>) {
+        let Ok(afd) = ferry_sys::aio::watch_uffd(Arc::clone(&self.uffd)) else {
+            return;
+        };
+        let mut events = Vec::new();
+        while !self.complete() {
+            if !ferry_sys::proc::exists(self.pid) {
+                self.release_guard();
+                return;
+            }
+            let Ok(Ok(mut guard)) =
+                tokio::time::timeout(Duration::from_millis(200), afd.readable()).await
+            else {
+                continue;
+            };
+            events.clear();
+            let _ = self.uffd.read_events(&mut events);
+            guard.clear_ready();
+            for ev in events.drain(..) {
+                let ferry_sys::uffd::Event::PageFault { addr, .. } = ev else {
+                    self.apply(&ev);
+                    continue;
+                };
+                let here = addr & !(PAGE_SIZE - 1);
+                let image = self
+                    .image_at(here)
+                    .and_then(|ia| self.map.stretch(ia, 16).map(|s| (ia, s)));
+                match image {
+                    None => {
+                        let _ = self.uffd.zeropage(here, PAGE_SIZE, true);
+                    }
+                    Some((page, (off, n))) => match self.read_store(off, n * PAGE_SIZE) {
+                        Some(data) => self.place(page, &data),
+                        None => {
+                            error!(migration = %self.id, "a page is missing from the store: ending the process");
+                            let _ = host::send_signal(self.pid, libc_sigkill());
+                            return;
+                        }
+                    },
+                }
+            }
+        }
+        self.release_guard();
+        debug!(migration = %self.id, "every page arrived from the store");
+    }
+}
+
+fn libc_sigkill() -> i32 {
+    ferry_sys::libc::SIGKILL
+}
+
+/// The image's pages, by stream offset (for callers outside).
+pub fn page_map(image: &ProcessImage) -> PageMap {
+    PageMap::new(&image.memory.pages.runs)
+}
