@@ -10,6 +10,7 @@
 //! encrypt_pages = true                 # false: pages in clear on trusted links
 //! role = "normal"                      # or "page-store"
 //! cgroup = "/sys/fs/cgroup/cpu/ferry/n1"
+//! memory_limit = 1073741824           # bytes a migrated process may need here (optional)
 //!
 //! [[peer]]
 //! name = "n2"
@@ -64,6 +65,7 @@ struct File {
     encrypt_pages: Option<bool>,
     role: Option<Role>,
     cgroup: Option<PathBuf>,
+    memory_limit: Option<u64>,
     #[serde(default)]
     peer: Vec<Peer>,
 }
@@ -80,6 +82,9 @@ pub struct Config {
     pub encrypt_pages: bool,
     pub role: Role,
     pub cgroup: Option<PathBuf>,
+    /// Most bytes of memory a process may need to be accepted here (beyond what the machine
+    /// has available anyway).
+    pub memory_limit: Option<u64>,
     pub peers: Vec<Peer>,
 }
 
@@ -193,6 +198,7 @@ impl Config {
             encrypt_pages: !over.plain_pages && file.encrypt_pages.unwrap_or(true),
             role: over.role.or(file.role).unwrap_or_default(),
             cgroup: file.cgroup,
+            memory_limit: file.memory_limit,
             peers,
         })
     }

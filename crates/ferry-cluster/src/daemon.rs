@@ -109,6 +109,7 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         timeout: PEER_TIMEOUT,
         reserve_bytes: RESERVE_BYTES,
         page_store_only: config.role == Role::PageStore,
+        memory_limit: config.memory_limit,
     });
     let mut peers = ferry_wire::Listener::bind(
         config.listen,

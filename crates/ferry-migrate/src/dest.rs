@@ -47,6 +47,8 @@ pub struct DestConfig {
     pub reserve_bytes: u64,
     /// This node only stores pages (it runs no processes).
     pub page_store_only: bool,
+    /// Refuse processes needing more memory than this.
+    pub memory_limit: Option<u64>,
 }
 
 /// What a vessel thread holds.
@@ -196,6 +198,15 @@ impl Dest {
             .find(|f| !std::path::Path::new(f).exists())
         {
             return Err(format!("a needed file is missing here: {missing}"));
+        }
+        if let Some(limit) = self.cfg.memory_limit
+            && offer.memory_bytes > limit
+        {
+            return Err(format!(
+                "not enough memory: {} MiB needed, this host takes at most {} MiB",
+                offer.memory_bytes >> 20,
+                limit >> 20
+            ));
         }
         if let Some(avail) = host::mem_available()
             && avail < offer.memory_bytes + self.cfg.reserve_bytes
