@@ -82,6 +82,16 @@ pub async fn handle(
             .await;
         return;
     }
+    // A process that still depends on another host for pages is made whole first.
+    if let Err(e) = shared.dest.make_whole(pid).await {
+        let _ = events
+            .send(Event::Failed {
+                kind: FailureKind::Error,
+                message: format!("pid {pid} still depends on another host, which failed: {e}"),
+            })
+            .await;
+        return;
+    }
     let targets: Vec<Target> = to
         .iter()
         .filter_map(|n| shared.config.peer(n))

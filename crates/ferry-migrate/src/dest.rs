@@ -65,6 +65,8 @@ pub struct Dest {
     attached: Mutex<HashMap<String, Receiver>>,
     arrived: Notify,
     warm: Mutex<Option<VesselThread>>,
+    /// Processes that still depend on another host for pages, by pid.
+    pagers: Mutex<HashMap<i32, Arc<Pager>>>,
 }
 
 impl Dest {
@@ -74,7 +76,22 @@ impl Dest {
             attached: Mutex::new(HashMap::new()),
             arrived: Notify::new(),
             warm: Mutex::new(None),
+            pagers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// If `pid` still depends on another host for pages, fetches them all now (so that it can
+    /// move on or that host can go).
+    pub async fn make_whole(&self, pid: i32) -> Result<(), String> {
+        let pager = self.pagers.lock().await.get(&pid).cloned();
+        match pager {
+            Some(p) => {
+                p.drain(Duration::from_secs(120)).await?;
+                self.pagers.lock().await.remove(&pid);
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     /// Prepares a vessel for the next migration (fork, seize, restorer), off the critical
@@ -291,7 +308,12 @@ impl Dest {
             return Ok(());
         };
         sink.target.send_replace(Target::Uffd(Arc::clone(&pager)));
+        let pid = pager.pid.as_raw();
+        self.pagers.lock().await.insert(pid, Arc::clone(&pager));
         let figures = pager.run(tx, rx, running).await;
+        if pager.is_finished.load(Ordering::Acquire) {
+            self.pagers.lock().await.remove(&pid);
+        }
         reader.abort();
         info!(
             migration = id,
@@ -359,8 +381,13 @@ impl Dest {
             .await
             .map_err(|e| e.to_string())?;
         let (pid, lazy_ranges) = built.map_err(|e| e.to_string())?;
+        let lazy_ranges_kept = lazy_ranges.clone();
 
-        // Staged pages (pre-copy), then what follows the state, straight into the vessel.
+        // Staged pages (pre-copy), then what follows the state, straight into the vessel. The
+        // state may overtake the last round on the other connection: wait for its end.
+        sink.wait_staged(self.cfg.timeout.max(Duration::from_secs(600)))
+            .await
+            .map_err(|e| format!("pages: {e}"))?;
         {
             let staging = sink.staging.lock().await;
             let (segments, _missing) = staging.for_runs(&image.memory.pages.runs);
@@ -397,7 +424,7 @@ impl Dest {
                             | ferry_sys::abi::UFFD_FEATURE_EVENT_REMAP,
                     )
                     .map_err(|e| e.to_string())?;
-                    for &(s, e) in &lazy_ranges {
+                    for &(s, e) in lazy_ranges.iter() {
                         uffd.register(s, e - s, RegisterMode::MISSING)
                             .map_err(|e| e.to_string())?;
                     }
@@ -480,6 +507,7 @@ impl Dest {
             map,
             self.cfg.store.clone().filter(|_| state.store.is_some()),
             guard,
+            lazy_ranges_kept,
         )
         .map_err(|e| e.to_string())?;
         Ok(Some((Arc::new(pager), sink, reader, running)))
@@ -516,6 +544,8 @@ struct PageSink {
     staging: Mutex<Staging>,
     target: watch::Sender<Target>,
     eager_done: Notify,
+    /// Every pre-copy round has been read (the `Final` marker came).
+    staged: AtomicBool,
     done: AtomicBool,
     failure: Mutex<Option<String>>,
 }
@@ -526,16 +556,25 @@ impl PageSink {
             staging: Mutex::new(Staging::new()),
             target: watch::Sender::new(Target::Staging),
             eager_done: Notify::new(),
+            staged: AtomicBool::new(false),
             done: AtomicBool::new(false),
             failure: Mutex::new(None),
         }
     }
 
     async fn wait_eager_done(&self, timeout: Duration) -> Result<(), String> {
+        self.wait_for(&self.done, timeout).await
+    }
+
+    async fn wait_staged(&self, timeout: Duration) -> Result<(), String> {
+        self.wait_for(&self.staged, timeout).await
+    }
+
+    async fn wait_for(&self, flag: &AtomicBool, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             let n = self.eager_done.notified();
-            if self.done.load(Ordering::Acquire) {
+            if flag.load(Ordering::Acquire) || self.done.load(Ordering::Acquire) {
                 return Ok(());
             }
             let left = deadline
@@ -565,6 +604,11 @@ async fn read_pages(mut rx: Receiver, sink: Arc<PageSink>) {
         };
         match frame {
             Received::Msg(ToDest::Round { .. }) => staging_round = true,
+            Received::Msg(ToDest::Final) => {
+                staging_round = false;
+                sink.staged.store(true, Ordering::Release);
+                sink.eager_done.notify_waiters();
+            }
             Received::Msg(ToDest::PagesEnd { .. }) => {
                 staging_round = false;
                 sink.done.store(true, Ordering::Release);
@@ -632,6 +676,13 @@ pub struct Pager {
     guard: std::sync::Mutex<Option<ferry_sys::uffd::PagerGuard>>,
     /// What the process did to its address space; held while pages are placed.
     changes: std::sync::Mutex<Changes>,
+    /// The ranges registered with the uffd (unregistered once every page is in).
+    ranges: Vec<(u64, u64)>,
+    /// Fetch every missing page now (the process is about to move on).
+    draining: AtomicBool,
+    /// Every page is in (or the process is gone): no dependency left.
+    finished: Notify,
+    is_finished: AtomicBool,
 }
 
 impl Pager {
@@ -643,6 +694,7 @@ impl Pager {
         map: Arc<PageMap>,
         store_dir: Option<DirStore>,
         guard: ferry_sys::uffd::PagerGuard,
+        ranges: Vec<(u64, u64)>,
     ) -> Result<Pager, String> {
         let uses_store = store_dir.is_some();
         let total_pages = map.total_bytes() / PAGE_SIZE;
@@ -662,6 +714,10 @@ impl Pager {
             uses_store,
             guard: std::sync::Mutex::new(Some(guard)),
             changes: std::sync::Mutex::new(Changes::default()),
+            ranges,
+            draining: AtomicBool::new(false),
+            finished: Notify::new(),
+            is_finished: AtomicBool::new(false),
         })
     }
 
@@ -694,6 +750,66 @@ impl Pager {
 
     fn complete(&self) -> bool {
         self.present_count.load(Ordering::Acquire) >= self.total_pages
+    }
+
+    /// No dependency left: every page is in (or the process is gone). The ranges are
+    /// unregistered (so that the process can move on), the guard released.
+    fn finish(&self) {
+        if self.is_finished.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if ferry_sys::proc::exists(self.pid) {
+            for &(s, e) in &self.ranges {
+                if let Err(e) = self.uffd.unregister(s, e - s) {
+                    debug!(migration = %self.id, error = %e, "unregistering");
+                }
+            }
+        }
+        self.release_guard();
+        self.finished.notify_waiters();
+    }
+
+    /// Fetches every missing page now and waits until there is none (or `timeout`).
+    pub async fn drain(&self, timeout: Duration) -> Result<(), String> {
+        self.draining.store(true, Ordering::Release);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = self.finished.notified();
+            if self.is_finished.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .ok_or("its missing pages did not arrive in time")?;
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), n).await;
+        }
+    }
+
+    /// Up to `max` missing stretches of pages, as (image address, pages).
+    fn missing(&self, max: usize, per: u64) -> Vec<(u64, u64)> {
+        let Ok(bits) = self.present.lock() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut p = 0u64;
+        while p < self.total_pages && out.len() < max {
+            let present = bits
+                .get((p / 64) as usize)
+                .is_some_and(|w| w & (1 << (p % 64)) != 0);
+            if present {
+                p += 1;
+                continue;
+            }
+            if let Some(ia) = self.map.addr_at(p * PAGE_SIZE)
+                && let Some((_, n)) = self.map.stretch(ia, per)
+            {
+                out.push((ia, n));
+                p += n;
+            } else {
+                p += 1;
+            }
+        }
+        out
     }
 
     /// Every page is in: nothing can fault any more, the guard can go.
@@ -901,7 +1017,32 @@ impl Pager {
             }
             tokio::select! {
                 _ = &mut exited => break "the process exited",
-                _ = tick.tick() => continue,
+                _ = tick.tick() => {
+                    if self.draining.load(Ordering::Acquire) {
+                        let in_flight = pending.lock().map(|p| p.len()).unwrap_or(0);
+                        for (ia, n) in self.missing(64usize.saturating_sub(in_flight), 64) {
+                            let asked = pending
+                                .lock()
+                                .map(|p| p.values().any(|&(a, _, _)| a == ia))
+                                .unwrap_or(true);
+                            if asked {
+                                continue;
+                            }
+                            if let Some(off) = self.map.offset_of(ia)
+                                && let Some(data) = self.read_store(off, n * PAGE_SIZE)
+                            {
+                                self.place(ia, &data);
+                                continue;
+                            }
+                            next_id = (next_id + 1) & 0x00ff_ffff;
+                            if let Ok(mut p) = pending.lock() {
+                                p.insert(next_id, (ia, n, Instant::now()));
+                            }
+                            let _ = req_tx.send(ToSource::Fault { id: next_id, addr: ia, pages: n as u32 });
+                        }
+                    }
+                    continue;
+                }
                 Some(req) = req_rx.recv() => {
                     if tx.send_msg(&req).await.is_err() {
                         source_gone.store(true, Ordering::Release);
@@ -975,7 +1116,7 @@ impl Pager {
             }
         }
         if self.complete() || ended_by == "the process exited" {
-            self.release_guard();
+            self.finish();
         }
         let figures = DestFigures {
             insertion_ms: 0.0,
@@ -1010,8 +1151,18 @@ impl Pager {
         let mut events = Vec::new();
         while !self.complete() {
             if !ferry_sys::proc::exists(self.pid) {
-                self.release_guard();
+                self.finish();
                 return;
+            }
+            if self.draining.load(Ordering::Acquire) {
+                for (ia, n) in self.missing(256, 64) {
+                    if let Some(off) = self.map.offset_of(ia)
+                        && let Some(data) = self.read_store(off, n * PAGE_SIZE)
+                    {
+                        self.place(ia, &data);
+                    }
+                }
+                continue;
             }
             let Ok(Ok(mut guard)) =
                 tokio::time::timeout(Duration::from_millis(200), afd.readable()).await
@@ -1045,7 +1196,7 @@ impl Pager {
                 }
             }
         }
-        self.release_guard();
+        self.finish();
         debug!(migration = %self.id, "every page arrived from the store");
     }
 }

@@ -101,6 +101,9 @@ pub enum ToDest {
     Round {
         round: u32,
     },
+    /// On the pages connection, after any pre-copy rounds: the pages that follow belong to the
+    /// frozen state (sent right after `State`).
+    Final,
     /// End of a batch of page frames (eager pages, a pre-copy round, the final pages).
     PagesEnd {
         bytes: u64,

@@ -374,6 +374,10 @@ impl Run {
             .send_msg(&ToDest::State(Box::new(state)))
             .await
             .map_err(|e| Attempt::Rejected(format!("lost sending the state: {e}")))?;
+        pages
+            .send_msg(&ToDest::Final)
+            .await
+            .map_err(|e| Attempt::Rejected(format!("lost: {e}")))?;
         let phase = match self.algorithm {
             Algorithm::TotalCopy => "copying memory",
             Algorithm::PreCopy => "copying the last dirty pages",

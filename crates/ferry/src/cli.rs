@@ -76,6 +76,11 @@ pub enum Command {
         /// Print the report as JSON on stdout (no progress bar).
         #[arg(long)]
         json: bool,
+        /// Once the process runs there, wait at most this long (seconds) for its residual
+        /// dependency on this host to end before printing the report (the daemon finishes it
+        /// either way).
+        #[arg(long, default_value_t = 5.0)]
+        wait: f64,
     },
     /// Run the ferry daemon of this host.
     Daemon(DaemonArgs),

@@ -66,7 +66,8 @@ fn run(socket: &Path, command: Command) -> Result<ExitCode> {
             to,
             algorithm,
             json,
-        } => remote::migrate(socket, pid, to, algorithm, json),
+            wait,
+        } => remote::migrate(socket, pid, to, algorithm, json, wait),
         Command::Daemon(args) => daemon(args),
     }
 }

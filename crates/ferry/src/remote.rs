@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
@@ -15,12 +16,20 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::exit::Code;
 use crate::units::bytes;
 
+/// What to do after an event.
+pub enum Next {
+    Continue,
+    /// Keep reading, but give up after this long without the connection closing.
+    ContinueFor(Duration),
+    Stop,
+}
+
 /// Sends `request` to the daemon at `socket` and hands each event to `on_event` until the
-/// daemon closes the connection.
+/// daemon closes the connection (or `on_event` says stop, or its deadline passes).
 pub fn exchange(
     socket: &Path,
     request: &Request,
-    mut on_event: impl FnMut(Event) -> Result<()>,
+    mut on_event: impl FnMut(Event) -> Result<Next>,
 ) -> Result<()> {
     let mut stream = UnixStream::connect(socket).with_context(|| {
         format!(
@@ -34,16 +43,47 @@ pub fn exchange(
     stream
         .write_all(line.as_bytes())
         .context("sending the request to the daemon")?;
-    for line in BufReader::new(stream).lines() {
-        let line = line.context("reading the daemon's answer")?;
+    let reader_stream = stream.try_clone().context("reading the daemon's answer")?;
+    let mut deadline: Option<Instant> = None;
+    let mut lines = BufReader::new(reader_stream).lines();
+    loop {
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            stream
+                .set_read_timeout(Some(left))
+                .context("reading the daemon's answer")?;
+        }
+        let line = match lines.next() {
+            None => return Ok(()),
+            Some(Ok(l)) => l,
+            Some(Err(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(());
+            }
+            Some(Err(e)) => return Err(e).context("reading the daemon's answer"),
+        };
         if line.trim().is_empty() {
             continue;
         }
         let event: Event = serde_json::from_str(&line)
             .with_context(|| format!("the daemon answered something unexpected: {line}"))?;
-        on_event(event)?;
+        match on_event(event)? {
+            Next::Continue => {}
+            Next::ContinueFor(d) => {
+                if deadline.is_none() {
+                    deadline = Some(Instant::now() + d);
+                }
+            }
+            Next::Stop => return Ok(()),
+        }
     }
-    Ok(())
 }
 
 /// A failure the daemon reported, with the exit code it maps to.
@@ -69,6 +109,7 @@ pub fn migrate(
     to: Vec<String>,
     algorithm: Algorithm,
     json: bool,
+    wait: f64,
 ) -> Result<ExitCode> {
     let request = Request::Migrate { pid, to, algorithm };
     let bar = if json {
@@ -86,18 +127,32 @@ pub fn migrate(
     };
     let mut report = None;
     let mut failure = None;
+    let wait = Duration::from_secs_f64(wait.max(0.0));
     exchange(socket, &request, |event| {
-        match event {
+        Ok(match event {
             Event::Progress { phase, done, total } => {
                 bar.set_message(phase);
                 bar.set_length(total);
                 bar.set_position(done);
+                Next::Continue
             }
-            Event::Migrated { report: r } => report = Some(r),
-            Event::Failed { kind, message } => failure = Some(RemoteFailure { kind, message }),
-            Event::Status { .. } => {}
-        }
-        Ok(())
+            Event::Migrated { report: r } => {
+                // The first report comes when the process runs there; the final one when the
+                // residual dependency ended.
+                let done = r.residual_ms.is_some();
+                report = Some(r);
+                if done {
+                    Next::Stop
+                } else {
+                    Next::ContinueFor(wait)
+                }
+            }
+            Event::Failed { kind, message } => {
+                failure = Some(RemoteFailure { kind, message });
+                Next::Stop
+            }
+            Event::Status { .. } => Next::Continue,
+        })
     })?;
     bar.finish_and_clear();
     if let Some(f) = failure {
@@ -145,7 +200,9 @@ pub fn table(reports: &[MigrationReport]) -> Table {
     t.add_row(row("excision time", &|r| ms(r.excision_ms)));
     t.add_row(row("insertion time", &|r| ms(r.insertion_ms)));
     t.add_row(row("residual dependency", &|r| {
-        r.residual_ms.map(ms).unwrap_or_else(|| "ongoing".into())
+        r.residual_ms
+            .map(ms)
+            .unwrap_or_else(|| "ongoing (the daemon logs its end)".into())
     }));
     t.add_row(row("total time", &|r| {
         r.total_ms.map(ms).unwrap_or_else(|| "ongoing".into())
