@@ -502,12 +502,14 @@ impl Dest {
         let pager = Pager::new(
             id.to_string(),
             algorithm,
-            pid,
-            Arc::clone(&uffd),
+            Registered {
+                pid,
+                uffd: Arc::clone(&uffd),
+                ranges: lazy_ranges_kept,
+                guard,
+            },
             map,
             self.cfg.store.clone().filter(|_| state.store.is_some()),
-            guard,
-            lazy_ranges_kept,
         )
         .map_err(|e| e.to_string())?;
         Ok(Some((Arc::new(pager), sink, reader, running)))
@@ -685,17 +687,28 @@ pub struct Pager {
     is_finished: AtomicBool,
 }
 
+/// A process whose memory is registered with a userfaultfd, ready for a pager.
+struct Registered {
+    pid: Pid,
+    uffd: Arc<Uffd>,
+    ranges: Vec<(u64, u64)>,
+    guard: ferry_sys::uffd::PagerGuard,
+}
+
 impl Pager {
     fn new(
         id: String,
         algorithm: Algorithm,
-        pid: Pid,
-        uffd: Arc<Uffd>,
+        registered: Registered,
         map: Arc<PageMap>,
         store_dir: Option<DirStore>,
-        guard: ferry_sys::uffd::PagerGuard,
-        ranges: Vec<(u64, u64)>,
     ) -> Result<Pager, String> {
+        let Registered {
+            pid,
+            uffd,
+            ranges,
+            guard,
+        } = registered;
         let uses_store = store_dir.is_some();
         let total_pages = map.total_bytes() / PAGE_SIZE;
         Ok(Pager {
