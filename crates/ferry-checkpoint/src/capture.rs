@@ -142,6 +142,17 @@ pub fn excise(pid: Pid, opts: mobility::Options) -> Result<Excised, CheckpointEr
     excise_checked(pid, platform, opts)
 }
 
+/// [`excise`] for a caller that has just run the mobility checks itself (they are repeated
+/// on the frozen process anyway: a process that changed meanwhile is still refused).
+pub fn excise_checked_before(
+    pid: Pid,
+    opts: mobility::Options,
+) -> Result<Excised, CheckpointError> {
+    let platform =
+        platform::host_platform().map_err(CheckpointError::sys("fingerprinting this host"))?;
+    excise_checked(pid, platform, opts)
+}
+
 fn excise_checked(
     pid: Pid,
     platform: Platform,

@@ -5,8 +5,17 @@ use ferry_image::{Platform, VdsoFingerprint, XsaveLayout};
 use ferry_sys::host;
 use xxhash_rust::xxh3::xxh3_64;
 
-/// The platform of this host, as images record it.
+/// The platform of this host, as images record it (computed once).
 pub fn host_platform() -> Result<Platform, ferry_sys::SysError> {
+    static PLATFORM: std::sync::OnceLock<Platform> = std::sync::OnceLock::new();
+    if let Some(p) = PLATFORM.get() {
+        return Ok(p.clone());
+    }
+    let p = compute()?;
+    Ok(PLATFORM.get_or_init(|| p).clone())
+}
+
+fn compute() -> Result<Platform, ferry_sys::SysError> {
     let (arch, kernel_release) = host::uname();
     let vdso = host::own_vdso()?.map(|(area, code)| VdsoFingerprint {
         vvar_pages: area.vvar_pages,

@@ -30,7 +30,7 @@ use crate::changes::Changes;
 use crate::pages::PageMap;
 use crate::pinned::Pinned;
 use crate::protocol::{self, DestFigures, Offer, PROTOCOL, State, ToDest, ToSource, tag};
-use crate::report::{Algorithm, FaultStats};
+use crate::report::{Algorithm, FaultStats, Timeline};
 use crate::source::ms;
 use crate::staging::Staging;
 use crate::store::{DirStore, StoreReader};
@@ -350,6 +350,7 @@ impl Dest {
             },
         };
         let received = Instant::now();
+        let mut tl = Timeline::new();
         let algorithm = state.algorithm;
         let image = Arc::new(state.image.clone());
         info!(migration = id, %peer, %algorithm, comm = %offer.comm, "rebuilding");
@@ -381,6 +382,7 @@ impl Dest {
             .await
             .map_err(|e| e.to_string())?;
         let (pid, lazy_ranges) = built.map_err(|e| e.to_string())?;
+        tl.mark("vessel: mappings");
         let lazy_ranges_kept = lazy_ranges.clone();
 
         // Staged pages (pre-copy), then what follows the state, straight into the vessel. The
@@ -394,6 +396,7 @@ impl Dest {
             ferry_checkpoint::restore::write_segments(pid, &segments).map_err(|e| e.to_string())?;
         }
         sink.target.send_replace(Target::Vessel(pid));
+        tl.mark("staged pages");
         sink.wait_eager_done(self.cfg.timeout.max(Duration::from_secs(600)))
             .await
             .map_err(|e| format!("pages: {e}"))?;
@@ -403,6 +406,7 @@ impl Dest {
 
         // Lazy algorithms: the rest of the memory comes through userfaultfd.
         let map = Arc::new(PageMap::new(&image.memory.pages.runs));
+        tl.mark("first pages");
         let uffd = if algorithm.lazy() {
             let uffd = vessel
                 .call(move |slot| -> Result<Uffd, String> {
@@ -445,6 +449,7 @@ impl Dest {
             })
             .await
             .map_err(|e| e.to_string())??;
+        tl.mark("uffd + finish");
         let insertion_ms = ms(received.elapsed());
         tx.send_msg(&ToSource::Ready { insertion_ms })
             .await
@@ -463,6 +468,7 @@ impl Dest {
         }
         // Recorded before the start: a source that lost the link and asks meanwhile hears
         // "pending", never "not started" about a process that may be running.
+        tl.mark("ready → commit");
         self.record(id, "committed");
         let started = vessel
             .call(|slot| match slot.take() {
@@ -482,6 +488,8 @@ impl Dest {
             }
         };
         self.record(id, &format!("started {}", pid.as_raw()));
+        tl.mark("start");
+        debug!(migration = id, timeline = %tl, "destination timeline");
         let running = Instant::now();
         // It runs: from here nothing is reported as an abort. A source that misses this asks
         // (Query) and reads the commit record.

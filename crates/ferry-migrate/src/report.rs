@@ -161,3 +161,51 @@ mod tests {
         assert_eq!(FaultStats::from_samples(vec![]), FaultStats::default());
     }
 }
+
+/// Named moments of one side of a migration, for the daemon log: where the time went.
+#[derive(Debug, Clone)]
+pub struct Timeline {
+    start: std::time::Instant,
+    last: std::time::Instant,
+    marks: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Default for Timeline {
+    fn default() -> Self {
+        Timeline::new()
+    }
+}
+
+impl Timeline {
+    pub fn new() -> Timeline {
+        let now = std::time::Instant::now();
+        Timeline {
+            start: now,
+            last: now,
+            marks: Vec::new(),
+        }
+    }
+
+    /// Records that `what` just ended (its duration is the time since the previous mark).
+    pub fn mark(&mut self, what: &'static str) {
+        let now = std::time::Instant::now();
+        self.marks.push((what, now - self.last));
+        self.last = now;
+    }
+}
+
+impl std::fmt::Display for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (what, d)) in self.marks.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{what} {:.2} ms", d.as_secs_f64() * 1e3)?;
+        }
+        write!(
+            f,
+            " (total {:.2} ms)",
+            (self.last - self.start).as_secs_f64() * 1e3
+        )
+    }
+}

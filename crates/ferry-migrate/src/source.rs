@@ -30,7 +30,7 @@ use crate::hot::hot_pages;
 use crate::pages::PageMap;
 use crate::pinned::Pinned;
 use crate::protocol::{self, Offer, PROTOCOL, State, StoreRef, ToDest, ToSource, tag};
-use crate::report::{Algorithm, MigrationReport};
+use crate::report::{Algorithm, MigrationReport, Timeline};
 use crate::store::DirStore;
 
 /// How the source behaves.
@@ -146,7 +146,9 @@ pub async fn migrate_out(
             "{algorithm} needs a page store: configure page_store for this daemon"
         )));
     }
+    let mut timeline = Timeline::new();
     let offer = make_offer(&cfg, &id, pid, algorithm)?;
+    timeline.mark("offer");
     let mut rejected = Vec::new();
     for target in &targets {
         let run = Run {
@@ -158,7 +160,7 @@ pub async fn migrate_out(
             t0,
             updates: updates.clone(),
         };
-        match run.attempt(&offer).await {
+        match run.attempt(&offer, &mut timeline).await {
             Ok(mut report) => {
                 report.rejected = rejected;
                 return Ok(report);
@@ -275,8 +277,9 @@ impl Run {
         }
     }
 
-    async fn attempt(&self, offer: &Offer) -> Result<MigrationReport, Attempt> {
+    async fn attempt(&self, offer: &Offer, tl: &mut Timeline) -> Result<MigrationReport, Attempt> {
         let control = self.connect(Role::Control, true).await?;
+        tl.mark("connect (control)");
         let (mut ctl_tx, mut ctl_rx) = control.into_split();
         if self.algorithm != Algorithm::FreezeFree {
             ctl_tx
@@ -292,6 +295,7 @@ impl Run {
             }
         }
         let pages_conn = self.connect(Role::Pages, self.cfg.encrypt_pages).await?;
+        tl.mark("connect (pages)");
         let (mut pages, _pages_rx) = pages_conn.into_split();
         pages
             .send_msg(&ToDest::Attach {
@@ -323,7 +327,10 @@ impl Run {
             own_write_protect: precopy.is_some(),
         };
         let frozen: FrozenProc =
-            Pinned::spawn("ferry-source", move || ferry_checkpoint::excise(pid, opts))
+            // The offer ran the mobility checks a moment ago; the capture checks again, frozen.
+            Pinned::spawn("ferry-source", move || {
+                ferry_checkpoint::capture::excise_checked_before(pid, opts)
+            })
                 .await
                 .map_err(|e| Attempt::Fatal(MigrateError::Failed(e.to_string())))?
                 .map_err(|e| Attempt::Fatal(checkpoint_error(e)))?;
@@ -335,6 +342,7 @@ impl Run {
             .await
             .map_err(|e| Attempt::Fatal(MigrateError::Failed(e.to_string())))?;
         report.excision_ms = ms(excision);
+        tl.mark("freeze + excise");
         let map = PageMap::new(&image.memory.pages.runs);
 
         // Which pages go now, with the state.
@@ -397,6 +405,7 @@ impl Run {
         }
 
         // Ready → Commit → Started.
+        tl.mark("send state + first pages");
         self.progress("waiting for the destination", 0, 0);
         match self
             .recv(&mut ctl_rx, "the destination to be ready")
@@ -415,6 +424,7 @@ impl Run {
                 return Err(Attempt::Rejected(format!("unexpected answer {other:?}")));
             }
         }
+        tl.mark("destination ready");
         // From here on the process must never resume here unless the destination says it
         // did not start it.
         let sent_commit = ctl_tx.send_msg(&ToDest::Commit).await;
@@ -447,6 +457,8 @@ impl Run {
             }
         };
         report.new_pid = started;
+        tl.mark("commit → started");
+        debug!(migration = %self.id, timeline = %tl, "source timeline");
         report.latency_ms = ms(self.t0.elapsed());
         report.freeze_ms = ms(freeze_at.elapsed());
         let running_at = Instant::now();

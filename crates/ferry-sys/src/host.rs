@@ -104,13 +104,19 @@ pub fn vdso_code(pid: Pid, area: &VdsoArea) -> Result<Vec<u8>> {
 }
 
 /// The vDSO area of ferry itself (the one this kernel gives every new process) and its code.
+/// Read once: it does not change while ferry runs.
 pub fn own_vdso() -> Result<Option<(VdsoArea, Vec<u8>)>> {
+    static VDSO: std::sync::OnceLock<Option<(VdsoArea, Vec<u8>)>> = std::sync::OnceLock::new();
+    if let Some(v) = VDSO.get() {
+        return Ok(v.clone());
+    }
     let me = nix::unistd::getpid();
     let maps = proc::read_maps(me)?;
-    match vdso_area(&maps) {
-        Some(area) => Ok(Some((area, vdso_code(me, &area)?))),
-        None => Ok(None),
-    }
+    let v = match vdso_area(&maps) {
+        Some(area) => Some((area, vdso_code(me, &area)?)),
+        None => None,
+    };
+    Ok(VDSO.get_or_init(|| v).clone())
 }
 
 /// Enabled XSAVE features (XCR0) and the XSAVE area size for them (CPUID leaf 0xD).
