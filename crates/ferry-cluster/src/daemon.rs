@@ -13,7 +13,8 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, PageStore, Role};
 use crate::control::{Event, FailureKind, NodeStatus, Request};
-use ferry_migrate::protocol::StoreRef;
+use ferry_migrate::store::{DirStore, PageStore as PageStoreHandle, StoreAccess};
+use ferry_migrate::store_node::NodeStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -81,31 +82,24 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     })?;
     let secret = ferry_wire::ClusterSecret::load(&config.secret_file)
         .map_err(|e| DaemonError::Setup(e.to_string()))?;
-    let store_dir = match &config.page_store {
-        Some(PageStore::Dir(d)) => Some(
-            ferry_migrate::store::DirStore::open(d)
-                .map_err(|e| DaemonError::Setup(e.to_string()))?,
-        ),
-        _ => None,
-    };
-    let store_ref = match &config.page_store {
-        Some(PageStore::Dir(d)) => store_dir
-            .clone()
-            .map(|s| (s, StoreRef::Dir(d.display().to_string()))),
-        _ => None,
-    };
+    let (source_store, served) = page_stores(&config, &secret)?;
     let source = Arc::new(ferry_migrate::source::SourceConfig {
         node: config.node.clone(),
         secret: secret.clone(),
         encrypt_pages: config.encrypt_pages,
-        store: store_ref,
+        store: source_store,
         precopy: Default::default(),
         timeout: PEER_TIMEOUT,
     });
     let dest = ferry_migrate::dest::Dest::new(ferry_migrate::dest::DestConfig {
         node: config.node.clone(),
         state_dir: config.state_dir.clone(),
-        store: store_dir,
+        store_access: StoreAccess {
+            local_node: config.node.clone(),
+            secret: secret.clone(),
+            encrypt: config.encrypt_pages,
+            timeout: PEER_TIMEOUT,
+        },
         timeout: PEER_TIMEOUT,
         reserve_bytes: RESERVE_BYTES,
         page_store_only: config.role == Role::PageStore,
@@ -142,6 +136,12 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
                 Err(e) => warn!(error = %e, "control socket accept"),
             },
             accepted = peers.accept() => match accepted {
+                Ok(conn) if conn.role() == ferry_wire::Role::Store => match served.clone() {
+                    Some(store) => {
+                        tokio::spawn(ferry_migrate::store_node::serve(store, conn));
+                    }
+                    None => warn!(peer = conn.peer_node(), "a page-store connection, but this node keeps no page store"),
+                },
                 Ok(conn) => {
                     let dest = Arc::clone(&shared.dest);
                     tokio::spawn(async move { dest.handle(conn).await });
@@ -162,6 +162,50 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&shared.config.socket);
     info!(node = %shared.config.node, "ferry daemon down");
     Ok(())
+}
+
+/// The store this node flushes to as a source, and the directory it serves to peers (a
+/// page-store node keeps its pages in `state_dir/store` unless told otherwise).
+fn page_stores(
+    config: &Config,
+    secret: &ferry_wire::ClusterSecret,
+) -> Result<(Option<PageStoreHandle>, Option<DirStore>), DaemonError> {
+    let setup = |e: ferry_migrate::store::StoreError| DaemonError::Setup(e.to_string());
+    let dir = match (&config.page_store, config.role) {
+        (Some(PageStore::Dir(d)), _) => Some(d.clone()),
+        (Some(PageStore::Node(n)), Role::PageStore) => {
+            return Err(DaemonError::Setup(format!(
+                "a page-store node keeps its own pages: page_store = \"node:{n}\" makes no sense here"
+            )));
+        }
+        (_, Role::PageStore) => Some(config.state_dir.join("store")),
+        _ => None,
+    };
+    let served = dir.map(|d| DirStore::open(&d)).transpose().map_err(setup)?;
+    let flush_to = match &config.page_store {
+        Some(PageStore::Dir(_)) => served.clone().map(PageStoreHandle::Dir),
+        Some(PageStore::Node(name)) => {
+            let peer = config
+                .peers
+                .iter()
+                .find(|p| &p.name == name)
+                .ok_or_else(|| {
+                    DaemonError::Setup(format!(
+                        "page_store = \"node:{name}\", but {name} is not among the peers"
+                    ))
+                })?;
+            Some(PageStoreHandle::Node(NodeStore {
+                name: name.clone(),
+                addr: peer.addr,
+                local_node: config.node.clone(),
+                secret: secret.clone(),
+                encrypt: config.encrypt_pages,
+                timeout: PEER_TIMEOUT,
+            }))
+        }
+        None => None,
+    };
+    Ok((flush_to, served))
 }
 
 /// One CLI request: read it, check who asks, answer with events.

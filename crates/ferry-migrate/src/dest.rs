@@ -33,15 +33,15 @@ use crate::protocol::{self, DestFigures, Offer, PROTOCOL, State, ToDest, ToSourc
 use crate::report::{Algorithm, FaultStats, Timeline};
 use crate::source::ms;
 use crate::staging::Staging;
-use crate::store::{DirStore, StoreReader};
+use crate::store::{PageReader, PageStore, StoreAccess};
 
 #[derive(Clone)]
 pub struct DestConfig {
     pub node: String,
     /// Commit records live in `state_dir/migrations`.
     pub state_dir: PathBuf,
-    /// The page-store directory, to read flushed pages from.
-    pub store: Option<DirStore>,
+    /// How to open the page store a source flushes to.
+    pub store_access: StoreAccess,
     pub timeout: Duration,
     /// Refuse processes that would leave less than this much memory available.
     pub reserve_bytes: u64,
@@ -353,6 +353,17 @@ impl Dest {
         let mut tl = Timeline::new();
         let algorithm = state.algorithm;
         let image = Arc::new(state.image.clone());
+        // The store the source flushes to, if it does: a store this host cannot open is a
+        // reason to refuse now, while the source can still resume its process.
+        let store = match &state.store {
+            Some(r) if algorithm.uses_store() => Some(
+                self.cfg
+                    .store_access
+                    .open(r)
+                    .map_err(|e| format!("cannot use the page store: {e}"))?,
+            ),
+            _ => None,
+        };
         info!(migration = id, %peer, %algorithm, comm = %offer.comm, "rebuilding");
 
         // The vessel: a warm one if there is, else a new one.
@@ -517,7 +528,7 @@ impl Dest {
                 guard,
             },
             map,
-            self.cfg.store.clone().filter(|_| state.store.is_some()),
+            store,
         )
         .map_err(|e| e.to_string())?;
         Ok(Some((Arc::new(pager), sink, reader, running)))
@@ -662,6 +673,9 @@ async fn read_pages(mut rx: Receiver, sink: Arc<PageSink>) {
     }
 }
 
+/// Why a pager stops depending on the source once the flush completed.
+const STORE_HOLDS_ALL: &str = "the page store holds every page";
+
 /// Fault requests sent to the source: id → (image address, pages, when).
 type Pending = Arc<std::sync::Mutex<HashMap<u32, (u64, u64, Instant)>>>;
 
@@ -676,8 +690,8 @@ pub struct Pager {
     present: std::sync::Mutex<Vec<u64>>,
     present_count: AtomicU64,
     total_pages: u64,
-    store_dir: Option<DirStore>,
-    store: std::sync::Mutex<Option<StoreReader>>,
+    store: Option<PageStore>,
+    reader: tokio::sync::Mutex<Option<PageReader>>,
     /// Stream offsets below this are durable in the store.
     flushed: AtomicU64,
     flush_complete: AtomicBool,
@@ -709,7 +723,7 @@ impl Pager {
         algorithm: Algorithm,
         registered: Registered,
         map: Arc<PageMap>,
-        store_dir: Option<DirStore>,
+        store: Option<PageStore>,
     ) -> Result<Pager, String> {
         let Registered {
             pid,
@@ -717,7 +731,7 @@ impl Pager {
             ranges,
             guard,
         } = registered;
-        let uses_store = store_dir.is_some();
+        let uses_store = store.is_some();
         let total_pages = map.total_bytes() / PAGE_SIZE;
         Ok(Pager {
             id,
@@ -728,8 +742,8 @@ impl Pager {
             present_count: AtomicU64::new(0),
             total_pages,
             map,
-            store_dir,
-            store: std::sync::Mutex::new(None),
+            store,
+            reader: tokio::sync::Mutex::new(None),
             flushed: AtomicU64::new(0),
             flush_complete: AtomicBool::new(false),
             uses_store,
@@ -788,6 +802,19 @@ impl Pager {
         }
         self.release_guard();
         self.finished.notify_waiters();
+        // Nothing will read this migration's pages from the store any more. (Before the flush
+        // completed, the source removes them once it is done writing.)
+        if let Some(store) = self.store.clone()
+            && self.flush_complete.load(Ordering::Acquire)
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let id = self.id.clone();
+            rt.spawn(async move {
+                if let Err(e) = store.remove(&id).await {
+                    warn!(migration = %id, error = %e, "removing its pages from the store");
+                }
+            });
+        }
     }
 
     /// Fetches every missing page now and waits until there is none (or `timeout`).
@@ -939,19 +966,32 @@ impl Pager {
     }
 
     /// Reads pages from the store, if they are there.
-    fn read_store(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
+    async fn read_store(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
         let durable = self.flush_complete.load(Ordering::Acquire)
             || offset + len <= self.flushed.load(Ordering::Acquire);
         if !durable {
             return None;
         }
-        let mut store = self.store.lock().ok()?;
-        if store.is_none() {
-            *store = self.store_dir.as_ref()?.reader(&self.id).ok();
+        let mut reader = self.reader.lock().await;
+        if reader.is_none() {
+            match self.store.as_ref()?.reader(&self.id).await {
+                Ok(r) => *reader = Some(r),
+                Err(e) => {
+                    warn!(migration = %self.id, error = %e, "opening the page store");
+                    return None;
+                }
+            }
         }
         let mut buf = vec![0u8; len as usize];
-        store.as_ref()?.read_at(offset, &mut buf).ok()?;
-        Some(buf)
+        match reader.as_mut()?.read_at(offset, &mut buf).await {
+            Ok(()) => Some(buf),
+            Err(e) => {
+                warn!(migration = %self.id, error = %e, "reading the page store");
+                // A broken connection is opened again next time.
+                *reader = None;
+                None
+            }
+        }
     }
 
     /// Serves faults until nothing is needed from the source; returns the figures.
@@ -1025,7 +1065,7 @@ impl Pager {
                 && self.flush_complete.load(Ordering::Acquire)
                 && self.algorithm != Algorithm::DemandPaging
             {
-                break "the page store holds every page";
+                break STORE_HOLDS_ALL;
             }
             if source_gone.load(Ordering::Acquire) && !self.flush_complete.load(Ordering::Acquire) {
                 error!(
@@ -1050,7 +1090,7 @@ impl Pager {
                                 continue;
                             }
                             if let Some(off) = self.map.offset_of(ia)
-                                && let Some(data) = self.read_store(off, n * PAGE_SIZE)
+                                && let Some(data) = self.read_store(off, n * PAGE_SIZE).await
                             {
                                 self.place(ia, &data);
                                 continue;
@@ -1098,7 +1138,7 @@ impl Pager {
                             let _ = self.uffd.wake(here, PAGE_SIZE);
                             continue;
                         }
-                        if let Some(data) = self.read_store(off, n * PAGE_SIZE) {
+                        if let Some(data) = self.read_store(off, n * PAGE_SIZE).await {
                             store_faults.fetch_add(1, Ordering::Relaxed);
                             self.place(page, &data);
                             continue;
@@ -1129,7 +1169,7 @@ impl Pager {
                 .unwrap_or_default();
             for (addr, n) in waiting {
                 if let Some(off) = self.map.offset_of(addr)
-                    && let Some(data) = self.read_store(off, n * PAGE_SIZE)
+                    && let Some(data) = self.read_store(off, n * PAGE_SIZE).await
                 {
                     store_faults.fetch_add(1, Ordering::Relaxed);
                     self.place(addr, &data);
@@ -1147,6 +1187,7 @@ impl Pager {
             store_faults: store_faults.load(Ordering::Relaxed),
             residual_ms: Some(residual),
             ended_by: ended_by.to_string(),
+            needs_store: ended_by == STORE_HOLDS_ALL && !self.complete(),
         };
         let _ = tx
             .send_msg(&ToSource::Done {
@@ -1155,7 +1196,7 @@ impl Pager {
             .await;
         replies.abort();
         // After the old host dropped out (file-server): keep serving faults from the store.
-        if ended_by == "the page store holds every page" && !self.complete() {
+        if figures.needs_store {
             let me = Arc::clone(self);
             tokio::spawn(async move { me.serve_from_store().await });
         }
@@ -1175,24 +1216,20 @@ impl Pager {
                 self.finish();
                 return;
             }
-            if self.draining.load(Ordering::Acquire) {
-                for (ia, n) in self.missing(256, 64) {
-                    if let Some(off) = self.map.offset_of(ia)
-                        && let Some(data) = self.read_store(off, n * PAGE_SIZE)
-                    {
-                        self.place(ia, &data);
-                    }
-                }
-                continue;
-            }
-            let Ok(Ok(mut guard)) =
-                tokio::time::timeout(Duration::from_millis(200), afd.readable()).await
-            else {
-                continue;
-            };
+            let draining = self.draining.load(Ordering::Acquire);
             events.clear();
-            let _ = self.uffd.read_events(&mut events);
-            guard.clear_ready();
+            if draining {
+                // Faults first (without waiting), then the next batch of the drain.
+                let _ = self.uffd.read_events(&mut events);
+            } else {
+                let Ok(Ok(mut guard)) =
+                    tokio::time::timeout(Duration::from_millis(200), afd.readable()).await
+                else {
+                    continue;
+                };
+                let _ = self.uffd.read_events(&mut events);
+                guard.clear_ready();
+            }
             for ev in events.drain(..) {
                 let ferry_sys::uffd::Event::PageFault { addr, .. } = ev else {
                     self.apply(&ev);
@@ -1206,19 +1243,42 @@ impl Pager {
                     None => {
                         let _ = self.uffd.zeropage(here, PAGE_SIZE, true);
                     }
-                    Some((page, (off, n))) => match self.read_store(off, n * PAGE_SIZE) {
-                        Some(data) => self.place(page, &data),
-                        None => {
-                            error!(migration = %self.id, "a page is missing from the store: ending the process");
-                            let _ = host::send_signal(self.pid, libc_sigkill());
+                    Some((page, (off, n))) => {
+                        if !self.place_from_store(page, off, n).await {
                             return;
                         }
-                    },
+                    }
+                }
+            }
+            if draining {
+                for (ia, n) in self.missing(256, 64) {
+                    if let Some(off) = self.map.offset_of(ia)
+                        && !self.place_from_store(ia, off, n).await
+                    {
+                        return;
+                    }
                 }
             }
         }
         self.finish();
         debug!(migration = %self.id, "every page arrived from the store");
+    }
+
+    /// Reads `n` pages at stream offset `off` from the store and places them at image address
+    /// `page`. A page the store cannot give is fatal to the process (its only copy is gone):
+    /// the process is ended with a log line and false is returned.
+    async fn place_from_store(&self, page: u64, off: u64, n: u64) -> bool {
+        match self.read_store(off, n * PAGE_SIZE).await {
+            Some(data) => {
+                self.place(page, &data);
+                true
+            }
+            None => {
+                error!(migration = %self.id, pid = %self.pid, "a page is missing from the store: ending the process");
+                let _ = host::send_signal(self.pid, libc_sigkill());
+                false
+            }
+        }
     }
 }
 

@@ -8,7 +8,8 @@
 //! - [`pages`]: where each page sits in a page stream.
 //! - [`protocol`]: the messages between source and destination, and the commit rule.
 //! - [`report`]: the algorithms' names and the paper's metrics.
-//! - [`store`]: the page store ("file server") in a directory.
+//! - [`store`]: the page store ("file server"): a directory, or ([`store_node`]) a daemon
+//!   in page-store role.
 #![forbid(unsafe_code)]
 
 pub mod changes;
@@ -21,5 +22,6 @@ pub mod report;
 pub mod source;
 pub mod staging;
 pub mod store;
+pub mod store_node;
 
 pub use report::{Algorithm, FaultStats, MigrationReport};

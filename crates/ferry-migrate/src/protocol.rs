@@ -141,6 +141,8 @@ pub struct DestFigures {
     pub residual_ms: Option<f64>,
     /// Why the dependency ended: all pages arrived, the process exited, …
     pub ended_by: String,
+    /// The destination still reads pages from the page store (it removes them when done).
+    pub needs_store: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

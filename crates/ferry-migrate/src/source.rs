@@ -24,14 +24,14 @@ use ferry_sys::dirty::{DirtyTracker, UffdWpTracker};
 use ferry_sys::{Pid, mem};
 use ferry_wire::{ClusterSecret, Connection, Mode, Received, Receiver, Role, Sender};
 use tokio::sync::{Mutex, mpsc};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::hot::hot_pages;
 use crate::pages::PageMap;
 use crate::pinned::Pinned;
-use crate::protocol::{self, Offer, PROTOCOL, State, StoreRef, ToDest, ToSource, tag};
+use crate::protocol::{self, Offer, PROTOCOL, State, ToDest, ToSource, tag};
 use crate::report::{Algorithm, MigrationReport, Timeline};
-use crate::store::DirStore;
+use crate::store::PageStore;
 
 /// How the source behaves.
 #[derive(Clone)]
@@ -41,7 +41,7 @@ pub struct SourceConfig {
     /// Encrypt the page streams (control traffic always is).
     pub encrypt_pages: bool,
     /// The page store (file-server, freeze-free).
-    pub store: Option<(DirStore, StoreRef)>,
+    pub store: Option<PageStore>,
     pub precopy: PreCopyLimits,
     /// How long to wait for any answer of the destination.
     pub timeout: Duration,
@@ -374,7 +374,7 @@ impl Run {
             image: image.clone(),
             eager_bytes,
             offer: (self.algorithm == Algorithm::FreezeFree).then(|| offer.clone()),
-            store: self.cfg.store.as_ref().map(|s| s.1.clone()),
+            store: self.cfg.store.as_ref().map(PageStore::describe),
         };
         let state_bytes = postcard_len(&state);
         report.state_bytes = state_bytes;
@@ -688,7 +688,7 @@ impl Run {
 
         // File-server, freeze-free: flush everything to the page store.
         let flush = if self.algorithm.uses_store() {
-            let (store, _) = self.cfg.store.clone().ok_or_else(|| {
+            let store = self.cfg.store.clone().ok_or_else(|| {
                 Attempt::Fatal(MigrateError::Failed("no page store configured".into()))
             })?;
             let control = Arc::clone(control);
@@ -725,11 +725,13 @@ impl Run {
                         read_chunk(pid, &[(addr, len as u64)], &unreadable)
                     })
                     .await;
+                    // A frozen process's memory is always readable; if it is not, the
+                    // destination must not get made-up pages.
                     let data = match data {
                         Ok(Ok((_, d))) => d,
                         other => {
-                            warn!(migration = %self.id, addr, ?other, "cannot read a faulted page");
-                            vec![0u8; len]
+                            error!(migration = %self.id, addr, ?other, "cannot read a faulted page");
+                            break Err(format!("cannot read the page at {addr:#x}"));
                         }
                     };
                     let mut tx = control.lock().await;
@@ -740,7 +742,7 @@ impl Run {
                 Ok(Received::Msg(ToSource::Done { figures })) => {
                     report.remote_faults = figures.remote_faults;
                     report.store_faults = figures.store_faults;
-                    break Ok(());
+                    break Ok(figures.needs_store);
                 }
                 Ok(other) => debug!(migration = %self.id, ?other, "ignored during the lazy phase"),
                 Err(e) => break Err(format!("lost the destination: {e}")),
@@ -752,14 +754,32 @@ impl Run {
         };
         report.page_bytes += streamed;
         let flushed = match flush {
-            Some(h) => h.await.ok().and_then(|r| r.ok()),
+            Some(h) => match h.await {
+                Ok(Ok(bytes)) => Some(bytes),
+                Ok(Err(e)) => {
+                    warn!(migration = %self.id, error = %e, "flushing to the page store failed: the process depends on this host until it has every page");
+                    None
+                }
+                Err(e) => {
+                    warn!(migration = %self.id, error = %e, "flushing to the page store failed");
+                    None
+                }
+            },
             None => None,
         };
         if let Some(bytes) = flushed {
             report.store_bytes = bytes;
         }
+        // The destination had every page before it needed the store: what was flushed is
+        // nobody's any more.
+        if let (Ok(false), Some(store)) = (&result, self.cfg.store.as_ref())
+            && self.algorithm.uses_store()
+            && let Err(e) = store.remove(&self.id).await
+        {
+            warn!(migration = %self.id, error = %e, "removing its pages from the store");
+        }
         match result {
-            Ok(()) => Ok(()),
+            Ok(_) => Ok(()),
             // Once every page is in the store, the destination does not need us.
             Err(_) if flushed.is_some() => Ok(()),
             Err(e) => {
@@ -1028,7 +1048,7 @@ fn read_chunk(
 #[allow(clippy::too_many_arguments)]
 async fn flush_to_store(
     pid: Pid,
-    store: &DirStore,
+    store: &PageStore,
     id: &str,
     image_id: u64,
     all: Vec<(u64, u64)>,
@@ -1037,7 +1057,10 @@ async fn flush_to_store(
     total: u64,
     updates: &mpsc::UnboundedSender<Update>,
 ) -> Result<u64, String> {
-    let mut writer = store.create(id, image_id).map_err(|e| e.to_string())?;
+    let mut writer = store
+        .create(id, image_id)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut since_sync = 0u64;
     for chunk in chunks(&all, CHUNK) {
         let unreadable = unreadable.to_vec();
@@ -1045,10 +1068,10 @@ async fn flush_to_store(
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        writer.append(&buf).map_err(|e| e.to_string())?;
+        writer.append(&buf).await.map_err(|e| e.to_string())?;
         since_sync += buf.len() as u64;
         if since_sync >= 16 << 20 {
-            writer.sync().map_err(|e| e.to_string())?;
+            writer.sync().await.map_err(|e| e.to_string())?;
             since_sync = 0;
             let upto = writer.written();
             let _ = control
@@ -1063,7 +1086,7 @@ async fn flush_to_store(
             });
         }
     }
-    let bytes = writer.finish().map_err(|e| e.to_string())?;
+    let bytes = writer.finish().await.map_err(|e| e.to_string())?;
     let _ = control
         .lock()
         .await

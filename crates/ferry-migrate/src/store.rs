@@ -4,7 +4,7 @@
 //! A store is a directory (local disk, or a shared mount such as NFS) holding one file per
 //! migration, in the format of `pages.img` (header, then the pages in run order, see
 //! [`crate::pages::PageMap`]). A ferry daemon in page-store role serves the same files over
-//! the network. Writers append in order and report how far they got, so that readers know
+//! the network ([`crate::store_node`]); [`PageStore`] is either. Writers append in order and report how far they got, so that readers know
 //! which pages are already there.
 
 use std::fs::{self, File, OpenOptions};
@@ -15,12 +15,17 @@ use std::path::{Path, PathBuf};
 use ferry_image::PagesHeader;
 use ferry_image::format::{PAGES_HEADER_LEN, PageHasher};
 
+use crate::protocol::StoreRef;
+use crate::store_node::{NodeReader, NodeStore, NodeWriter};
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("page store {}: {detail}", path.display())]
     Io { path: PathBuf, detail: String },
     #[error("page store: {0:?} is not a valid migration id")]
     BadId(String),
+    #[error("page store on {node}: {detail}")]
+    Remote { node: String, detail: String },
     #[error("page store {}: pages at offset {offset} (+{len}) not written yet", path.display())]
     NotYet {
         path: PathBuf,
@@ -116,6 +121,132 @@ impl DirStore {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io(&path)(e)),
+        }
+    }
+}
+
+/// A page store, wherever it is.
+#[derive(Debug, Clone)]
+pub enum PageStore {
+    Dir(DirStore),
+    Node(NodeStore),
+}
+
+impl PageStore {
+    /// How peers name this store.
+    pub fn describe(&self) -> StoreRef {
+        match self {
+            PageStore::Dir(d) => StoreRef::Dir(d.root().display().to_string()),
+            PageStore::Node(n) => StoreRef::Node {
+                name: n.name.clone(),
+                addr: n.addr.to_string(),
+            },
+        }
+    }
+
+    pub async fn create(&self, id: &str, image_id: u64) -> Result<PageWriter, StoreError> {
+        Ok(match self {
+            PageStore::Dir(d) => PageWriter::Dir(Box::new(d.create(id, image_id)?)),
+            PageStore::Node(n) => PageWriter::Node(Box::new(n.create(id, image_id).await?)),
+        })
+    }
+
+    pub async fn reader(&self, id: &str) -> Result<PageReader, StoreError> {
+        Ok(match self {
+            PageStore::Dir(d) => PageReader::Dir(d.reader(id)?),
+            PageStore::Node(n) => PageReader::Node(Box::new(n.reader(id).await?)),
+        })
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<(), StoreError> {
+        match self {
+            PageStore::Dir(d) => d.remove(id),
+            PageStore::Node(n) => n.remove(id).await,
+        }
+    }
+}
+
+/// What a destination needs to open the store a source names.
+#[derive(Debug, Clone)]
+pub struct StoreAccess {
+    /// This node's name and the cluster secret, for store nodes.
+    pub local_node: String,
+    pub secret: ferry_wire::ClusterSecret,
+    pub encrypt: bool,
+    pub timeout: std::time::Duration,
+}
+
+impl StoreAccess {
+    /// The store `r` names: a directory this host sees too, or a store node.
+    pub fn open(&self, r: &StoreRef) -> Result<PageStore, StoreError> {
+        match r {
+            StoreRef::Dir(d) => Ok(PageStore::Dir(DirStore::open(Path::new(d))?)),
+            StoreRef::Node { name, addr } => {
+                let addr = addr.parse().map_err(|_| StoreError::Remote {
+                    node: name.clone(),
+                    detail: format!("bad address {addr:?}"),
+                })?;
+                Ok(PageStore::Node(NodeStore {
+                    name: name.clone(),
+                    addr,
+                    local_node: self.local_node.clone(),
+                    secret: self.secret.clone(),
+                    encrypt: self.encrypt,
+                    timeout: self.timeout,
+                }))
+            }
+        }
+    }
+}
+
+/// Writes one migration's pages, in stream order.
+pub enum PageWriter {
+    Dir(Box<StoreWriter>),
+    Node(Box<NodeWriter>),
+}
+
+impl PageWriter {
+    pub async fn append(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        match self {
+            PageWriter::Dir(w) => w.append(data),
+            PageWriter::Node(w) => w.append(data).await,
+        }
+    }
+
+    pub fn written(&self) -> u64 {
+        match self {
+            PageWriter::Dir(w) => w.written(),
+            PageWriter::Node(w) => w.written(),
+        }
+    }
+
+    /// Makes every page before `written()` durable.
+    pub async fn sync(&mut self) -> Result<(), StoreError> {
+        match self {
+            PageWriter::Dir(w) => w.sync(),
+            PageWriter::Node(w) => w.sync().await,
+        }
+    }
+
+    pub async fn finish(self) -> Result<u64, StoreError> {
+        match self {
+            PageWriter::Dir(w) => (*w).finish(),
+            PageWriter::Node(w) => (*w).finish().await,
+        }
+    }
+}
+
+/// Reads one migration's pages at stream offsets.
+pub enum PageReader {
+    Dir(StoreReader),
+    Node(Box<NodeReader>),
+}
+
+impl PageReader {
+    pub async fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        match self {
+            PageReader::Dir(r) => r.read_at(offset, buf),
+            PageReader::Node(r) => r.read_at(offset, buf).await,
         }
     }
 }

@@ -23,7 +23,9 @@ use crate::exit::Code;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // The daemon logs every migration's outcome and figures: info is its quietest level.
+    let floor = u8::from(matches!(cli.command, Command::Daemon(_)));
+    init_logging(cli.verbose.max(floor));
     match run(&cli.socket, cli.command) {
         Ok(code) => code,
         Err(err) => {
@@ -47,6 +49,7 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
