@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# ferry's main job, as a demo on this machine: a running, unmodified python3 job is
-# checkpointed mid-run (it ends), inspected, brought back to life, and finishes with exactly
-# the output of an uninterrupted run. Needs root.
+# ferry's main job, as a demo on this machine: a local cluster of 3 test hosts (network
+# namespaces with their own daemons, scripts/testnet.sh); a running, unmodified python3 job is
+# moved from host to host while it runs, once with each of the five algorithms
+# (n1 -> n2 -> n3 -> n1 -> n2 -> n3), and finishes with exactly the output of an uninterrupted
+# run. Prints every migration's metrics. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 if [[ $(id -u) -ne 0 ]]; then
-  echo "demo: ferry checkpoints processes with ptrace and restores their credentials: run as root" >&2
+  echo "demo: ferry creates network namespaces and restores processes with their credentials: run as root" >&2
   exit 1
 fi
 scripts/setup.sh
@@ -14,50 +16,63 @@ scripts/setup.sh
 echo "== building ferry (release)"
 cargo build --release --locked -q -p ferry
 ferry=$root/target/release/ferry
+export FERRY=$ferry FERRY_RUN=/run/ferry-demo
 work=${FERRY_DEMO_DIR:-/tmp/ferry-demo}
-rm -rf "$work" && mkdir -p "$work" && cd "$work"
-job=(python3 "$root/workloads/python/compute.py" 24)
+rm -rf "$work" && mkdir -p "$work"
+job=(python3 "$root/workloads/python/compute.py" 40)
+tn=$root/scripts/testnet.sh
 
-# Start a process with only stdin/stdout/stderr open (nothing inherited from this shell).
-start() { # start OUTFILE CMD...
-  local out=$1; shift
-  python3 - "$out" "$@" <<'PY'
-import os, sys
-out = sys.argv[1]
-pid = os.fork()
-if pid == 0:
-    os.setsid()
-    os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(fd, 1); os.dup2(fd, 2)
-    os.closerange(3, 1 << 16)
-    os.execvp(sys.argv[2], sys.argv[2:])
-print(pid)
-PY
-}
+echo "== a cluster of 3 hosts"
+"$tn" up 3
+trap '"$tn" down >/dev/null 2>&1 || true' EXIT
 
 echo "== the job, uninterrupted (reference)"
-pid=$(start reference.out "${job[@]}")
-while [[ -e /proc/$pid && $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]; do sleep 0.2; done
-tail -n 2 reference.out
+ref=$("$tn" exec n1 --detach --out "$work/reference.out" -- "${job[@]}")
+while [[ -e /proc/$ref && $(awk '{print $3}' "/proc/$ref/stat" 2>/dev/null) != Z ]]; do sleep 0.2; done
+tail -n 1 "$work/reference.out"
 
-echo "== the job again; checkpointed mid-run"
-pid=$(start job.out "${job[@]}")
-until grep -q "^step 8:" job.out 2>/dev/null; do sleep 0.05; done
-echo "   pid $pid has printed $(wc -l < job.out) lines"
-"$ferry" checkpoint "$pid" --dir image
-state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo gone)
-[[ $state == Z || $state == gone ]] || { echo "demo: pid $pid should have ended (state $state)" >&2; exit 1; }
-echo "== the image"
-"$ferry" inspect image | sed -n '1,9p'
-echo "== restored: it continues where it was, and ferry waits for it"
-"$ferry" restore --dir image --json 2>restore.json
-python3 -c 'import json; r = json.load(open("restore.json")); print("   restored as pid %(pid)d in %(total_ms).1f ms (%(mappings)d mappings, %(memory_bytes)d bytes of memory)" % r)'
-tail -n 2 job.out
-if cmp -s reference.out job.out; then
-  echo "== identical to the uninterrupted run ($(wc -c < job.out) bytes): ok"
+echo "== the job again, on n1; moved while it runs"
+pid=$("$tn" exec n1 --detach --out "$work/job.out" -- "${job[@]}")
+until grep -q "^step 3:" "$work/job.out" 2>/dev/null; do sleep 0.05; done
+here=n1
+n=0
+for hop in n2:total-copy n3:pre-copy n1:demand-paging n2:file-server n3:freeze-free; do
+  to=${hop%%:*} algorithm=${hop#*:}
+  n=$((n + 1))
+  echo "   $here -> $to with $algorithm (pid $pid, $(wc -l <"$work/job.out") lines so far)"
+  "$tn" exec "$here" -- "$ferry" migrate "$pid" --to "$to" --algorithm "$algorithm" --json --wait 2 \
+    >"$work/report-$n.json"
+  pid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["new_pid"])' "$work/report-$n.json")
+  here=$to
+  sleep 0.7
+done
+
+echo "== the metrics of each migration (docs/migration.md defines them)"
+python3 - "$work"/report-{1..5}.json <<'PY'
+import json, sys
+rows = [json.load(open(p)) for p in sys.argv[1:]]
+head = ["algorithm", "from", "to", "latency ms", "freeze ms", "excision ms", "insertion ms",
+        "residual ms", "state B", "pages B", "resent B", "store B", "faults", "fault p50 ms", "rounds"]
+def f(v):
+    return "-" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))
+table = [[r["algorithm"], r["from"], r["to"], f(r["latency_ms"]), f(r["freeze_ms"]),
+          f(r["excision_ms"]), f(r["insertion_ms"]),
+          f(r.get("residual_ms")) if r.get("residual_ms") is not None else "still serving",
+          f(r["state_bytes"]), f(r["page_bytes"]), f(r["resent_bytes"]), f(r["store_bytes"]),
+          f(r["remote_faults"]["count"]), f(r["remote_faults"]["median_ms"]), f(r["precopy_rounds"])]
+         for r in rows]
+w = [max(len(str(x)) for x in col) for col in zip(head, *table)]
+for line in [head] + table:
+    print("  ".join(str(x).rjust(n) for x, n in zip(line, w)))
+PY
+
+echo "== waiting for the job to finish on $here"
+while [[ -e /proc/$pid && $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]; do sleep 0.2; done
+tail -n 1 "$work/job.out"
+if cmp -s "$work/reference.out" "$work/job.out"; then
+  echo "== identical to the uninterrupted run ($(wc -c <"$work/job.out") bytes), after 5 moves: ok"
 else
-  diff reference.out job.out | head
+  diff "$work/reference.out" "$work/job.out" | head
   echo "demo: the outputs differ" >&2
   exit 1
 fi

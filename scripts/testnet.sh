@@ -6,6 +6,7 @@
 # `ferry daemon`. See docs/testnet.md. Needs root.
 #
 #   scripts/testnet.sh up N [--cpu-quota PERCENT[,PERCENT...]|max] [--encrypt-pages|--plain-pages]
+#                           [--store-node K]
 #   scripts/testnet.sh down
 #   scripts/testnet.sh status
 #   scripts/testnet.sh exec NODE [--detach [--out FILE]] [--] CMD [ARGS...]
@@ -43,10 +44,13 @@ usage() {
 scripts/testnet.sh: a cluster of test hosts (network namespace + CPU-quota cgroup + ferry daemon)
 on this machine. Run as root.
 
-  up N [--cpu-quota P] [--encrypt-pages|--plain-pages]
+  up N [--cpu-quota P] [--encrypt-pages|--plain-pages] [--store-node K]
         Create hosts n1..nN (1 <= N <= 8) and start their daemons; takes down whatever cluster
         is up first. P = percent of one CPU per host (default 100), "max" for no limit, or a
         comma list per host (the last value repeats): --cpu-quota 100,50.
+        --store-node K: host nK is a page-store node (role "page-store", keeping pages in
+        RUN/store); the other hosts flush to it over the network (page_store = "node:nK").
+        Without it every host flushes to the shared directory RUN/store.
   down  Stop daemons, kill every process on the hosts, remove namespaces, links, bridge,
         cgroups and the run dir. Safe when nothing (or half a cluster) is up.
   status
@@ -505,9 +509,11 @@ do_down() {
 }
 
 cmd_up() {
-  local n="" quotas="100" encrypt=true
+  local n="" quotas="100" encrypt=true store_node=""
   while (($#)); do
     case $1 in
+      --store-node) (($# >= 2)) || usage_error "--store-node needs a host number"; store_node=$2; shift 2 ;;
+      --store-node=*) store_node=${1#*=}; shift ;;
       --cpu-quota) (($# >= 2)) || usage_error "--cpu-quota needs a value"; quotas=$2; shift 2 ;;
       --cpu-quota=*) quotas=${1#*=}; shift ;;
       --encrypt-pages) encrypt=true; shift ;;
@@ -527,6 +533,9 @@ cmd_up() {
   ((${#qs[@]})) || usage_error "--cpu-quota: empty"
   for q in "${qs[@]}"; do check_quota "$q" >/dev/null; done
   ((${#qs[@]} <= n)) || usage_error "--cpu-quota: ${#qs[@]} values for $n hosts"
+  if [[ -n $store_node ]] && { ! [[ $store_node =~ ^[1-9]$ ]] || ((store_node > n)); }; then
+    usage_error "--store-node: a host number between 1 and $n, not '$store_node'"
+  fi
 
   need_root
   need_tools ip nsenter setsid flock od
@@ -593,7 +602,14 @@ cmd_up() {
       echo "socket = \"$RUN/n$k.sock\""
       echo "secret_file = \"$RUN/secret\""
       echo "state_dir = \"$RUN/n$k\""
-      echo "page_store = \"$RUN/store\""
+      if [[ -z $store_node ]]; then
+        echo "page_store = \"$RUN/store\""
+      elif ((k == store_node)); then
+        echo "role = \"page-store\""
+        echo "page_store = \"$RUN/store\""
+      else
+        echo "page_store = \"node:n$store_node\""
+      fi
       echo "encrypt_pages = $encrypt"
       echo "cgroup = \"$(cg_quota_dir "$k")\""
       for ((j = 1; j <= n; j++)); do
@@ -676,7 +692,7 @@ cmd_exec() {
       close_fds
       cg_enter "$k"
       exec setsid nsenter --net="/run/netns/$ns" -- "$@"
-    ) </dev/null >>"$out" 2>&1 &
+    ) </dev/null >"$out" 2>&1 &
     echo "$!"
   else
     cg_enter "$k"

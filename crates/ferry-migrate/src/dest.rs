@@ -307,7 +307,7 @@ impl Dest {
         let Some((pager, sink, reader, running)) = lazy else {
             return Ok(());
         };
-        sink.target.send_replace(Target::Uffd(Arc::clone(&pager)));
+        sink.hand_over(&pager);
         let pid = pager.pid.as_raw();
         self.pagers.lock().await.insert(pid, Arc::clone(&pager));
         let figures = pager.run(tx, rx, running).await;
@@ -569,6 +569,17 @@ struct PageSink {
     staged: AtomicBool,
     done: AtomicBool,
     failure: Mutex<Option<String>>,
+    /// Pages written straight into the vessel (with the state, or streamed before the pager
+    /// took over): the pager counts them as present.
+    in_vessel: std::sync::Mutex<InVessel>,
+}
+
+#[derive(Default)]
+struct InVessel {
+    /// (image address, bytes) written before the pager existed.
+    written: Vec<(u64, u64)>,
+    /// Once set, later writes are marked on it directly.
+    pager: Option<Arc<Pager>>,
 }
 
 impl PageSink {
@@ -580,7 +591,30 @@ impl PageSink {
             staged: AtomicBool::new(false),
             done: AtomicBool::new(false),
             failure: Mutex::new(None),
+            in_vessel: std::sync::Mutex::new(InVessel::default()),
         }
+    }
+
+    /// Records pages written into the vessel (the pager, once it exists, counts them).
+    fn wrote_to_vessel(&self, addr: u64, len: u64) {
+        let Ok(mut v) = self.in_vessel.lock() else {
+            return;
+        };
+        match &v.pager {
+            Some(pager) => pager.mark_image_range(addr, len),
+            None => v.written.push((addr, len)),
+        }
+    }
+
+    /// The pager takes over the pages connection; it counts what was written before it.
+    fn hand_over(&self, pager: &Arc<Pager>) {
+        if let Ok(mut v) = self.in_vessel.lock() {
+            for (addr, len) in std::mem::take(&mut v.written) {
+                pager.mark_image_range(addr, len);
+            }
+            v.pager = Some(Arc::clone(pager));
+        }
+        self.target.send_replace(Target::Uffd(Arc::clone(pager)));
     }
 
     async fn wait_eager_done(&self, timeout: Duration) -> Result<(), String> {
@@ -659,10 +693,9 @@ async fn read_pages(mut rx: Receiver, sink: Arc<PageSink>) {
                 };
                 match target {
                     Target::Vessel(pid) => {
-                        if let Err(e) =
-                            ferry_checkpoint::restore::write_segments(pid, &[(h.addr, data)])
-                        {
-                            *sink.failure.lock().await = Some(e.to_string());
+                        match ferry_checkpoint::restore::write_segments(pid, &[(h.addr, data)]) {
+                            Ok(()) => sink.wrote_to_vessel(h.addr, u64::from(h.len)),
+                            Err(e) => *sink.failure.lock().await = Some(e.to_string()),
                         }
                     }
                     Target::Uffd(pager) => pager.place_streamed(h.addr, data),
@@ -926,6 +959,13 @@ impl Pager {
             }
             Err(e) if e.errno() == Some(ferry_sys::Errno::ENOENT) => self.mark_image(ia, 1),
             Err(e) => debug!(addr = cur, error = %e, "not placed"),
+        }
+    }
+
+    /// Marks the pages of image range [ia, ia + len) present.
+    fn mark_image_range(&self, ia: u64, len: u64) {
+        for i in 0..len.div_ceil(PAGE_SIZE) {
+            self.mark_image(ia + i * PAGE_SIZE, 1);
         }
     }
 

@@ -426,7 +426,10 @@ impl Run {
         }
         tl.mark("destination ready");
         // From here on the process must never resume here unless the destination says it
-        // did not start it.
+        // did not start it. A pending SIGSTOP makes that hold even if this daemon dies: the
+        // kernel then detaches the frozen process, which stops instead of running a second
+        // copy. (SIGCONT discards it again on the path that resumes the process here.)
+        let _ = ferry_sys::host::send_signal(Pid::from_raw(self.pid), ferry_sys::libc::SIGSTOP);
         let sent_commit = ctl_tx.send_msg(&ToDest::Commit).await;
         let answer = match sent_commit {
             Ok(()) => tokio::time::timeout(self.cfg.timeout, ctl_rx.recv_msg::<ToSource>())
@@ -442,6 +445,10 @@ impl Run {
                     Ok(Some(pid)) => pid,
                     // It did not start there (and never will): resume here.
                     Ok(None) => {
+                        let _ = ferry_sys::host::send_signal(
+                            Pid::from_raw(self.pid),
+                            ferry_sys::libc::SIGCONT,
+                        );
                         drop(frozen);
                         return Err(Attempt::Rejected(
                             "the destination lost the process before starting it".into(),
@@ -475,16 +482,31 @@ impl Run {
                 report.residual_ms = Some(0.0);
             }
             Algorithm::DemandPaging | Algorithm::FileServer | Algorithm::FreezeFree => {
-                self.serve(
-                    &control,
-                    &mut ctl_rx,
-                    pages,
-                    &segments,
-                    &eager,
-                    &image,
-                    &mut report,
-                )
-                .await?;
+                let served = self
+                    .serve(
+                        &control,
+                        &mut ctl_rx,
+                        pages,
+                        &segments,
+                        &eager,
+                        &image,
+                        &mut report,
+                    )
+                    .await;
+                if let Err(e) = served {
+                    // The process ran at the destination: it must never resume here (nor may
+                    // another target be tried), even though the destination may have lost it.
+                    let err = match e {
+                        Attempt::Rejected(why) => MigrateError::Failed(format!(
+                            "the process ran at {}, but serving its memory from here failed: {why}",
+                            self.target.name
+                        )),
+                        Attempt::Fatal(e) => e,
+                    };
+                    error!(migration = %self.id, error = %err, "the lazy phase failed; ending the frozen copy here");
+                    let _ = frozen.call(|e| e.take().map(|e| e.frozen.kill())).await;
+                    return Err(Attempt::Fatal(err));
+                }
                 report.residual_ms = Some(ms(running_at.elapsed()));
             }
         }

@@ -28,7 +28,10 @@ use crate::units::{bytes, ms};
 pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Checkpoint(args) => bench_checkpoint(args),
-        BenchCommand::HoldMemory { mib } => hold_memory(mib),
+        BenchCommand::Migrate(args) => crate::bench_migrate::bench_migrate(args),
+        BenchCommand::HoldMemory { mib, dirty_mib_s } => hold_memory(mib, dirty_mib_s),
+        BenchCommand::TcpSink { listen } => crate::bench_migrate::tcp_sink(listen),
+        BenchCommand::TcpSource { connect, mib } => crate::bench_migrate::tcp_source(connect, mib),
     }
 }
 
@@ -61,12 +64,17 @@ fn verify(buf: &[u8]) -> bool {
     })
 }
 
-/// The benchmark's workload: writes `mib` MiB, says "ready" (a file next to the cwd), then
-/// waits; when `verify` appears it checks every byte and exits 0 (intact) or 1.
-fn hold_memory(mib: u64) -> Result<ExitCode> {
+/// The benchmarks' workload: writes `mib` MiB, says "ready" (a file in the cwd), then waits,
+/// rewriting `dirty_mib_s` MiB/s of its pages with the same content (pages dirtied at a set
+/// rate, the content still checkable); when `verify` appears it checks every byte and exits 0
+/// (intact) or 1.
+fn hold_memory(mib: u64, dirty_mib_s: u64) -> Result<ExitCode> {
     let mut buf = vec![0u8; (mib as usize) << 20];
     fill(&mut buf);
     fs::write("ready", b"ready\n").context("writing the ready file")?;
+    const TICK: Duration = Duration::from_millis(10);
+    let per_tick = ((dirty_mib_s << 20) / 100) as usize;
+    let mut at = 0usize;
     loop {
         if Path::new("verify").exists() {
             return Ok(if verify(&buf) {
@@ -75,7 +83,31 @@ fn hold_memory(mib: u64) -> Result<ExitCode> {
                 ExitCode::from(1)
             });
         }
-        std::thread::sleep(Duration::from_millis(20));
+        if per_tick > 0 && !buf.is_empty() {
+            let t = Instant::now();
+            let mut left = per_tick;
+            while left > 0 {
+                at %= buf.len();
+                let n = left.min(buf.len() - at);
+                // Same content, written again: the pages are dirty, the pattern intact.
+                fill_at(&mut buf[at..at + n], at);
+                at += n;
+                left -= n;
+            }
+            std::thread::sleep(TICK.saturating_sub(t.elapsed()));
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `fill` of the part of a buffer that starts at byte `offset` (a multiple of 8).
+fn fill_at(part: &mut [u8], offset: usize) {
+    for (i, chunk) in part.chunks_mut(8).enumerate() {
+        let v = ((offset / 8 + i) as u64)
+            .wrapping_mul(PATTERN_SEED)
+            .to_le_bytes();
+        chunk.copy_from_slice(&v[..chunk.len()]);
     }
 }
 

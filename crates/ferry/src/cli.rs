@@ -127,12 +127,67 @@ pub struct DaemonArgs {
 pub enum BenchCommand {
     /// Checkpoint and restore processes of several resident sizes; report medians.
     Checkpoint(BenchCheckpointArgs),
-    /// (internal) hold SIZE MiB of written memory and wait; used by the benchmark.
+    /// Migrate processes between two test hosts with every algorithm, several sizes, write
+    /// rates and link speeds; report medians against the link's raw TCP throughput.
+    Migrate(BenchMigrateArgs),
+    /// (internal) hold SIZE MiB of written memory and wait; used by the benchmarks.
     #[command(hide = true)]
     HoldMemory {
         #[arg(long)]
         mib: u64,
+        /// Rewrite pages (same content) at this rate, MiB/s.
+        #[arg(long, default_value_t = 0)]
+        dirty_mib_s: u64,
     },
+    /// (internal) accept TCP connections and discard their bytes.
+    #[command(hide = true)]
+    TcpSink {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
+    /// (internal) send MIB MiB over one TCP connection; print MB/s.
+    #[command(hide = true)]
+    TcpSource {
+        #[arg(long)]
+        connect: std::net::SocketAddr,
+        #[arg(long)]
+        mib: u64,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct BenchMigrateArgs {
+    /// Resident sizes, e.g. 16M,256M,1G,4G.
+    #[arg(long, default_value = "16M,256M,1G,4G", value_delimiter = ',')]
+    pub sizes: Vec<String>,
+    /// Algorithms to measure.
+    #[arg(
+        long,
+        default_value = "total-copy,pre-copy,demand-paging,file-server,freeze-free",
+        value_delimiter = ','
+    )]
+    pub algorithms: Vec<String>,
+    /// Write rates of the workload while it moves, MiB/s (0: idle).
+    #[arg(long, default_value = "0,50", value_delimiter = ',')]
+    pub dirty_rates: Vec<u64>,
+    /// Link settings: "unshaped", or a tc rate such as 1gbit.
+    #[arg(long, default_value = "unshaped,1gbit", value_delimiter = ',')]
+    pub links: Vec<String>,
+    /// Runs per cell (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Encrypt page traffic (default: plain, as on a trusted link; authentication is always on).
+    #[arg(long)]
+    pub encrypt_pages: bool,
+    /// Write a plot of latency and total time per algorithm (SVG).
+    #[arg(long, default_value = "bench-migrate.svg")]
+    pub plot: Option<PathBuf>,
+    /// Also write every cell's figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// The test cluster script.
+    #[arg(long, default_value = "scripts/testnet.sh")]
+    pub testnet: PathBuf,
 }
 
 #[derive(Args, Debug)]

@@ -4,9 +4,11 @@
 //! and maps errors to the documented exit codes ([`exit::Code`]).
 
 mod bench;
+mod bench_migrate;
 mod cli;
 mod exit;
 mod inspect;
+mod plot;
 mod remote;
 mod units;
 

@@ -15,6 +15,8 @@
 //! --detach` leaves behind are reparented to it and reaped here with their exit status.
 #![allow(dead_code)] // every test file uses a different part of this
 
+pub mod cluster;
+
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File};

@@ -1,0 +1,552 @@
+//! Live migration between test hosts (`scripts/testnet.sh`: network namespaces, real daemons,
+//! real sockets): every algorithm on the workloads of the checkpoint tests, each compared byte
+//! for byte with an uninterrupted run; chains n1 -> n2 -> n3 -> n1; a destination that is down
+//! or refuses; a peer without the cluster secret; the old host dying after the move; a
+//! page-store node.
+//!
+//! One cluster at a time (the tests of this file take turns); each test brings its own up.
+
+mod support;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::cluster::{Cluster, migrate_scenario};
+use support::*;
+
+const ALGORITHMS: [&str; 5] = [
+    "total-copy",
+    "pre-copy",
+    "demand-paging",
+    "file-server",
+    "freeze-free",
+];
+
+fn lit(s: &str) -> Arg {
+    Arg::Lit(s.to_string())
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// SCENARIO on n1, moved to n2 mid-run with each algorithm in turn.
+fn with_every_algorithm(scenario: Scenario) {
+    let scenario = scenario.stderr_to_stdout();
+    let scratch = Scratch::new(scenario.label);
+    let reference = scenario.reference(&scratch);
+    let cluster = Cluster::up(2, &[]);
+    for algorithm in ALGORITHMS {
+        migrate_scenario(
+            &cluster,
+            &scratch,
+            &scenario,
+            &reference,
+            algorithm,
+            &["n2"],
+            &[],
+        );
+    }
+}
+
+// --- the checkpoint issue's workloads, with every algorithm ------------------------------------
+
+#[test]
+fn counter_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    with_every_algorithm(Scenario::new(
+        "mig-counter",
+        c_workload("counter"),
+        Marker::Text("\n5\n"),
+    ));
+}
+
+#[test]
+fn nanosleep_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    with_every_algorithm(
+        Scenario::new(
+            "mig-sleeper",
+            c_workload("sleeper"),
+            Marker::Text("nanosleep 2:"),
+        )
+        .settle(ms(50)),
+    );
+}
+
+#[test]
+fn poll_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    with_every_algorithm(
+        Scenario::new(
+            "mig-poller",
+            c_workload("poller"),
+            Marker::Text("poll 3: ret="),
+        )
+        .args(&[Arg::File("poll.dat")])
+        .settle(ms(50)),
+    );
+}
+
+#[test]
+fn sigsuspend_woken_after_migration_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    with_every_algorithm(
+        Scenario::new(
+            "mig-sigsuspend",
+            c_workload("sigsuspend"),
+            Marker::Text("ready"),
+        )
+        .settle(ms(300))
+        .wake(Signal::SIGUSR1),
+    );
+}
+
+#[test]
+fn heap_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    with_every_algorithm(
+        Scenario::new("mig-heap", c_workload("heap"), Marker::Text("ready"))
+            .args(&[lit("128")])
+            .settle(ms(300)),
+    );
+}
+
+#[test]
+fn file_mappings_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    with_every_algorithm(
+        Scenario::new(
+            "mig-shared-map",
+            c_workload("shared_map"),
+            Marker::Text("step 5\n"),
+        )
+        .args(&[Arg::File("shared.map")]),
+    );
+    with_every_algorithm(
+        Scenario::new(
+            "mig-private-map",
+            c_workload("private_map"),
+            Marker::Text("step 5\n"),
+        )
+        .args(&[Arg::File("private.map")]),
+    );
+}
+
+#[test]
+fn fpu_avx_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    with_every_algorithm(
+        Scenario::new("mig-fpu-avx", c_workload("fpu_avx"), Marker::Text("ready")).settle(ms(500)),
+    );
+}
+
+#[test]
+fn signal_state_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    with_every_algorithm(Scenario::new(
+        "mig-signals",
+        c_workload("signals"),
+        Marker::Text("sleep 1\n"),
+    ));
+}
+
+#[test]
+fn files_and_credentials_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    with_every_algorithm(
+        Scenario::new("mig-files", c_workload("files"), Marker::Text("sleep 1\n"))
+            .args(&[Arg::Dir]),
+    );
+    with_every_algorithm(Scenario::new(
+        "mig-creds",
+        c_workload("creds"),
+        Marker::Text("sleep 1\n"),
+    ));
+}
+
+#[test]
+fn python3_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    with_every_algorithm(
+        Scenario::new(
+            "mig-python",
+            system_program("python3"),
+            Marker::Text("step 3:"),
+        )
+        .args(&[lit(&python_workload("compute.py").to_string_lossy())]),
+    );
+}
+
+#[test]
+fn rust_workload_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    with_every_algorithm(Scenario::new(
+        "mig-wl-compute",
+        rust_workload("wl-compute"),
+        Marker::Text("step 3:"),
+    ));
+}
+
+// --- chains ------------------------------------------------------------------------------------
+
+/// n1 -> n2 -> n3 -> n1 with each algorithm, on a process whose memory is needed slowly (so
+/// that lazy algorithms still depend on the previous host when the next hop starts).
+#[test]
+fn chain_of_three_hosts_and_back_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    let scenario = Scenario::new("mig-chain", c_workload("slowtouch"), Marker::Text("ready"))
+        .args(&[lit("64"), lit("800"), lit("3")])
+        .stderr_to_stdout();
+    let scratch = Scratch::new(scenario.label);
+    let reference = scenario.reference(&scratch);
+    let cluster = Cluster::up(3, &[]);
+    for algorithm in ALGORITHMS {
+        migrate_scenario(
+            &cluster,
+            &scratch,
+            &scenario,
+            &reference,
+            algorithm,
+            &["n2", "n3", "n1"],
+            &["--wait", "0"],
+        );
+    }
+}
+
+/// The page store on a third host (a daemon in page-store role): file-server and freeze-free
+/// flush there, and faults after the flush are served from it.
+#[test]
+fn page_store_node_serves_file_server_and_freeze_free() {
+    if !needs_root() {
+        return;
+    }
+    let scenario = Scenario::new(
+        "mig-store-node",
+        c_workload("slowtouch"),
+        Marker::Text("ready"),
+    )
+    .args(&[lit("64"), lit("1000"), lit("3")])
+    .stderr_to_stdout();
+    let scratch = Scratch::new(scenario.label);
+    let reference = scenario.reference(&scratch);
+    let cluster = Cluster::up(3, &["--store-node", "3"]);
+    for algorithm in ["file-server", "freeze-free"] {
+        let reports = migrate_scenario(
+            &cluster,
+            &scratch,
+            &scenario,
+            &reference,
+            algorithm,
+            &["n2", "n1"],
+            &[],
+        );
+        for r in &reports {
+            assert!(
+                r["store_bytes"].as_u64().unwrap_or(0) >= 64 << 20,
+                "{algorithm}: every page should have been flushed to the store node: {r}"
+            );
+            if algorithm == "file-server" {
+                assert!(
+                    r["store_faults"].as_u64().unwrap_or(0) > 0,
+                    "file-server: faults after the flush should have been served by the store \
+                     node: {r}"
+                );
+            }
+        }
+    }
+    // Every migration ended, so the store node keeps nothing (files go as their processes end).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<_> = fs::read_dir(cluster.store_dir())
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the store node still keeps {left:?}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(ms(100));
+    }
+}
+
+// --- nothing lost ------------------------------------------------------------------------------
+
+/// A process asked to move to a host that is down, or that refuses it, keeps running where it
+/// was, unharmed; with several targets it lands on the next one that accepts.
+#[test]
+fn unreachable_or_refusing_destination_leaves_the_process_running() {
+    if !needs_root() {
+        return;
+    }
+    let scenario = Scenario::new(
+        "mig-refused",
+        c_workload("slowtouch"),
+        Marker::Text("ready"),
+    )
+    .args(&[lit("96"), lit("3000"), lit("3")])
+    .stderr_to_stdout();
+    let scratch = Scratch::new(scenario.label);
+    let reference = scenario.reference(&scratch);
+    let cluster = Cluster::up(3, &[]);
+    // n3 accepts at most 32 MiB.
+    cluster.testnet_ok(&["kill", "n3", "--term"]);
+    // (A top-level key: it goes before the [[peer]] tables.)
+    let cfg = fs::read_to_string("/run/ferry-tests/n3.toml").expect("n3.toml");
+    let cfg = format!("memory_limit = 33554432\n{cfg}");
+    fs::write("/run/ferry-tests/n3.toml", cfg).expect("rewriting n3.toml");
+    cluster.testnet_ok(&["start", "n3"]);
+    // n2's daemon is down (its host still answers: connections are refused at once).
+    cluster.testnet_ok(&["kill", "n2"]);
+
+    let dir = scratch.subdir("run");
+    let launch = scenario.launch("run", &dir);
+    let mut proc = cluster.spawn("n1", &launch);
+    scenario.wait_marker(&mut proc);
+    for algorithm in ALGORITHMS {
+        for to in ["n2", "n3", "n2,n3"] {
+            let before = proc.output_bytes().len();
+            let err = cluster
+                .migrate("n1", proc.raw_pid(), to, algorithm, &[])
+                .expect_err(&format!("{algorithm} to {to} should fail"));
+            if to == "n3" {
+                assert!(
+                    err.contains("memory"),
+                    "{algorithm}: n3's refusal should name the reason (memory): {err}"
+                );
+            }
+            let stat = proc_stat(proc.raw_pid()).expect("the process is gone after a failed move");
+            assert!(
+                matches!(stat.state, 'S' | 'R'),
+                "{algorithm} to {to}: the process should run at n1 as before, but its state is \
+                 {}\n{err}",
+                stat.state
+            );
+            assert!(
+                proc_status(proc.raw_pid(), "TracerPid").as_deref() == Some("0"),
+                "{algorithm} to {to}: the process is still traced after a failed move"
+            );
+            assert!(proc.output_bytes().len() >= before);
+        }
+    }
+    // Let n2 come back: `--to n3,n2` is refused by n3 and lands on n2.
+    cluster.testnet_ok(&["start", "n2"]);
+    let (moved, report) = cluster.migrate_ok("n1", proc.raw_pid(), "n3,n2", "freeze-free", &[]);
+    assert_eq!(moved.node, "n2", "{report}");
+    assert!(
+        report["rejected"].to_string().contains("n3"),
+        "the report should list n3's refusal: {report}"
+    );
+    let status = moved.wait(&cluster, TIMEOUT);
+    assert_eq!(status, "Exited(0)");
+    assert_same(
+        "output after refusals",
+        &proc.output_bytes(),
+        &reference.stdout,
+        &cluster.logs(),
+    );
+}
+
+/// A peer that does not hold the cluster secret cannot make a daemon create a process: a real
+/// ferry peer with a wrong secret fails its handshake, and an impostor that sends bytes shaped
+/// like anything is dropped before a byte of it is read as a migration. (With the secret, the
+/// same connection succeeds: the test can tell the difference.)
+#[test]
+fn peer_without_the_secret_cannot_create_a_process() {
+    if !needs_root() {
+        return;
+    }
+    let cluster = Cluster::up(1, &[]);
+    let procs_before = host_processes("n1");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let connect = |secret: &ferry_wire::ClusterSecret| {
+        rt.block_on(ferry_wire::Connection::connect(
+            "10.77.0.1:7070",
+            secret,
+            ferry_wire::Role::Control,
+            ferry_wire::Mode::Encrypted,
+            "impostor",
+            Duration::from_secs(5),
+        ))
+    };
+    let wrong = ferry_wire::ClusterSecret::generate().expect("a random secret");
+    let refused = connect(&wrong);
+    assert!(
+        refused.is_err(),
+        "a peer with a wrong secret got a connection"
+    );
+    let right = ferry_wire::ClusterSecret::load("/run/ferry-tests/secret").expect("the secret");
+    let accepted = connect(&right);
+    assert!(
+        accepted.is_ok(),
+        "the real secret should connect: {:?}",
+        accepted.err()
+    );
+    drop(accepted);
+
+    // Raw bytes: the right preamble with a made-up handshake (or a wrong preamble), then what
+    // could pass for a process image.
+    for attempt in 0..3u8 {
+        let mut tcp = TcpStream::connect("10.77.0.1:7070").expect("connecting to n1's daemon");
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut junk: Vec<u8> = b"FERRYW".to_vec();
+        junk.extend([ferry_wire::WIRE_VERSION + attempt / 2, 0, 0, 48]);
+        junk.extend((0..48).map(|i| i ^ attempt));
+        junk.extend(std::iter::repeat_n(0x41, 64 << 10));
+        let _ = tcp.write_all(&junk);
+        let mut buf = [0u8; 256];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // The daemon closes the connection.
+        while let Ok(n) = tcp.read(&mut buf) {
+            if n == 0 || Instant::now() > deadline {
+                break;
+            }
+        }
+    }
+    std::thread::sleep(ms(200));
+    let log = cluster.log("n1");
+    assert!(
+        log.matches("refused a peer").count() >= 4,
+        "n1 should log each refused peer (1 wrong secret + 3 impostors)\n{log}"
+    );
+    assert!(
+        !log.contains("rebuilding") && !log.contains("running migration"),
+        "n1 started restoring something\n{log}"
+    );
+    assert_eq!(
+        host_processes("n1"),
+        procs_before,
+        "processes appeared on n1\n{log}"
+    );
+}
+
+/// The pids in host NODE's cgroup.
+fn host_processes(node: &str) -> Vec<i32> {
+    let cg = fs::read_to_string(format!("/run/ferry-tests/{node}.toml"))
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.strip_prefix("cgroup = \"")
+                    .map(|s| s.trim_end_matches('"').to_string())
+            })
+        })
+        .expect("the host's cgroup in its config");
+    let mut pids: Vec<i32> = fs::read_to_string(format!("{cg}/cgroup.procs"))
+        .or_else(|_| fs::read_to_string(format!("{cg}/tasks")))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Demand paging leaves the process depending on its old host: when that host dies, the
+/// process is ended with a clear log line (never left hanging, never running on zero pages).
+/// File-server and freeze-free no longer depend on it once their flush completed: the process
+/// finishes correctly after the old host died.
+#[test]
+fn old_host_death_ends_demand_paging_but_not_file_server_or_freeze_free() {
+    if !needs_root() {
+        return;
+    }
+    let scenario = Scenario::new(
+        "mig-old-host",
+        c_workload("slowtouch"),
+        Marker::Text("ready"),
+    )
+    .args(&[lit("64"), lit("1500"), lit("3")])
+    .stderr_to_stdout();
+    let scratch = Scratch::new(scenario.label);
+    let reference = scenario.reference(&scratch);
+    let cluster = Cluster::up(2, &[]);
+
+    for algorithm in ["demand-paging", "file-server", "freeze-free"] {
+        let dir = scratch.subdir(algorithm);
+        let launch = scenario.launch(algorithm, &dir);
+        let mut proc = cluster.spawn("n1", &launch);
+        scenario.wait_marker(&mut proc);
+        // demand-paging: return as soon as it runs at n2; the others: once the flush completed.
+        let wait = if algorithm == "demand-paging" {
+            "0"
+        } else {
+            "30"
+        };
+        let (moved, report) =
+            cluster.migrate_ok("n1", proc.raw_pid(), "n2", algorithm, &["--wait", wait]);
+        if algorithm != "demand-paging" {
+            assert!(
+                report["residual_ms"].is_number(),
+                "{algorithm}: the residual dependency should have ended: {report}"
+            );
+        }
+        cluster.testnet_ok(&["kill", "n1", "--host"]);
+        let status = moved.wait(&cluster, TIMEOUT);
+        let output = proc.output_bytes();
+        if algorithm == "demand-paging" {
+            assert_eq!(status, "Signaled(9)", "{}", cluster.logs());
+            assert!(
+                cluster
+                    .log("n2")
+                    .contains("the process's memory lives on a host that is no longer reachable"),
+                "n2 should say why it ended the process\n{}",
+                cluster.logs()
+            );
+            assert!(
+                !String::from_utf8_lossy(&output).contains("done"),
+                "the demand-paged process finished before its old host died: the test proves \
+                 nothing (make slowtouch run longer)"
+            );
+            // The frozen source did not come back to life when its daemon died: it is stopped.
+            let state = proc_stat(proc.raw_pid()).map(|s| s.state);
+            assert!(
+                matches!(state, Some('T') | Some('t') | Some('Z') | None),
+                "the source copy runs again after its daemon died: {state:?}"
+            );
+        } else {
+            assert_eq!(status, "Exited(0)", "{algorithm}\n{}", cluster.logs());
+            assert_same(
+                &format!("{algorithm} after the old host died"),
+                &output,
+                &reference.stdout,
+                &cluster.logs(),
+            );
+        }
+        proc.kill_tree();
+        drop(moved);
+        cluster.testnet_ok(&["start", "n1"]);
+    }
+}
