@@ -12,6 +12,9 @@ have sha256sum || need+=(coreutils)
 have mount || need+=(mount)
 have ip || need+=(iproute2)
 have tc || need+=(iproute2)
+have nsenter || need+=(util-linux)
+have setsid || need+=(util-linux)
+have flock || need+=(util-linux)
 
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

@@ -159,12 +159,10 @@ pub async fn migrate_out(
             algorithm,
             t0,
             updates: updates.clone(),
+            rejected_before: rejected.clone(),
         };
         match run.attempt(&offer, &mut timeline).await {
-            Ok(mut report) => {
-                report.rejected = rejected;
-                return Ok(report);
-            }
+            Ok(report) => return Ok(report),
             Err(Attempt::Rejected(reason)) => {
                 info!(migration = %id, target = %target.name, %reason, "refused");
                 rejected.push((target.name.clone(), reason));
@@ -231,6 +229,8 @@ struct Run {
     algorithm: Algorithm,
     t0: Instant,
     updates: mpsc::UnboundedSender<Update>,
+    /// Targets that refused before this one (in every report of this migration).
+    rejected_before: Vec<(String, String)>,
 }
 
 /// The control connection's sending half, shared by the tasks that answer faults and report
@@ -310,6 +310,7 @@ impl Run {
             from: self.cfg.node.clone(),
             to: self.target.name.clone(),
             pid: self.pid,
+            rejected: self.rejected_before.clone(),
             ..MigrationReport::default()
         };
 
@@ -823,6 +824,7 @@ impl Run {
             algorithm: self.algorithm,
             t0: self.t0,
             updates: self.updates.clone(),
+            rejected_before: self.rejected_before.clone(),
         }
     }
 }
