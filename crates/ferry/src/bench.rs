@@ -35,7 +35,8 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     }
 }
 
-fn parse_size(s: &str) -> Result<u64> {
+/// A size in MiB from "64M", "1G" or a plain number of MiB.
+pub(crate) fn parse_size(s: &str) -> Result<u64> {
     let s = s.trim();
     let (num, mult) = match s.chars().last() {
         Some('G' | 'g') => (&s[..s.len() - 1], 1024),

@@ -330,19 +330,6 @@ fn logged_total_ms(log: &str, id: &str) -> Option<f64> {
     rest[..rest.find(')')?].parse().ok()
 }
 
-fn parse_mib(s: &str) -> Result<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last() {
-        Some('G' | 'g') => (&s[..s.len() - 1], 1024),
-        Some('M' | 'm') => (&s[..s.len() - 1], 1),
-        _ => (s, 1),
-    };
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("size {s:?}: expected e.g. 16M or 1G"))?;
-    Ok(n * mult)
-}
-
 fn size_label(mib: u64) -> String {
     if mib >= 1024 && mib.is_multiple_of(1024) {
         format!("{} GiB", mib / 1024)
@@ -358,7 +345,7 @@ pub fn bench_migrate(args: BenchMigrateArgs) -> Result<ExitCode> {
     let sizes: Vec<u64> = args
         .sizes
         .iter()
-        .map(|s| parse_mib(s))
+        .map(|s| crate::bench::parse_size(s))
         .collect::<Result<_>>()?;
     for a in &args.algorithms {
         a.parse::<ferry_migrate::report::Algorithm>()
