@@ -76,3 +76,25 @@ else
   echo "demo: the outputs differ" >&2
   exit 1
 fi
+
+echo "== load sharing: 3 hosts with half a CPU each, automatic migration on (docs/load-sharing.md)"
+"$tn" up 3 --cpu-quota 50 --auto-migrate >/dev/null
+sleep 2
+mkdir -p "$work/jobs"
+echo "   6 CPU-bound jobs submitted at n1 (ferry run --on n1), each ~3 CPU seconds"
+for _ in 1 2 3 4 5 6; do
+  (cd "$work/jobs" && "$tn" exec n1 -- "$ferry" run --on n1 -- "$ferry" bench spin --units 3000 | head -n 1)
+done
+start=$(date +%s.%N)
+sleep 5
+echo "== ferry nodes (as n1 sees the cluster) and ferry ps, 5 s later"
+"$tn" exec n1 -- "$ferry" nodes
+"$tn" exec n3 -- "$ferry" ps
+until "$tn" exec n1 -- "$ferry" ps --json | python3 -c '
+import json, sys
+jobs = json.load(sys.stdin)
+sys.exit(0 if len(jobs) >= 6 and all(j["ended_ms"] is not None for j in jobs) else 1)'; do
+  sleep 0.5
+done
+"$tn" exec n1 -- "$ferry" ps
+echo "== all 6 jobs done in $(python3 -c "import time; print(round(time.time() - $start + 0.0, 1))") s after submission (all on n1 alone: ~36 s; ideal: 12 s)"

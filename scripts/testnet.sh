@@ -6,7 +6,7 @@
 # `ferry daemon`. See docs/testnet.md. Needs root.
 #
 #   scripts/testnet.sh up N [--cpu-quota PERCENT[,PERCENT...]|max] [--encrypt-pages|--plain-pages]
-#                           [--store-node K]
+#                           [--store-node K] [--policy P] [--groups G[,G...]] [--auto-migrate]
 #   scripts/testnet.sh down
 #   scripts/testnet.sh status
 #   scripts/testnet.sh exec NODE [--detach [--out FILE]] [--] CMD [ARGS...]
@@ -51,6 +51,9 @@ on this machine. Run as root.
         --store-node K: host nK is a page-store node (role "page-store", keeping pages in
         RUN/store); the other hosts flush to it over the network (page_store = "node:nK").
         Without it every host flushes to the shared directory RUN/store.
+        --policy P: placement policy of every daemon (bidding, drafting, hybrid).
+        --groups G,...: placement group per host (the last value repeats), for hybrid.
+        --auto-migrate: daemons move CPU-bound processes off overloaded hosts.
   down  Stop daemons, kill every process on the hosts, remove namespaces, links, bridge,
         cgroups and the run dir. Safe when nothing (or half a cluster) is up.
   status
@@ -509,9 +512,12 @@ do_down() {
 }
 
 cmd_up() {
-  local n="" quotas="100" encrypt=true store_node=""
+  local n="" quotas="100" encrypt=true store_node="" policy="" groups="" auto=false
   while (($#)); do
     case $1 in
+      --policy) (($# >= 2)) || usage_error "--policy needs bidding, drafting or hybrid"; policy=$2; shift 2 ;;
+      --groups) (($# >= 2)) || usage_error "--groups needs a list, e.g. a,a,b"; groups=$2; shift 2 ;;
+      --auto-migrate) auto=true; shift ;;
       --store-node) (($# >= 2)) || usage_error "--store-node needs a host number"; store_node=$2; shift 2 ;;
       --store-node=*) store_node=${1#*=}; shift ;;
       --cpu-quota) (($# >= 2)) || usage_error "--cpu-quota needs a value"; quotas=$2; shift 2 ;;
@@ -533,6 +539,11 @@ cmd_up() {
   ((${#qs[@]})) || usage_error "--cpu-quota: empty"
   for q in "${qs[@]}"; do check_quota "$q" >/dev/null; done
   ((${#qs[@]} <= n)) || usage_error "--cpu-quota: ${#qs[@]} values for $n hosts"
+  case $policy in "" | bidding | drafting | hybrid) ;; *) usage_error "--policy '$policy': bidding, drafting or hybrid" ;; esac
+  local -a gs=()
+  IFS=, read -ra gs <<<"$groups"
+  local g
+  for g in "${gs[@]}"; do [[ $g =~ ^[A-Za-z0-9-]+$ ]] || usage_error "--groups: '$g' is not a group name (letters, digits, -)"; done
   if [[ -n $store_node ]] && { ! [[ $store_node =~ ^[1-9]$ ]] || ((store_node > n)); }; then
     usage_error "--store-node: a host number between 1 and $n, not '$store_node'"
   fi
@@ -612,6 +623,9 @@ cmd_up() {
       fi
       echo "encrypt_pages = $encrypt"
       echo "cgroup = \"$(cg_quota_dir "$k")\""
+      echo "auto_migrate = $auto"
+      [[ -z $policy ]] || echo "policy = \"$policy\""
+      if ((${#gs[@]})); then echo "group = \"${gs[k - 1]:-${gs[${#gs[@]} - 1]}}\""; fi
       for ((j = 1; j <= n; j++)); do
         ((j == k)) && continue
         printf '\n[[peer]]\nname = "n%d"\naddr = "%s:%d"\n' "$j" "$(addr_of "$j")" "$PORT"

@@ -11,6 +11,10 @@
 //! role = "normal"                      # or "page-store"
 //! cgroup = "/sys/fs/cgroup/cpu/ferry/n1"
 //! memory_limit = 1073741824           # bytes a migrated process may need here (optional)
+//! gossip = "10.77.0.1:7070"            # UDP address for load gossip (default: listen)
+//! group = "lab"                        # placement group of the hybrid policy (optional)
+//! policy = "bidding"                   # placement: bidding | drafting | hybrid
+//! auto_migrate = false                 # move CPU-bound processes off this node when overloaded
 //!
 //! [[peer]]
 //! name = "n2"
@@ -21,6 +25,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use crate::placement::Policy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -66,6 +72,10 @@ struct File {
     role: Option<Role>,
     cgroup: Option<PathBuf>,
     memory_limit: Option<u64>,
+    gossip: Option<SocketAddr>,
+    group: Option<String>,
+    policy: Option<String>,
+    auto_migrate: Option<bool>,
     #[serde(default)]
     peer: Vec<Peer>,
 }
@@ -85,6 +95,14 @@ pub struct Config {
     /// Most bytes of memory a process may need to be accepted here (beyond what the machine
     /// has available anyway).
     pub memory_limit: Option<u64>,
+    /// UDP address of the load gossip (chitchat); the peers' TCP addresses are the seeds.
+    pub gossip: SocketAddr,
+    /// Placement group (hybrid policy); "" = none.
+    pub group: String,
+    /// How this node places new processes and picks targets for automatic migration.
+    pub policy: Policy,
+    /// Move long-running CPU-bound processes off this node when it is overloaded.
+    pub auto_migrate: bool,
     pub peers: Vec<Peer>,
 }
 
@@ -99,6 +117,9 @@ pub struct Overrides {
     pub page_store: Option<String>,
     pub plain_pages: bool,
     pub role: Option<Role>,
+    pub group: Option<String>,
+    pub policy: Option<Policy>,
+    pub auto_migrate: bool,
     pub peers: Vec<Peer>,
 }
 
@@ -182,7 +203,27 @@ impl Config {
                 dup.name
             )));
         }
+        let policy = match (over.policy, file.policy) {
+            (Some(p), _) => p,
+            (None, Some(text)) => text
+                .parse()
+                .map_err(|e: String| ConfigError::Invalid(format!("policy: {e}")))?,
+            (None, None) => Policy::Bidding,
+        };
+        let group = over.group.or(file.group).unwrap_or_default();
+        if !group
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(ConfigError::Invalid(format!(
+                "group {group:?}: use letters, digits and '-'"
+            )));
+        }
         Ok(Config {
+            gossip: file.gossip.unwrap_or(listen),
+            group,
+            policy,
+            auto_migrate: over.auto_migrate || file.auto_migrate.unwrap_or(false),
             state_dir: over
                 .state_dir
                 .or(file.state_dir)
@@ -275,6 +316,38 @@ addr = "10.77.0.3:7070"
         assert!(!c.encrypt_pages);
         assert_eq!(c.page_store, Some(PageStore::Node("n3".into())));
         assert_eq!(c.peer("n2").unwrap().addr, "10.0.0.9:1".parse().unwrap());
+    }
+
+    #[test]
+    fn load_sharing_keys() {
+        let c = Config::load(Some(write(SAMPLE).path()), Overrides::default()).unwrap();
+        assert_eq!(c.policy, Policy::Bidding);
+        assert!(!c.auto_migrate);
+        assert_eq!(c.group, "");
+        assert_eq!(c.gossip, c.listen);
+        let f = write(&format!(
+            "{SAMPLE}\n"
+        ).replace("encrypt_pages = true", "encrypt_pages = true\npolicy = \"hybrid\"\ngroup = \"lab\"\nauto_migrate = true\ngossip = \"10.77.0.1:7071\""));
+        let c = Config::load(Some(f.path()), Overrides::default()).unwrap();
+        assert_eq!(c.policy, Policy::Hybrid);
+        assert_eq!(c.group, "lab");
+        assert!(c.auto_migrate);
+        assert_eq!(c.gossip, "10.77.0.1:7071".parse().unwrap());
+        let c = Config::load(
+            Some(f.path()),
+            Overrides {
+                policy: Some(Policy::Drafting),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.policy, Policy::Drafting);
+        let bad = write(&SAMPLE.replace("encrypt_pages = true", "policy = \"lottery\""));
+        let e = Config::load(Some(bad.path()), Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("bidding, drafting, hybrid"), "{e}");
+        let bad = write(&SAMPLE.replace("encrypt_pages = true", "group = \"a b\""));
+        let e = Config::load(Some(bad.path()), Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("group"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use ferry_migrate::{Algorithm, MigrationReport};
 
+use crate::gossip::Advert;
+use crate::jobs::JobInfo;
+use crate::placement::Policy;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "kebab-case")]
 pub enum Request {
@@ -19,6 +23,25 @@ pub enum Request {
     },
     /// This node, its peers, and migrations it knows of.
     Status,
+    /// Start a job (`ferry run`): on `on`, or where `policy` (default: the daemon's) places
+    /// it. The daemon runs it with the caller's credentials.
+    Run {
+        argv: Vec<String>,
+        cwd: String,
+        env: Vec<(String, String)>,
+        stdout: Option<String>,
+        stderr: Option<String>,
+        on: Option<String>,
+        policy: Option<Policy>,
+    },
+    /// Every ferry-managed process of the cluster, as this node knows them.
+    Ps,
+    /// Every node this node knows, with its load figures and their age.
+    Nodes,
+    /// Drain `node` (or stop draining it).
+    Drain { node: String, on: bool },
+    /// The owner of `node` is present (or away).
+    Owner { node: String, present: bool },
 }
 
 /// Why a request failed, for the CLI's exit code.
@@ -51,6 +74,22 @@ pub enum Event {
     Status {
         status: NodeStatus,
     },
+    /// A job started.
+    Started {
+        job: JobInfo,
+        /// Why there.
+        placement: String,
+    },
+    Jobs {
+        jobs: Vec<JobInfo>,
+    },
+    Nodes {
+        nodes: Vec<NodeRow>,
+    },
+    /// A request without a result of its own succeeded.
+    Done {
+        message: String,
+    },
     Failed {
         kind: FailureKind,
         message: String,
@@ -64,6 +103,32 @@ pub struct NodeStatus {
     pub peers: Vec<String>,
     /// Migrations this node took part in, most recent last (reports as far as known).
     pub migrations: Vec<MigrationReport>,
+}
+
+/// One node in `ferry nodes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRow {
+    pub name: String,
+    /// alive, dead (the failure detector), or self.
+    pub status: String,
+    /// Age of its figures, as the asking node sees them.
+    pub age_ms: Option<u64>,
+    pub advert: Option<Advert>,
+    /// Load-sharing counters (only for the node that answers).
+    pub counters: Option<Counts>,
+}
+
+/// What a node did for load sharing since it started.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Requests and answers between daemons (bids, claims, drafts, spawns, drain, owner).
+    pub messages: u64,
+    pub bids: u64,
+    pub claims: u64,
+    pub drafts: u64,
+    pub spawns: u64,
+    pub auto_migrations: u64,
+    pub evictions: u64,
 }
 
 #[cfg(test)]

@@ -13,6 +13,10 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, PageStore, Role};
 use crate::control::{Event, FailureKind, NodeStatus, Request};
+use crate::gossip::Gossip;
+use crate::jobs::Jobs;
+use crate::peer::{Counters, PeerReply, PeerRequest};
+use crate::sharing::Sharing;
 use ferry_migrate::store::{DirStore, PageStore as PageStoreHandle, StoreAccess};
 use ferry_migrate::store_node::NodeStore;
 
@@ -33,6 +37,10 @@ pub struct Shared {
     pub history: Mutex<Vec<ferry_migrate::MigrationReport>>,
     pub source: Arc<ferry_migrate::source::SourceConfig>,
     pub dest: Arc<ferry_migrate::dest::Dest>,
+    pub jobs: Arc<Jobs>,
+    pub gossip: Gossip,
+    pub sharing: Arc<Sharing>,
+    pub counters: Counters,
 }
 
 /// How long a peer may stay silent during a migration.
@@ -40,8 +48,16 @@ const PEER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Memory a destination keeps free when it accepts a process.
 const RESERVE_BYTES: u64 = 64 << 20;
 
+/// Nice value of the daemon's threads: on a loaded host it must still freeze, copy and answer
+/// at once (the processes it starts or restores get their own nice value back).
+pub const DAEMON_NICE: i32 = -10;
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), DaemonError> {
+    // Before any thread exists, so that every thread of the runtime inherits it.
+    if let Err(e) = ferry_sys::host::set_nice(0, DAEMON_NICE) {
+        warn!(error = %e, "cannot raise the daemon's priority; migrations off a loaded host will be slow");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("ferry-daemon")
@@ -83,6 +99,20 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     let secret = ferry_wire::ClusterSecret::load(&config.secret_file)
         .map_err(|e| DaemonError::Setup(e.to_string()))?;
     let (source_store, served) = page_stores(&config, &secret)?;
+    let sharing = Arc::new(Sharing::default());
+    let admission: ferry_migrate::dest::Admission = {
+        let sharing = Arc::clone(&sharing);
+        let config = config.clone();
+        Arc::new(move |_offer: &ferry_migrate::protocol::Offer| {
+            sharing.refusal(&config).map_or(Ok(()), Err)
+        })
+    };
+    let (dest_events, mut dest_rx) = mpsc::unbounded_channel();
+    let jobs = Arc::new(Jobs::new(&config.node, &config.state_dir));
+    let seeds: Vec<std::net::SocketAddr> = config.peers.iter().map(|p| p.addr).collect();
+    let gossip = Gossip::start(&config.node, config.gossip, secret.cluster_name(), seeds)
+        .await
+        .map_err(DaemonError::Setup)?;
     let source = Arc::new(ferry_migrate::source::SourceConfig {
         node: config.node.clone(),
         secret: secret.clone(),
@@ -104,6 +134,8 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         reserve_bytes: RESERVE_BYTES,
         page_store_only: config.role == Role::PageStore,
         memory_limit: config.memory_limit,
+        admission: Some(admission),
+        events: Some(dest_events),
     });
     let mut peers = ferry_wire::Listener::bind(
         config.listen,
@@ -119,6 +151,33 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         history: Mutex::new(Vec::new()),
         source,
         dest: Arc::clone(&dest),
+        jobs,
+        gossip,
+        sharing,
+        counters: Counters::default(),
+    });
+    tokio::spawn(crate::sharing::measure_and_publish(Arc::clone(&shared)));
+    tokio::spawn(crate::sharing::balance(Arc::clone(&shared)));
+    tokio::spawn({
+        let jobs = Arc::clone(&shared.jobs);
+        let sharing = Arc::clone(&shared.sharing);
+        async move {
+            while let Some(ev) = dest_rx.recv().await {
+                match ev {
+                    ferry_migrate::dest::DestEvent::Started { from, pid, tag, .. } => {
+                        let comm = ferry_sys::proc::status(ferry_sys::Pid::from_raw(pid))
+                            .map(|s| s.name)
+                            .unwrap_or_default();
+                        jobs.adopt(pid, tag.as_deref(), &from, &comm);
+                        // Bids and claims right after must see it.
+                        sharing.count_arrival();
+                    }
+                    ferry_migrate::dest::DestEvent::Exited { pid, status, cpu } => {
+                        jobs.ended(pid, status, cpu)
+                    }
+                }
+            }
+        }
     });
     tokio::spawn({
         let dest = Arc::clone(&dest);
@@ -142,6 +201,9 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
                     }
                     None => warn!(peer = conn.peer_node(), "a page-store connection, but this node keeps no page store"),
                 },
+                Ok(conn) if conn.role() == ferry_wire::Role::Cluster => {
+                    tokio::spawn(peer_session(Arc::clone(&shared), conn));
+                }
                 Ok(conn) => {
                     let dest = Arc::clone(&shared.dest);
                     tokio::spawn(async move { dest.handle(conn).await });
@@ -162,6 +224,22 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&shared.config.socket);
     info!(node = %shared.config.node, "ferry daemon down");
     Ok(())
+}
+
+/// One load-sharing request from a peer daemon.
+async fn peer_session(shared: Arc<Shared>, mut conn: ferry_wire::Connection) {
+    let peer = conn.peer_node().to_string();
+    let req = match tokio::time::timeout(PEER_TIMEOUT, conn.recv_msg::<PeerRequest>()).await {
+        Ok(Ok(r)) => r,
+        other => {
+            warn!(%peer, ?other, "cluster connection without a request");
+            return;
+        }
+    };
+    let reply: PeerReply = crate::sharing::answer(Arc::clone(&shared), &peer, req).await;
+    if let Err(e) = conn.send_msg(&reply).await {
+        warn!(%peer, error = %e, "answering a cluster request");
+    }
 }
 
 /// The store this node flushes to as a source, and the directory it serves to peers (a
@@ -250,6 +328,48 @@ async fn control_session(shared: Arc<Shared>, stream: UnixStream) {
         }
         (Ok(Request::Migrate { pid, to, algorithm }), Ok((_, uid, _))) => {
             crate::migrate::handle(shared, uid, pid, to, algorithm, tx.clone()).await;
+        }
+        (
+            Ok(Request::Run {
+                argv,
+                cwd,
+                env,
+                stdout,
+                stderr,
+                on,
+                policy,
+            }),
+            Ok((_, uid, gid)),
+        ) => {
+            let spec = crate::jobs::RunSpec {
+                argv,
+                cwd,
+                env,
+                uid,
+                gid,
+                stdout,
+                stderr,
+            };
+            let ev = crate::commands::run(shared, (uid, gid), spec, on, policy).await;
+            let _ = tx.send(ev).await;
+        }
+        (Ok(Request::Ps), Ok(_)) => {
+            let _ = tx.send(crate::commands::ps(&shared).await).await;
+        }
+        (Ok(Request::Nodes), Ok(_)) => {
+            let _ = tx.send(crate::commands::nodes(&shared).await).await;
+        }
+        (Ok(Request::Drain { node, on }), Ok((_, uid, _))) => {
+            let req = PeerRequest::Drain { on };
+            let _ = tx
+                .send(crate::commands::set_flag(shared, uid, node, req).await)
+                .await;
+        }
+        (Ok(Request::Owner { node, present }), Ok((_, uid, _))) => {
+            let req = PeerRequest::Owner { present };
+            let _ = tx
+                .send(crate::commands::set_flag(shared, uid, node, req).await)
+                .await;
         }
     }
     drop(tx);

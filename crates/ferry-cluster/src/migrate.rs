@@ -116,7 +116,18 @@ pub async fn handle(
             }
         })
     };
-    let result = migrate_out(Arc::clone(&shared.source), pid, targets, algorithm, utx).await;
+    // A job carries its record (id, CPU time, output files) to its new node.
+    let tag = shared.jobs.begin_move(pid);
+    let result = migrate_out(
+        Arc::clone(&shared.source),
+        pid,
+        targets,
+        algorithm,
+        tag,
+        utx,
+    )
+    .await;
+    shared.jobs.end_move(pid, result.is_ok());
     let _ = forward.await;
     match result {
         Ok(report) => {

@@ -23,7 +23,7 @@ use ferry_image::{PAGE_SIZE, ProcessImage};
 use ferry_sys::uffd::{RegisterMode, Uffd};
 use ferry_sys::{Pid, host};
 use ferry_wire::{Connection, Received, Receiver, Role, Sender};
-use tokio::sync::{Mutex, Notify, watch};
+use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::changes::Changes;
@@ -49,6 +49,33 @@ pub struct DestConfig {
     pub page_store_only: bool,
     /// Refuse processes needing more memory than this.
     pub memory_limit: Option<u64>,
+    /// The layer above may refuse an offer too (a draining node, its owner present): the
+    /// reason, or `Ok`.
+    pub admission: Option<Admission>,
+    /// Where processes that start or end here are announced.
+    pub events: Option<mpsc::UnboundedSender<DestEvent>>,
+}
+
+/// A check of the layer above on every offer.
+pub type Admission = Arc<dyn Fn(&Offer) -> Result<(), String> + Send + Sync>;
+
+/// What the destination tells the layer above.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DestEvent {
+    /// A migrated process runs here now.
+    Started {
+        migration: String,
+        from: String,
+        pid: i32,
+        /// The offer's tag.
+        tag: Option<String>,
+    },
+    /// A process that migrated here ended (and was reaped), after using `cpu` here.
+    Exited {
+        pid: i32,
+        status: host::ExitStatus,
+        cpu: Option<Duration>,
+    },
 }
 
 /// What a vessel thread holds.
@@ -192,6 +219,9 @@ impl Dest {
 
     /// Why this host refuses `offer`, if it does.
     fn judge(&self, offer: &Offer) -> Result<(), String> {
+        if let Some(admit) = &self.cfg.admission {
+            admit(offer)?;
+        }
         if self.cfg.page_store_only {
             return Err(format!(
                 "{} is a page store and runs no processes",
@@ -508,7 +538,15 @@ impl Dest {
             warn!(migration = id, pid = pid.as_raw(), error = %e, "started, but lost the source");
         }
         info!(migration = id, pid = pid.as_raw(), insertion_ms, "running");
-        reap_when_done(pid);
+        if let Some(events) = &self.cfg.events {
+            let _ = events.send(DestEvent::Started {
+                migration: id.to_string(),
+                from: offer.from.clone(),
+                pid: pid.as_raw(),
+                tag: offer.tag.clone(),
+            });
+        }
+        reap_when_done(pid, self.cfg.events.clone());
 
         let Some(uffd) = uffd else {
             reader.abort();
@@ -544,11 +582,22 @@ type LazyPhase = (
 );
 
 /// Reaps a restored process (a child of the daemon) when it exits.
-fn reap_when_done(pid: Pid) {
+fn reap_when_done(pid: Pid, events: Option<mpsc::UnboundedSender<DestEvent>>) {
     tokio::spawn(async move {
         ferry_sys::aio::exited(pid).await;
+        // A zombie still shows its CPU time; read it before reaping.
+        let cpu = ferry_sys::load::cpu_usage(pid).ok().map(|(c, _)| c);
         match host::try_reap(pid) {
-            Ok(Some(status)) => info!(pid = pid.as_raw(), ?status, "migrated process ended"),
+            Ok(Some(status)) => {
+                info!(pid = pid.as_raw(), ?status, "migrated process ended");
+                if let Some(events) = events {
+                    let _ = events.send(DestEvent::Exited {
+                        pid: pid.as_raw(),
+                        status,
+                        cpu,
+                    });
+                }
+            }
             other => debug!(pid = pid.as_raw(), ?other, "reaping"),
         }
     });

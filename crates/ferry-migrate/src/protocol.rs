@@ -38,7 +38,7 @@ use ferry_image::{Platform, ProcessImage};
 use crate::report::{Algorithm, FaultStats};
 
 /// Version of this protocol; both ends must speak the same.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// Page frame tags.
 pub mod tag {
@@ -63,6 +63,8 @@ pub struct Offer {
     /// Files the process has open or mapped (they must exist at the destination).
     pub files: Vec<String>,
     pub platform: Platform,
+    /// What the layer above says about the process (the cluster's job record), carried as is.
+    pub tag: Option<String>,
 }
 
 /// The frozen process's state.

@@ -131,12 +131,14 @@ pub fn migration_id(node: &str, pid: i32) -> String {
 
 /// Moves `pid` to the first of `targets` that accepts it, with `algorithm`. Returns the final
 /// report once nothing is needed from this host any more; `updates` hears progress and, as
-/// soon as the process runs there, [`Update::Running`].
+/// soon as the process runs there, [`Update::Running`]. `tag` travels with the offer to the
+/// destination's [`crate::dest::DestEvent::Started`].
 pub async fn migrate_out(
     cfg: Arc<SourceConfig>,
     pid: i32,
     targets: Vec<Target>,
     algorithm: Algorithm,
+    tag: Option<String>,
     updates: mpsc::UnboundedSender<Update>,
 ) -> Result<MigrationReport, MigrateError> {
     let t0 = Instant::now();
@@ -147,7 +149,7 @@ pub async fn migrate_out(
         )));
     }
     let mut timeline = Timeline::new();
-    let offer = make_offer(&cfg, &id, pid, algorithm)?;
+    let offer = make_offer(&cfg, &id, pid, algorithm, tag)?;
     timeline.mark("offer");
     let mut rejected = Vec::new();
     for target in &targets {
@@ -179,6 +181,7 @@ fn make_offer(
     id: &str,
     pid: i32,
     algorithm: Algorithm,
+    tag: Option<String>,
 ) -> Result<Offer, MigrateError> {
     let p = Pid::from_raw(pid);
     ferry_checkpoint::mobility::preflight(p).map_err(checkpoint_error)?;
@@ -215,6 +218,7 @@ fn make_offer(
         memory_bytes: (status.rssanon.unwrap_or(0) + status.rssshmem.unwrap_or(0)) * 1024,
         files,
         platform,
+        tag,
     })
 }
 

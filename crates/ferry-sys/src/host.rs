@@ -330,6 +330,21 @@ pub fn try_reap(pid: Pid) -> Result<Option<ExitStatus>> {
     Ok(None)
 }
 
+/// Sets the nice value of thread `tid` (a process's main thread has its pid as tid; 0: the
+/// calling thread). Threads created afterwards by that thread inherit it.
+pub fn set_nice(tid: i32, nice: i32) -> Result<()> {
+    // SAFETY: setpriority takes plain integers and touches no memory of ours.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if r != 0 {
+        return Err(SysError::syscall(
+            "setpriority",
+            Pid::from_raw(tid),
+            nix::errno::Errno::last(),
+        ));
+    }
+    Ok(())
+}
+
 /// Free memory the kernel can hand out without swapping (`MemAvailable`), in bytes.
 pub fn mem_available() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;

@@ -12,6 +12,7 @@
 //! - [`proc`]: what `/proc` tells about a process (maps with VmFlags, status, fds, limits).
 //! - [`host`]: facts about this machine (kernel release, vDSO, XSAVE layout).
 //! - [`spawn`]: an empty, traced child process to restore into.
+//! - [`load`]: run-queue length and CPU capacity of the host (machine-wide or its cgroup).
 //! - [`aio`]: kernel fds (userfaultfd, pidfd) watched by tokio.
 //! - [`abi`]: kernel structures and constants that libc does not define (yet).
 //! - [`file`]: mapped image files.
@@ -25,6 +26,7 @@ pub mod dirty;
 pub mod file;
 pub mod host;
 pub mod inject;
+pub mod load;
 pub mod mem;
 pub mod pagemap;
 pub mod pidfd;

@@ -67,10 +67,11 @@ pub enum Role {
     Control = 1,
     /// A bulk page stream.
     Pages = 2,
-    /// Page-fault requests and their replies.
-    Faults = 3,
     /// Access to a page store.
     Store = 4,
+    /// Load sharing between daemons: bids, drafts, remote execution, drain and owner
+    /// requests (one request, one answer).
+    Cluster = 5,
 }
 
 impl Role {
@@ -78,8 +79,8 @@ impl Role {
         match v {
             1 => Some(Role::Control),
             2 => Some(Role::Pages),
-            3 => Some(Role::Faults),
             4 => Some(Role::Store),
+            5 => Some(Role::Cluster),
             _ => None,
         }
     }
@@ -90,8 +91,8 @@ impl fmt::Display for Role {
         f.write_str(match self {
             Role::Control => "control",
             Role::Pages => "pages",
-            Role::Faults => "faults",
             Role::Store => "store",
+            Role::Cluster => "cluster",
         })
     }
 }

@@ -61,6 +61,17 @@ impl ClusterSecret {
         ClusterSecret(bytes)
     }
 
+    /// A public name of the cluster derived from the secret (SHA-256 of a label and the
+    /// secret, 16 hex digits): clusters with different secrets do not mix their gossip. It
+    /// reveals nothing usable about the secret and authenticates nothing.
+    pub fn cluster_name(&self) -> String {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"ferry cluster name v1\0");
+        ctx.update(&self.0);
+        let d = ctx.finish();
+        d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// A fresh random secret from the operating system's generator.
     pub fn generate() -> Result<ClusterSecret, SecretError> {
         let mut b = [0u8; SECRET_LEN];
@@ -210,6 +221,16 @@ mod tests {
             "{e}"
         );
         assert_eq!(ClusterSecret::load(&path).unwrap(), s);
+    }
+
+    #[test]
+    fn cluster_name_is_stable_and_differs_per_secret() {
+        let a = ClusterSecret::from_bytes([7; 32]);
+        let name = a.cluster_name();
+        assert_eq!(name.len(), 16);
+        assert_eq!(name, ClusterSecret::from_bytes([7; 32]).cluster_name());
+        assert_ne!(name, ClusterSecret::from_bytes([8; 32]).cluster_name());
+        assert!(!name.contains("0707"), "{name}");
     }
 
     #[test]

@@ -77,7 +77,7 @@ async fn pair(mode: Mode, role: Role) -> (Connection, Connection) {
 #[tokio::test]
 async fn handshake_tells_both_sides_names_role_and_mode() {
     for mode in [Mode::Encrypted, Mode::Plain] {
-        for role in [Role::Control, Role::Pages, Role::Faults, Role::Store] {
+        for role in [Role::Control, Role::Pages, Role::Store, Role::Cluster] {
             let (c, r) = pair(mode, role).await;
             let ci = c.info();
             let ri = r.info();

@@ -29,6 +29,8 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Checkpoint(args) => bench_checkpoint(args),
         BenchCommand::Migrate(args) => crate::bench_migrate::bench_migrate(args),
+        BenchCommand::Balance(args) => crate::bench_balance::bench_balance(args),
+        BenchCommand::Spin { units } => crate::bench_balance::spin(units),
         BenchCommand::HoldMemory { mib, dirty_mib_s } => hold_memory(mib, dirty_mib_s),
         BenchCommand::TcpSink { listen } => crate::bench_migrate::tcp_sink(listen),
         BenchCommand::TcpSource { connect, mib } => crate::bench_migrate::tcp_source(connect, mib),

@@ -61,13 +61,13 @@ pub fn tcp_source(connect: SocketAddr, mib: u64) -> Result<ExitCode> {
 }
 
 /// The test cluster, taken down on drop.
-struct Cluster {
+pub(crate) struct Cluster {
     testnet: PathBuf,
     ferry: PathBuf,
 }
 
 impl Cluster {
-    fn cmd(&self, args: &[&str]) -> Command {
+    pub(crate) fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.testnet);
         c.args(args)
             .env("FERRY", &self.ferry)
@@ -76,7 +76,7 @@ impl Cluster {
         c
     }
 
-    fn run(&self, args: &[&str]) -> Result<Output> {
+    pub(crate) fn run(&self, args: &[&str]) -> Result<Output> {
         let out = self
             .cmd(args)
             .output()
@@ -92,15 +92,26 @@ impl Cluster {
     }
 
     fn up(testnet: PathBuf, encrypt: bool) -> Result<Cluster> {
-        let ferry = std::env::current_exe().context("finding this ferry binary")?;
-        let c = Cluster { testnet, ferry };
         let pages = if encrypt {
             "--encrypt-pages"
         } else {
             "--plain-pages"
         };
-        c.run(&["up", "2", "--cpu-quota", "max", pages])?;
+        Cluster::up_with(testnet, &["2", "--cpu-quota", "max", pages])
+    }
+
+    /// `testnet.sh up ARGS...` with this ferry binary.
+    pub(crate) fn up_with(testnet: PathBuf, args: &[&str]) -> Result<Cluster> {
+        let ferry = std::env::current_exe().context("finding this ferry binary")?;
+        let c = Cluster { testnet, ferry };
+        let mut all = vec!["up"];
+        all.extend_from_slice(args);
+        c.run(&all)?;
         Ok(c)
+    }
+
+    pub(crate) fn ferry(&self) -> &Path {
+        &self.ferry
     }
 
     /// Starts a program on NODE in DIR; its pid.
@@ -161,7 +172,7 @@ impl Drop for Cluster {
     }
 }
 
-fn median_f(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median_f(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }

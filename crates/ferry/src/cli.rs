@@ -82,11 +82,59 @@ pub enum Command {
         #[arg(long, default_value_t = 5.0)]
         wait: f64,
     },
+    /// Start a migratable process somewhere in the cluster (remote execution). The working
+    /// directory, program and output files must exist on the node that runs it (a shared
+    /// file system); output goes to CWD/ferry-ID.out and .err unless --stdout/--stderr.
+    Run {
+        /// Run it on this node.
+        #[arg(long, conflicts_with = "policy")]
+        on: Option<String>,
+        /// Placement policy (default: the daemon's).
+        #[arg(long)]
+        policy: Option<ferry_cluster::placement::Policy>,
+        /// File for its standard output (default CWD/ferry-ID.out).
+        #[arg(long)]
+        stdout: Option<PathBuf>,
+        /// File for its standard error (default CWD/ferry-ID.err).
+        #[arg(long)]
+        stderr: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Every ferry-managed process of the cluster: id, node, pid, CPU time, age, state,
+    /// mobility.
+    Ps {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The nodes this node knows, their load and how old that figure is.
+    Nodes {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move every mobile process off NODE and refuse new ones there (--undo: take them again).
+    Drain {
+        node: String,
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Autonomous workstation: when its owner is present, NODE evicts foreign processes and
+    /// takes none.
+    Owner { node: String, presence: Presence },
     /// Run the ferry daemon of this host.
     Daemon(DaemonArgs),
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    Present,
+    Away,
 }
 
 #[derive(Args, Debug)]
@@ -121,6 +169,15 @@ pub struct DaemonArgs {
     /// normal, or page-store (holds pages for others, runs no processes).
     #[arg(long)]
     pub role: Option<String>,
+    /// Placement group (for the hybrid policy).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Placement policy: bidding, drafting or hybrid.
+    #[arg(long)]
+    pub policy: Option<ferry_cluster::placement::Policy>,
+    /// Move long-running CPU-bound processes off this node when it is overloaded.
+    #[arg(long)]
+    pub auto_migrate: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -130,6 +187,15 @@ pub enum BenchCommand {
     /// Migrate processes between two test hosts with every algorithm, several sizes, write
     /// rates and link speeds; report medians against the link's raw TCP throughput.
     Migrate(BenchMigrateArgs),
+    /// Makespan of 12 CPU-bound jobs submitted at one of 3 test hosts: no balancing, each
+    /// placement policy, automatic migration; against the ideal.
+    Balance(BenchBalanceArgs),
+    /// (internal) a CPU-bound job: UNITS million steps of an LCG; prints the final value.
+    #[command(hide = true)]
+    Spin {
+        #[arg(long)]
+        units: u64,
+    },
     /// (internal) hold SIZE MiB of written memory and wait; used by the benchmarks.
     #[command(hide = true)]
     HoldMemory {
@@ -183,6 +249,40 @@ pub struct BenchMigrateArgs {
     #[arg(long, default_value = "bench-migrate.svg")]
     pub plot: Option<PathBuf>,
     /// Also write every cell's figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// The test cluster script.
+    #[arg(long, default_value = "scripts/testnet.sh")]
+    pub testnet: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchBalanceArgs {
+    /// Configurations: none, bidding, drafting, hybrid (placement at submission), auto,
+    /// auto-drafting, auto-hybrid (every job at n1, then automatic migration choosing targets
+    /// by bidding, drafting or hybrid).
+    #[arg(
+        long,
+        default_value = "none,bidding,drafting,hybrid,auto,auto-drafting,auto-hybrid",
+        value_delimiter = ','
+    )]
+    pub configs: Vec<String>,
+    /// Jobs, all submitted at n1.
+    #[arg(long, default_value_t = 12)]
+    pub jobs: usize,
+    /// CPU seconds of the shortest and longest job (seeded uniform mix in between).
+    #[arg(long, default_value = "1.0,6.0", value_delimiter = ',')]
+    pub cpu_seconds: Vec<f64>,
+    /// Seed of the job mix.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// CPU quota of each of the 3 hosts, percent of one CPU.
+    #[arg(long, default_value_t = 50)]
+    pub quota: u32,
+    /// Runs per configuration (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Also write every run's figures as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// The test cluster script.

@@ -4,8 +4,10 @@
 //! and maps errors to the documented exit codes ([`exit::Code`]).
 
 mod bench;
+mod bench_balance;
 mod bench_migrate;
 mod cli;
+mod cluster;
 mod exit;
 mod inspect;
 mod plot;
@@ -74,6 +76,20 @@ fn run(socket: &Path, command: Command) -> Result<ExitCode> {
             wait,
         } => remote::migrate(socket, pid, to, algorithm, json, wait),
         Command::Daemon(args) => daemon(args),
+        Command::Run {
+            on,
+            policy,
+            stdout,
+            stderr,
+            json,
+            command,
+        } => cluster::run(socket, command, on, policy, stdout, stderr, json),
+        Command::Ps { json } => cluster::ps(socket, json),
+        Command::Nodes { json } => cluster::nodes(socket, json),
+        Command::Drain { node, undo } => cluster::drain(socket, node, !undo),
+        Command::Owner { node, presence } => {
+            cluster::owner(socket, node, presence == cli::Presence::Present)
+        }
     }
 }
 
@@ -164,6 +180,9 @@ fn daemon(args: cli::DaemonArgs) -> Result<ExitCode> {
             page_store: args.page_store,
             plain_pages: args.plain_pages,
             role,
+            group: args.group,
+            policy: args.policy,
+            auto_migrate: args.auto_migrate,
             peers,
         },
     )?;

@@ -151,7 +151,7 @@ pub fn migrate(
                 failure = Some(RemoteFailure { kind, message });
                 Next::Stop
             }
-            Event::Status { .. } => Next::Continue,
+            _ => Next::Continue,
         })
     })?;
     bar.finish_and_clear();
