@@ -33,10 +33,20 @@ const MOVES_PER_ROUND: usize = 8;
 const BALANCE_ALGORITHM: Algorithm = Algorithm::FreezeFree;
 const EVICT_ALGORITHM: Algorithm = Algorithm::TotalCopy;
 
+/// The run queue as sampled.
+struct RunQueue {
+    /// Exponential average.
+    average: f64,
+    /// The last sample.
+    now: u32,
+    sampled_at: Instant,
+}
+
 /// The load-sharing state of a daemon.
 pub struct Sharing {
-    /// Smoothed run queue and the last raw sample.
-    load: std::sync::Mutex<(f64, u32, Instant)>,
+    load: std::sync::Mutex<RunQueue>,
+    /// A failed sample was reported (once).
+    sample_warned: AtomicBool,
     pub draining: AtomicBool,
     pub owner_present: AtomicBool,
     seq: AtomicU64,
@@ -48,7 +58,12 @@ pub struct Sharing {
 impl Default for Sharing {
     fn default() -> Self {
         Sharing {
-            load: std::sync::Mutex::new((0.0, 0, Instant::now())),
+            load: std::sync::Mutex::new(RunQueue {
+                average: 0.0,
+                now: 0,
+                sampled_at: Instant::now(),
+            }),
+            sample_warned: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             owner_present: AtomicBool::new(false),
             seq: AtomicU64::new(0),
@@ -68,15 +83,15 @@ impl Sharing {
     /// bid or claim right after does.
     pub fn count_arrival(&self) {
         let mut l = self.load.lock().unwrap_or_else(|p| p.into_inner());
-        l.1 += 1;
-        l.0 += 1.0;
+        l.now += 1;
+        l.average += 1.0;
     }
 
     /// A process left: count it gone now rather than when the average catches up.
     fn count_departure(&self) {
         let mut l = self.load.lock().unwrap_or_else(|p| p.into_inner());
-        l.1 = l.1.saturating_sub(1);
-        l.0 = (l.0 - 1.0).max(0.0);
+        l.now = l.now.saturating_sub(1);
+        l.average = (l.average - 1.0).max(0.0);
     }
 
     /// Why a node with `config` and this state takes no new processes, if it does not.
@@ -105,7 +120,9 @@ fn sample(shared: &Shared) -> Option<u32> {
     match r {
         Ok(n) => Some(n),
         Err(e) => {
-            debug!(error = %e, "sampling the run queue");
+            if !shared.sharing.sample_warned.swap(true, Ordering::Relaxed) {
+                warn!(error = %e, "cannot sample the run queue; this node's load is not known");
+            }
             None
         }
     }
@@ -125,11 +142,14 @@ fn capacity(shared: &Shared) -> (f64, u32, Option<f64>) {
 /// This node's figures now: the smoothed run queue, never below the current sample (a
 /// process that just started counts at once).
 pub fn own_figures(shared: &Shared) -> Figures {
-    let (ema, now, _) = *shared
-        .sharing
-        .load
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let (ema, now) = {
+        let l = shared
+            .sharing
+            .load
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        (l.average, l.now)
+    };
     let (capacity, _, _) = capacity(shared);
     Figures {
         run_queue: ema.max(now as f64),
@@ -196,11 +216,11 @@ pub async fn measure_and_publish(shared: Arc<Shared>) {
                 .load
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            let dt = l.2.elapsed().as_secs_f64();
+            let dt = l.sampled_at.elapsed().as_secs_f64();
             let w = 1.0 - (-dt / SMOOTHING.as_secs_f64()).exp();
-            l.0 += (n as f64 - l.0) * w;
-            l.1 = n;
-            l.2 = Instant::now();
+            l.average += (n as f64 - l.average) * w;
+            l.now = n;
+            l.sampled_at = Instant::now();
         }
         if publish_at.elapsed() >= GOSSIP_INTERVAL {
             publish_at = Instant::now();
@@ -209,7 +229,12 @@ pub async fn measure_and_publish(shared: Arc<Shared>) {
             let advert = Advert {
                 seq: shared.sharing.seq.fetch_add(1, Ordering::Relaxed),
                 run_queue: f.run_queue,
-                run_queue_now: shared.sharing.load.lock().map(|l| l.1).unwrap_or_default(),
+                run_queue_now: shared
+                    .sharing
+                    .load
+                    .lock()
+                    .map(|l| l.now)
+                    .unwrap_or_default(),
                 capacity: f.capacity,
                 cpus,
                 quota,
