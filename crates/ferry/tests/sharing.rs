@@ -13,13 +13,12 @@ use serde_json::Value;
 use support::cluster::Cluster;
 use support::*;
 
-/// `ferry ARGS` on NODE (through `testnet.sh exec`), in directory `cwd`.
-fn ferry(cluster: &Cluster, node: &str, cwd: &std::path::Path, args: &[&str]) -> Output {
+/// `ferry ARGS` on NODE of the cluster that is up (through `testnet.sh exec`), in `cwd`.
+fn ferry(node: &str, cwd: &std::path::Path, args: &[&str]) -> Output {
     let bin = ferry_bin();
     let bin = bin.to_string_lossy();
     let mut all = vec!["exec", node, "--", &*bin];
     all.extend_from_slice(args);
-    let _ = cluster;
     std::process::Command::new(repo_root().join("scripts/testnet.sh"))
         .args(&all)
         .env("FERRY", ferry_bin())
@@ -43,12 +42,7 @@ fn json_of(cluster: &Cluster, out: &Output) -> Value {
 }
 
 fn nodes(cluster: &Cluster, node: &str) -> Vec<Value> {
-    let out = ferry(
-        cluster,
-        node,
-        std::path::Path::new("/"),
-        &["nodes", "--json"],
-    );
+    let out = ferry(node, std::path::Path::new("/"), &["nodes", "--json"]);
     json_of(cluster, &out)
         .as_array()
         .cloned()
@@ -56,7 +50,7 @@ fn nodes(cluster: &Cluster, node: &str) -> Vec<Value> {
 }
 
 fn ps(cluster: &Cluster, node: &str) -> Vec<Value> {
-    let out = ferry(cluster, node, std::path::Path::new("/"), &["ps", "--json"]);
+    let out = ferry(node, std::path::Path::new("/"), &["ps", "--json"]);
     json_of(cluster, &out)
         .as_array()
         .cloned()
@@ -77,7 +71,7 @@ fn run_spin(
     let mut all = vec!["run", "--json"];
     all.extend_from_slice(args);
     all.extend_from_slice(&["--", &*bin, "bench", "spin", "--units", &u]);
-    json_of(cluster, &ferry(cluster, node, dir, &all))
+    json_of(cluster, &ferry(node, dir, &all))
 }
 
 fn wait_until(what: &str, cluster: &Cluster, timeout: Duration, mut cond: impl FnMut() -> bool) {
@@ -198,7 +192,6 @@ fn run_on_a_node_shows_in_ps_everywhere_and_moves_with_its_id() {
     );
     // Moved by hand, it keeps its id and counts the move.
     let out = ferry(
-        &cluster,
         "n2",
         scratch.path(),
         &["migrate", &pid.to_string(), "--to", "n3", "--json"],
@@ -238,7 +231,7 @@ fn run_refuses_clearly_and_starts_nothing() {
         (&["run", "--", "no-such-program-here"], "not found in PATH"),
     ];
     for (args, want) in cases {
-        let out = ferry(&cluster, "n1", scratch.path(), args);
+        let out = ferry("n1", scratch.path(), args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(err.contains(want), "{args:?}: {err}");
@@ -332,7 +325,6 @@ fn automatic_migration_balances_without_ping_pong() {
     let immobile = json_of(
         &cluster,
         &ferry(
-            &cluster,
             "n1",
             scratch.path(),
             &[
@@ -421,7 +413,7 @@ fn owner_return_evicts_foreign_jobs_and_drain_empties_the_node() {
         foreign["id"].as_str().unwrap_or("").to_string(),
         own["id"].as_str().unwrap_or("").to_string(),
     );
-    let out = ferry(&cluster, "n3", scratch.path(), &["owner", "n2", "present"]);
+    let out = ferry("n3", scratch.path(), &["owner", "n2", "present"]);
     assert!(
         out.status.success(),
         "{}",
@@ -440,21 +432,16 @@ fn owner_return_evicts_foreign_jobs_and_drain_empties_the_node() {
         "{jobs:?}"
     );
     // No new process there while the owner is present.
-    let out = ferry(
-        &cluster,
-        "n1",
-        scratch.path(),
-        &["run", "--on", "n2", "--", "true"],
-    );
+    let out = ferry("n1", scratch.path(), &["run", "--on", "n2", "--", "true"]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("owner"),
         "{out:?}"
     );
 
-    let out = ferry(&cluster, "n1", scratch.path(), &["owner", "n2", "away"]);
+    let out = ferry("n1", scratch.path(), &["owner", "n2", "away"]);
     assert!(out.status.success());
-    let out = ferry(&cluster, "n1", scratch.path(), &["drain", "n2"]);
+    let out = ferry("n1", scratch.path(), &["drain", "n2"]);
     assert!(
         out.status.success(),
         "{}",
