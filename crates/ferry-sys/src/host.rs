@@ -330,6 +330,16 @@ pub fn try_reap(pid: Pid) -> Result<Option<ExitStatus>> {
     Ok(None)
 }
 
+/// Lets SIGPIPE end this process, as it ends other command-line tools (`ferry ps | head`):
+/// Rust ignores it by default, which turns a closed pipe into a write error.
+pub fn default_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: installs SIG_DFL, which runs no code in ferry.
+    unsafe {
+        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
+    }
+}
+
 /// Sets the nice value of thread `tid` (a process's main thread has its pid as tid; 0: the
 /// calling thread). Threads created afterwards by that thread inherit it.
 pub fn set_nice(tid: i32, nice: i32) -> Result<()> {

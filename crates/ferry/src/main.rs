@@ -30,6 +30,10 @@ fn main() -> ExitCode {
     // The daemon logs every migration's outcome and figures: info is its quietest level.
     let floor = u8::from(matches!(cli.command, Command::Daemon(_)));
     init_logging(cli.verbose.max(floor));
+    // A daemon must survive peers that hang up; a command printing into `head` need not.
+    if !matches!(cli.command, Command::Daemon(_)) {
+        ferry_sys::host::default_sigpipe();
+    }
     match run(&cli.socket, cli.command) {
         Ok(code) => code,
         Err(err) => {
