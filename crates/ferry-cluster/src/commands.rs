@@ -70,7 +70,7 @@ pub async fn ps(shared: &Shared) -> Event {
         .await
         .into_iter()
         .filter(|p| p.name != shared.config.node)
-        .flat_map(|p| p.jobs)
+        .flat_map(|p| p.jobs())
         .collect();
     Event::Jobs {
         jobs: crate::jobs::merge(mine.into_iter().chain(others)),
@@ -139,7 +139,7 @@ pub async fn set_flag(
         _ => String::new(),
     };
     let reply = if node == shared.config.node {
-        sharing::answer(Arc::clone(&shared), &shared.config.node.clone(), req).await
+        sharing::answer(Arc::clone(&shared), &shared.config.node, req).await
     } else {
         match sharing::address_of(&shared, &node).await {
             None => {

@@ -63,13 +63,24 @@ pub struct PeerView {
     pub alive: bool,
     /// Its last advert, if one came through.
     pub advert: Option<Advert>,
-    pub jobs: Vec<JobInfo>,
+    /// Its jobs as published (JSON), parsed by [`PeerView::jobs`] only when asked.
+    jobs_json: Option<String>,
     /// Time since this daemon first saw the advert it holds (zero for itself).
     pub age: Option<Duration>,
 }
 
 /// A node as chitchat holds it: name, generation, alive, `load` (value, version), `jobs`.
 type RawNode = (String, u64, bool, Option<(String, u64)>, Option<String>);
+
+impl PeerView {
+    /// The node's jobs as it last published them.
+    pub fn jobs(&self) -> Vec<JobInfo> {
+        self.jobs_json
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_default()
+    }
+}
 
 /// The gossip side of a daemon.
 pub struct Gossip {
@@ -181,14 +192,11 @@ impl Gossip {
                     now.duration_since(entry.1)
                 }
             });
-            let jobs: Vec<JobInfo> = jobs
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or_default();
             let view = PeerView {
                 name: name.clone(),
                 alive: alive || name == self.node,
                 advert,
-                jobs,
+                jobs_json: jobs,
                 age,
             };
             match newest.get(&name) {

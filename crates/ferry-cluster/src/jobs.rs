@@ -325,23 +325,6 @@ impl Jobs {
         }
     }
 
-    /// The pid of live job `id` here.
-    pub fn pid_of(&self, id: &str) -> Option<i32> {
-        self.lock()
-            .iter()
-            .find(|j| j.tag.id == id && j.ended.is_none())
-            .map(|j| j.pid)
-    }
-
-    /// Live jobs here, and where each was submitted.
-    pub fn live(&self) -> Vec<(String, i32, String)> {
-        self.lock()
-            .iter()
-            .filter(|j| j.ended.is_none())
-            .map(|j| (j.tag.id.clone(), j.pid, j.tag.origin.clone()))
-            .collect()
-    }
-
     /// Number of live jobs.
     pub fn running(&self) -> u32 {
         self.lock().iter().filter(|j| j.ended.is_none()).count() as u32
@@ -370,8 +353,7 @@ impl Jobs {
             Some((_, s)) => (Duration::from_millis(j.cpu_seen_ms), status_text(s)),
             None => match ferry_sys::proc::stat(Pid::from_raw(j.pid)) {
                 Ok(st) => {
-                    let (cpu, _) =
-                        ferry_sys::load::cpu_usage(Pid::from_raw(j.pid)).unwrap_or_default();
+                    let cpu = ferry_sys::load::cpu_time(&st);
                     let state = if j.moving {
                         "moving".to_string()
                     } else {
@@ -423,8 +405,8 @@ impl Jobs {
         out
     }
 
-    /// Live jobs as the balancer weighs them.
-    pub fn candidates(&self) -> Vec<(Candidate, i32)> {
+    /// Live jobs as the balancer weighs them, with their pid and where they were submitted.
+    pub fn candidates(&self) -> Vec<(Candidate, i32, String)> {
         let now = now_ms();
         let mut jobs = self.lock();
         let mut out = Vec::new();
@@ -445,6 +427,7 @@ impl Jobs {
                     since_arrival: j.arrived.map(|a| a.elapsed()),
                 },
                 j.pid,
+                j.tag.origin.clone(),
             ));
         }
         out

@@ -33,13 +33,30 @@ const MOVES_PER_ROUND: usize = 8;
 const BALANCE_ALGORITHM: Algorithm = Algorithm::FreezeFree;
 const EVICT_ALGORITHM: Algorithm = Algorithm::TotalCopy;
 
-/// The run queue as sampled.
+/// The run queue and capacity as sampled.
 struct RunQueue {
     /// Exponential average.
     average: f64,
     /// The last sample.
     now: u32,
     sampled_at: Instant,
+    capacity: Capacity,
+}
+
+/// CPUs this node may use: its quota (if its cgroup has one) capped by its CPU count.
+#[derive(Clone, Copy)]
+struct Capacity {
+    cpus: u32,
+    quota: Option<f64>,
+}
+
+impl Capacity {
+    fn cpus(self) -> f64 {
+        self.quota
+            .unwrap_or(self.cpus as f64)
+            .min(self.cpus as f64)
+            .max(0.01)
+    }
 }
 
 /// The load-sharing state of a daemon.
@@ -62,6 +79,10 @@ impl Default for Sharing {
                 average: 0.0,
                 now: 0,
                 sampled_at: Instant::now(),
+                capacity: Capacity {
+                    cpus: ferry_sys::load::cpu_count() as u32,
+                    quota: None,
+                },
             }),
             sample_warned: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -128,32 +149,31 @@ fn sample(shared: &Shared) -> Option<u32> {
     }
 }
 
-fn capacity(shared: &Shared) -> (f64, u32, Option<f64>) {
-    let cpus = ferry_sys::load::cpu_count() as u32;
-    let quota = shared
-        .config
-        .cgroup
-        .as_ref()
-        .and_then(|d| ferry_sys::load::cgroup_cpu_quota(d).ok().flatten());
-    let cap = quota.unwrap_or(cpus as f64).min(cpus as f64).max(0.01);
-    (cap, cpus, quota)
+fn read_capacity(shared: &Shared) -> Capacity {
+    Capacity {
+        cpus: ferry_sys::load::cpu_count() as u32,
+        quota: shared
+            .config
+            .cgroup
+            .as_ref()
+            .and_then(|d| ferry_sys::load::cgroup_cpu_quota(d).ok().flatten()),
+    }
 }
 
 /// This node's figures now: the smoothed run queue, never below the current sample (a
 /// process that just started counts at once).
 pub fn own_figures(shared: &Shared) -> Figures {
-    let (ema, now) = {
+    let (ema, now, capacity) = {
         let l = shared
             .sharing
             .load
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        (l.average, l.now)
+        (l.average, l.now, l.capacity)
     };
-    let (capacity, _, _) = capacity(shared);
     Figures {
         run_queue: ema.max(now as f64),
-        capacity,
+        capacity: capacity.cpus(),
         mem_free: ferry_sys::host::mem_available().unwrap_or(0),
         jobs: shared.jobs.running(),
         accepting: refusal(shared).is_none(),
@@ -210,12 +230,15 @@ pub fn loads(view: &[PeerView]) -> Vec<NodeLoad> {
 pub async fn measure_and_publish(shared: Arc<Shared>) {
     let mut publish_at = Instant::now();
     loop {
+        // The quota may change while the node runs (testnet.sh quota): read with the sample.
+        let capacity = read_capacity(&shared);
         if let Some(n) = sample(&shared) {
             let mut l = shared
                 .sharing
                 .load
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
+            l.capacity = capacity;
             let dt = l.sampled_at.elapsed().as_secs_f64();
             let w = 1.0 - (-dt / SMOOTHING.as_secs_f64()).exp();
             l.average += (n as f64 - l.average) * w;
@@ -225,19 +248,21 @@ pub async fn measure_and_publish(shared: Arc<Shared>) {
         if publish_at.elapsed() >= GOSSIP_INTERVAL {
             publish_at = Instant::now();
             let f = own_figures(&shared);
-            let (_, cpus, quota) = capacity(&shared);
-            let advert = Advert {
-                seq: shared.sharing.seq.fetch_add(1, Ordering::Relaxed),
-                run_queue: f.run_queue,
-                run_queue_now: shared
+            let (now, capacity) = {
+                let l = shared
                     .sharing
                     .load
                     .lock()
-                    .map(|l| l.now)
-                    .unwrap_or_default(),
+                    .unwrap_or_else(|p| p.into_inner());
+                (l.now, l.capacity)
+            };
+            let advert = Advert {
+                seq: shared.sharing.seq.fetch_add(1, Ordering::Relaxed),
+                run_queue: f.run_queue,
+                run_queue_now: now,
                 capacity: f.capacity,
-                cpus,
-                quota,
+                cpus: capacity.cpus,
+                quota: capacity.quota,
                 mem_free: f.mem_free,
                 jobs: f.jobs,
                 accepting: f.accepting,
@@ -296,7 +321,7 @@ async fn ask_node(shared: &Shared, name: &str, req: &PeerRequest) -> Result<Peer
 async fn collect_bids(shared: &Shared, peers: &[&NodeLoad]) -> Vec<NodeLoad> {
     let mut bids = Vec::with_capacity(peers.len());
     for p in peers {
-        shared.counters.add(&shared.counters.bids, 1);
+        crate::peer::count(&shared.counters.bids);
         match ask_node(shared, &p.name, &PeerRequest::Bid).await {
             Ok(PeerReply::Figures(f)) => bids.push(load_of(&p.name, &f, Duration::ZERO)),
             Ok(other) => debug!(peer = %p.name, ?other, "odd answer to a bid request"),
@@ -323,7 +348,7 @@ async fn claim_first(
 
 /// Claims one slot at drafter `name`; whether it granted it.
 async fn claim(shared: &Shared, name: &str, source: Option<Figures>) -> bool {
-    shared.counters.add(&shared.counters.claims, 1);
+    crate::peer::count(&shared.counters.claims);
     match ask_node(shared, name, &PeerRequest::Claim { source }).await {
         Ok(PeerReply::Granted) => true,
         Ok(other) => {
@@ -401,7 +426,7 @@ pub async fn run_on(shared: &Shared, node: &str, spec: RunSpec) -> Result<JobInf
     if node == shared.config.node {
         return spawn_here(shared, &id, &shared.config.node.clone(), &spec);
     }
-    shared.counters.add(&shared.counters.spawns, 1);
+    crate::peer::count(&shared.counters.spawns);
     match ask_node(
         shared,
         node,
@@ -478,8 +503,8 @@ pub async fn answer(shared: Arc<Shared>, from: &str, req: PeerRequest) -> PeerRe
 fn pick_local(shared: &Shared, me: &NodeLoad, taken: &[String]) -> Option<(String, i32)> {
     let rules = shared.sharing.rules;
     let mut cands = shared.jobs.candidates();
-    cands.retain(|(c, _)| !taken.contains(&c.id));
-    let list: Vec<_> = cands.iter().map(|(c, _)| c.clone()).collect();
+    cands.retain(|(c, _, _)| !taken.contains(&c.id));
+    let list: Vec<_> = cands.iter().map(|(c, _, _)| c.clone()).collect();
     // On a node with N runnable tasks per CPU a process gets 1/N of a CPU, so the CPU it
     // must have used to count as CPU-bound shrinks in proportion.
     let share = (me.capacity / me.run_queue.max(1.0)).min(1.0);
@@ -490,8 +515,8 @@ fn pick_local(shared: &Shared, me: &NodeLoad, taken: &[String]) -> Option<(Strin
     let pick = placement::pick_process(&list, &judged)?;
     cands
         .iter()
-        .find(|(c, _)| c.id == pick.id)
-        .map(|(c, pid)| (c.id.clone(), *pid))
+        .find(|(c, _, _)| c.id == pick.id)
+        .map(|(c, pid, _)| (c.id.clone(), *pid))
 }
 
 /// A peer with spare capacity drafts a process from this node.
@@ -512,7 +537,7 @@ async fn answer_draft(shared: &Arc<Shared>, drafter: &str, figures: Figures) -> 
     };
     info!(job = %id, to = drafter, run_queue = me.run_queue, "drafted away");
     if move_job(shared, &id, pid, drafter, BALANCE_ALGORITHM).await {
-        shared.counters.add(&shared.counters.auto_migrations, 1);
+        crate::peer::count(&shared.counters.auto_migrations);
         shared.sharing.count_departure();
         PeerReply::Done
     } else {
@@ -532,7 +557,7 @@ async fn draft_round(shared: &Arc<Shared>) {
     let Some(source) = placement::draft_from(&me, &view, &rules) else {
         return;
     };
-    shared.counters.add(&shared.counters.drafts, 1);
+    crate::peer::count(&shared.counters.drafts);
     let figures = own_figures(shared);
     match ask_node(shared, &source.name, &PeerRequest::Draft { figures }).await {
         Ok(PeerReply::Done) => debug!(from = %source.name, "drafted a process"),
@@ -607,15 +632,7 @@ pub async fn balance(shared: Arc<Shared>) {
 
 async fn evict(shared: &Arc<Shared>, all: bool) {
     let me = shared.config.node.clone();
-    let cands = shared.jobs.candidates();
-    for (c, pid) in cands {
-        let origin = shared
-            .jobs
-            .live()
-            .into_iter()
-            .find(|(id, _, _)| *id == c.id)
-            .map(|(_, _, o)| o)
-            .unwrap_or_default();
+    for (c, pid, origin) in shared.jobs.candidates() {
         if !c.mobile || (!all && origin == me) {
             continue;
         }
@@ -627,7 +644,7 @@ async fn evict(shared: &Arc<Shared>, all: bool) {
             }
         };
         if move_job(shared, &c.id, pid, &target, EVICT_ALGORITHM).await {
-            shared.counters.add(&shared.counters.evictions, 1);
+            crate::peer::count(&shared.counters.evictions);
         }
     }
 }
@@ -718,7 +735,7 @@ async fn auto_round(shared: &Arc<Shared>) {
     }
     for (target, h) in running {
         if matches!(h.await, Ok(true)) {
-            shared.counters.add(&shared.counters.auto_migrations, 1);
+            crate::peer::count(&shared.counters.auto_migrations);
             shared
                 .sharing
                 .pending

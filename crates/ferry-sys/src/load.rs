@@ -111,13 +111,16 @@ pub fn cpu_count() -> usize {
         .unwrap_or(1)
 }
 
+/// CPU time (user + system) of a process, from its `/proc/PID/stat`.
+pub fn cpu_time(stat: &crate::proc::Stat) -> Duration {
+    let ticks = procfs::ticks_per_second().max(1);
+    Duration::from_millis((stat.utime + stat.stime) * 1000 / ticks)
+}
+
 /// CPU time (user + system) process `pid` used, and whether it is runnable now (state R).
 pub fn cpu_usage(pid: Pid) -> Result<(Duration, bool)> {
     let stat = crate::proc::stat(pid)?;
-    let ticks = procfs::ticks_per_second().max(1);
-    let total = stat.utime + stat.stime;
-    let cpu = Duration::from_millis(total * 1000 / ticks);
-    Ok((cpu, stat.state == 'R'))
+    Ok((cpu_time(&stat), stat.state == 'R'))
 }
 
 #[cfg(test)]

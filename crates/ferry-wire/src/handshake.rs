@@ -227,24 +227,8 @@ async fn read_exact(
     timeout: Duration,
     stage: &'static str,
 ) -> Result<(), WireError> {
-    match tokio::time::timeout(timeout, stream.read_exact(buf)).await {
-        Err(_) => Err(WireError::HandshakeTimeout { stage, timeout }),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e))
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::UnexpectedEof
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-            ) =>
-        {
-            Err(WireError::HandshakeClosed { stage })
-        }
-        Ok(Err(e)) => Err(WireError::Io {
-            during: stage,
-            source: e,
-        }),
-    }
+    let r = tokio::time::timeout(timeout, stream.read_exact(buf)).await;
+    handshake_io(r.map(|r| r.map(drop)), timeout, stage)
 }
 
 async fn write_all(
@@ -253,15 +237,25 @@ async fn write_all(
     timeout: Duration,
     stage: &'static str,
 ) -> Result<(), WireError> {
-    match tokio::time::timeout(timeout, stream.write_all(buf)).await {
+    let r = tokio::time::timeout(timeout, stream.write_all(buf)).await;
+    handshake_io(r, timeout, stage)
+}
+
+/// A handshake read or write as an error of this crate: a timeout, the peer hanging up (end
+/// of stream, broken pipe, reset), or another I/O error.
+fn handshake_io(
+    r: Result<std::io::Result<()>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+    stage: &'static str,
+) -> Result<(), WireError> {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    match r {
         Err(_) => Err(WireError::HandshakeTimeout { stage, timeout }),
         Ok(Ok(())) => Ok(()),
         Ok(Err(e))
             if matches!(
                 e.kind(),
-                std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
+                UnexpectedEof | BrokenPipe | ConnectionReset | ConnectionAborted
             ) =>
         {
             Err(WireError::HandshakeClosed { stage })

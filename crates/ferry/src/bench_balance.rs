@@ -59,7 +59,8 @@ fn spin_result(units: u64) -> String {
         a = a.wrapping_mul(a);
         n >>= 1;
     }
-    format!("{:016x}", ra.wrapping_mul(1).wrapping_add(rc))
+    // Applied to the start value 1: ra * 1 + rc.
+    format!("{:016x}", ra.wrapping_add(rc))
 }
 
 /// Units one CPU does per second (one run of the job outside the cluster).
