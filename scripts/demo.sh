@@ -3,7 +3,8 @@
 # namespaces with their own daemons, scripts/testnet.sh); a running, unmodified python3 job is
 # moved from host to host while it runs, once with each of the five algorithms
 # (n1 -> n2 -> n3 -> n1 -> n2 -> n3), and finishes with exactly the output of an uninterrupted
-# run. Prints every migration's metrics. Needs root.
+# run. Prints every migration's metrics. Then two processes exchange messages while one of them
+# migrates, and 6 CPU-bound jobs spread over 3 half-CPU hosts. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -76,6 +77,43 @@ else
   echo "demo: the outputs differ" >&2
   exit 1
 fi
+
+echo "== messages: an echo on n1 and a pinger on n3 exchange numbered messages without pause;"
+echo "   the echo moves n1 -> n2 (freeze-free) -> n1 (total-copy) meanwhile (docs/messages.md)"
+mkdir -p "$work/echo" "$work/ping"
+epid=$(cd "$work/echo" && "$tn" exec n1 --detach --out "$work/echo/out" -- "$ferry" bench msg-echo --name demo-echo)
+until [[ -e $work/echo/ready ]]; do sleep 0.05; done
+(cd "$work/ping" && "$tn" exec n3 --detach --out "$work/ping/out" -- "$ferry" bench msg-ping --name demo-ping --to demo-echo >/dev/null)
+until [[ -e $work/ping/ready ]]; do sleep 0.05; done
+here=n1
+for hop in n2:freeze-free n1:total-copy; do
+  to=${hop%%:*} algorithm=${hop#*:}
+  sleep 1
+  "$tn" exec "$here" -- "$ferry" migrate "$epid" --to "$to" --algorithm "$algorithm" --json >"$work/msg-report.json"
+  epid=$(python3 - "$work/msg-report.json" "$work/ping/echoed" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+echoed = open(sys.argv[2]).read().strip()
+print(f"   {r['from']} -> {r['to']} with {r['algorithm']}: process freeze {r['freeze_ms']:.1f} ms, "
+      f"message freeze {r['links']['message_freeze_ms']:.2f} ms ({echoed} round trips so far)",
+      file=sys.stderr)
+print(r["new_pid"])
+PY
+)
+  here=$to
+done
+sleep 1
+touch "$work/ping/stop"
+until [[ -e $work/ping/summary.json ]]; do sleep 0.1; done
+sleep 0.2
+python3 - "$work/ping/summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+ok = s["lost"] == s["duplicated"] == s["reordered"] == 0 and s["sent"] == s["echoed"]
+print(f"== {s['sent']} messages sent, {s['echoed']} echoed in order, {s['lost']} lost, "
+      f"{s['duplicated']} duplicated: {'ok' if ok else 'FAILED'}")
+sys.exit(0 if ok else 1)
+PY
 
 echo "== load sharing: 3 hosts with half a CPU each, automatic migration on (docs/load-sharing.md)"
 "$tn" up 3 --cpu-quota 50 --auto-migrate >/dev/null

@@ -60,9 +60,20 @@ pub fn checkpoint(
     dir: &Path,
     opts: CheckpointOptions,
 ) -> Result<CheckpointReport, CheckpointError> {
+    checkpoint_with(pid, dir, opts, mobility::Options::default())
+}
+
+/// [`checkpoint`] with exceptions to the mobility rules (e.g. the process's links to the
+/// message service, [`mobility::Options::links`]).
+pub fn checkpoint_with(
+    pid: Pid,
+    dir: &Path,
+    opts: CheckpointOptions,
+    rules: mobility::Options,
+) -> Result<CheckpointReport, CheckpointError> {
     let started = Instant::now();
     mobility::preflight(pid)?;
-    mobility::check_resources(pid, mobility::Options::default())?;
+    mobility::check_resources(pid, &rules)?;
     let platform =
         platform::host_platform().map_err(CheckpointError::sys("fingerprinting this host"))?;
     // Room for the pages, allocated while the process still runs: the freeze then only copies.
@@ -71,7 +82,7 @@ pub fn checkpoint(
         .unwrap_or(0);
     let mut writer = ImageWriter::create(dir, expected + expected / 16)?;
 
-    let mut excised = excise_checked(pid, platform, mobility::Options::default())?;
+    let mut excised = excise_checked(pid, platform, &rules)?;
     let copy_time = pagecopy::copy_to_sink(pid, &excised.segments, &mut writer)?;
     writer.finish(&mut excised.image)?;
     let Excised {
@@ -136,10 +147,10 @@ pub struct ExcisionStats {
 /// from. Fails with the process left running as it was.
 pub fn excise(pid: Pid, opts: mobility::Options) -> Result<Excised, CheckpointError> {
     mobility::preflight(pid)?;
-    mobility::check_resources(pid, opts)?;
+    mobility::check_resources(pid, &opts)?;
     let platform =
         platform::host_platform().map_err(CheckpointError::sys("fingerprinting this host"))?;
-    excise_checked(pid, platform, opts)
+    excise_checked(pid, platform, &opts)
 }
 
 /// [`excise`] for a caller that has just run the mobility checks itself (they are repeated
@@ -150,13 +161,13 @@ pub fn excise_checked_before(
 ) -> Result<Excised, CheckpointError> {
     let platform =
         platform::host_platform().map_err(CheckpointError::sys("fingerprinting this host"))?;
-    excise_checked(pid, platform, opts)
+    excise_checked(pid, platform, &opts)
 }
 
 fn excise_checked(
     pid: Pid,
     platform: Platform,
-    opts: mobility::Options,
+    opts: &mobility::Options,
 ) -> Result<Excised, CheckpointError> {
     let mut frozen = Frozen::freeze(pid)?;
     // Threads or files may have appeared between the preflight and the stop.
@@ -176,7 +187,7 @@ fn excise_checked(
 fn capture_frozen(
     frozen: &mut Frozen,
     platform: Platform,
-    opts: mobility::Options,
+    opts: &mobility::Options,
 ) -> Result<(ProcessImage, Vec<Segment>, bool), CheckpointError> {
     let pid = frozen.pid();
     let raw_regs = frozen.regs;
@@ -306,16 +317,21 @@ fn capture_frozen(
     pending.retain(|p| !matches!(p.signo(), 9 | 19));
 
     // 4. Files. Duplicates (`2>&1`) share one open file description: recorded as such, so
-    // that restore shares it again (and with it the offset).
+    // that restore shares it again (and with it the offset). A link is only ever a duplicate
+    // of another fd of the same link, never of a file.
     let mut fds: Vec<Fd> = Vec::new();
     for fd in proc::open_fds(pid).map_err(sys("listing fds"))? {
-        let kind = mobility::classify_fd(pid, &fd)?;
+        let kind = mobility::classify_fd(pid, &fd, opts)?;
         mobility::check_locks(pid, fd.fd)?;
         let mut dup_of = None;
-        for earlier in fds
-            .iter()
-            .filter(|e| e.dup_of.is_none() && e.kind.path() == kind.path())
-        {
+        for earlier in fds.iter().filter(|e| {
+            e.dup_of.is_none()
+                && match (&e.kind, &kind) {
+                    (FdKind::Link { socket: a, .. }, FdKind::Link { socket: b, .. }) => a == b,
+                    (FdKind::Link { .. }, _) | (_, FdKind::Link { .. }) => false,
+                    (a, b) => a.path() == b.path(),
+                }
+        }) {
             if proc::same_open_file(pid, earlier.number, fd.fd)
                 .map_err(sys("comparing open files"))?
             {

@@ -26,16 +26,17 @@ pub mod restore;
 use std::path::PathBuf;
 
 pub use capture::{
-    CheckpointOptions, CheckpointReport, Excised, ExcisionStats, checkpoint, excise,
+    CheckpointOptions, CheckpointReport, Excised, ExcisionStats, checkpoint, checkpoint_with,
+    excise,
 };
 pub use ferry_sys::Pid;
 pub use imagedir::LoadedImage;
-pub use mobility::Options as MobilityOptions;
+pub use mobility::{LinkFd, Options as MobilityOptions};
 pub use restore::{Builder, RestoreReport, RestoredProcess, Vessel, restore};
 
 use ferry_image::validate::PlatformMismatch;
 use ferry_image::{FormatError, ValidationError};
-use ferry_sys::SysError;
+use ferry_sys::{Errno, SysError};
 
 /// Why a checkpoint failed. In every case the process was left running as it was.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +105,20 @@ pub enum RestoreError {
     },
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A link to the ferry message service could not be re-created on this host (no daemon
+    /// listening: `ECONNREFUSED`).
+    #[error(
+        "fd {fd}: {action} the ferry message service @{socket} on this host: {}",
+        .errno.desc()
+    )]
+    Link {
+        fd: i32,
+        /// Abstract socket name, without the leading NUL.
+        socket: String,
+        /// What failed: "cannot reach", "cannot send the hello to", …
+        action: &'static str,
+        errno: Errno,
+    },
     #[error("{step}: {source}")]
     Sys {
         step: String,

@@ -135,10 +135,15 @@ const DEVICES: [(&str, u32, u32); 4] = [
     ("/dev/urandom", 1, 9),
 ];
 
-/// Classifies an open fd: a supported kind, or the reason it pins the process.
-pub fn classify_fd(pid: Pid, fd: &OpenFd) -> Result<FdKind, CheckpointError> {
+/// Classifies an open fd: a supported kind, or the reason it pins the process. An fd that
+/// `opts.links` names is a link to the ferry message service ([`FdKind::Link`]) if it is a
+/// socket, and refused if it is not.
+pub fn classify_fd(pid: Pid, fd: &OpenFd, opts: &Options) -> Result<FdKind, CheckpointError> {
     let n = fd.fd;
     let target = String::from_utf8_lossy(&fd.target).into_owned();
+    if let Some(link) = opts.link(n) {
+        return classify_link(pid, fd, link, &target);
+    }
     let unsupported = |what: &str| refuse(pid, format!("fd {n} is {what} ({target})"));
     if target.starts_with("pipe:") {
         return Err(unsupported("a pipe"));
@@ -220,6 +225,47 @@ pub fn classify_fd(pid: Pid, fd: &OpenFd) -> Result<FdKind, CheckpointError> {
     }
 }
 
+/// A listed link fd: the socket the daemon says it is, in a state restore can reproduce.
+fn classify_link(
+    pid: Pid,
+    fd: &OpenFd,
+    link: &LinkFd,
+    target: &str,
+) -> Result<FdKind, CheckpointError> {
+    let n = fd.fd;
+    if let Err(e) = ferry_image::validate::check_link(n, &link.socket, &link.hello) {
+        return Err(refuse(pid, format!("invalid link: {}", e.0)));
+    }
+    if !target.starts_with("socket:") {
+        return Err(refuse(
+            pid,
+            format!(
+                "fd {n} is listed as a link to the ferry message service @{} but is not a socket ({target})",
+                link.socket
+            ),
+        ));
+    }
+    // Restore creates a blocking socket with no signal I/O: refuse what it would not keep.
+    for (flag, what) in [
+        (libc::O_NONBLOCK, "non-blocking (O_NONBLOCK)"),
+        (libc::O_ASYNC, "in O_ASYNC signal I/O mode"),
+    ] {
+        if fd.flags & flag != 0 {
+            return Err(refuse(
+                pid,
+                format!(
+                    "fd {n} (link @{}) is {what}, which a restored link does not keep",
+                    link.socket
+                ),
+            ));
+        }
+    }
+    Ok(FdKind::Link {
+        socket: link.socket.clone(),
+        hello: link.hello.clone(),
+    })
+}
+
 /// Fails if an fd holds a file lock (fdinfo `lock:` lines): locks do not travel.
 pub fn check_locks(pid: Pid, fd: i32) -> Result<(), CheckpointError> {
     let info = proc::read_text(pid, &format!("fdinfo/{fd}")).unwrap_or_default();
@@ -234,7 +280,7 @@ pub fn check_locks(pid: Pid, fd: i32) -> Result<(), CheckpointError> {
 pub fn classify_mapping(
     pid: Pid,
     m: &Mapping,
-    opts: Options,
+    opts: &Options,
 ) -> Result<Option<(Backing, Option<String>)>, CheckpointError> {
     let at = m.start;
     let path = m.path.as_slice();
@@ -355,18 +401,41 @@ pub fn classify_mapping(
 }
 
 /// Exceptions to the rules, for ferry's own use.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Mappings write-protected with userfaultfd are ferry's own dirty tracking (pre-copy):
     /// not a reason to refuse.
     pub own_write_protect: bool,
+    /// The process's connections to the local daemon's message service (the daemon knows
+    /// them): captured as [`FdKind::Link`], where any other socket is refused.
+    pub links: Vec<LinkFd>,
+}
+
+impl Options {
+    /// The link listed for fd `n`, if any.
+    pub fn link(&self, n: i32) -> Option<&LinkFd> {
+        self.links.iter().find(|l| l.fd == n)
+    }
+}
+
+/// One fd of the process that is a link: a connected `AF_UNIX` `SOCK_SEQPACKET` socket to
+/// the daemon's message service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkFd {
+    /// The fd number in the process.
+    pub fd: i32,
+    /// Abstract socket name of the service, without the leading NUL (`ferry-msg`).
+    pub socket: String,
+    /// The first datagram restore sends on the new connection (at most
+    /// [`ferry_image::MAX_LINK_HELLO`] bytes).
+    pub hello: Vec<u8>,
 }
 
 /// Runs every fd and mapping check (used by the preflight, before freezing).
-pub fn check_resources(pid: Pid, opts: Options) -> Result<(), CheckpointError> {
+pub fn check_resources(pid: Pid, opts: &Options) -> Result<(), CheckpointError> {
     let fds = proc::open_fds(pid).map_err(CheckpointError::sys("listing fds"))?;
     for fd in &fds {
-        classify_fd(pid, fd)?;
+        classify_fd(pid, fd, opts)?;
         check_locks(pid, fd.fd)?;
     }
     let maps = proc::read_smaps(pid).map_err(CheckpointError::sys("reading mappings"))?;

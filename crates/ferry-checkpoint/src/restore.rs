@@ -125,7 +125,15 @@ fn precheck_files(image: &ProcessImage) -> Result<(), RestoreError> {
             },
         })
     };
-    for fd in image.files.fds.iter().filter(|f| f.dup_of.is_none()) {
+    // Links are connections, not files: whether the message service answers on this host
+    // shows when the fd is created (connecting now would leave the service a connection
+    // without its hello).
+    for fd in image
+        .files
+        .fds
+        .iter()
+        .filter(|f| f.dup_of.is_none() && f.kind.is_file())
+    {
         let what = format!("fd {}", fd.number);
         let st = stat(&what, fd.kind.path())?;
         let kind_ok = match &fd.kind {
@@ -136,6 +144,7 @@ fn precheck_files(image: &ProcessImage) -> Result<(), RestoreError> {
                     && host::dev_major(st.rdev) == *major
                     && host::dev_minor(st.rdev) == *minor
             }
+            FdKind::Link { .. } => true, // filtered out above
         };
         if !kind_ok {
             return Err(RestoreError::FileChanged {
@@ -811,6 +820,10 @@ impl Builder {
                 self.fds.place(n);
                 continue;
             }
+            if let FdKind::Link { socket, hello } = &fd.kind {
+                self.connect_link(&mut q, fd, socket, hello)?;
+                continue;
+            }
             let p = q.batch.c_string(fd.kind.path());
             let opened = self.fds.open();
             self.push(
@@ -847,7 +860,7 @@ impl Builder {
             }
             let pos = match &fd.kind {
                 FdKind::Regular { pos, .. } | FdKind::Directory { pos, .. } => *pos,
-                FdKind::CharDevice { .. } => 0,
+                FdKind::CharDevice { .. } | FdKind::Link { .. } => 0,
             };
             if pos != 0 && fd.kind.flags() & libc::O_PATH == 0 {
                 self.push(
@@ -873,6 +886,99 @@ impl Builder {
         self.push(&mut q, Tag::Plain, "setfsuid", libc::SYS_setfsuid, [0; 6]);
         self.push(&mut q, Tag::Plain, "setfsgid", libc::SYS_setfsgid, [0; 6]);
         self.flush(&mut q)
+    }
+
+    /// A link at fd `fd.number`: a new `AF_UNIX` `SOCK_SEQPACKET` socket connected to the
+    /// abstract name `socket` (the message service of this host's daemon), `hello` sent on it
+    /// first. Runs at once, so that a failure names the link.
+    fn connect_link(
+        &mut self,
+        q: &mut Queue,
+        fd: &Fd,
+        socket: &str,
+        hello: &[u8],
+    ) -> Result<(), RestoreError> {
+        // What is queued runs first: from here on, a failing call is this link's.
+        self.flush(q)?;
+        let n = fd.number as u64;
+        let cloexec = if fd.cloexec { libc::O_CLOEXEC } else { 0 };
+        let sock_cloexec = if fd.cloexec { libc::SOCK_CLOEXEC } else { 0 };
+        let addr = abstract_sockaddr(socket);
+        self.room(q, 5, addr.len() + hello.len() + 16)?;
+        let addr_at = q.batch.bytes(&addr);
+        let sock = self.fds.open();
+        self.push(
+            q,
+            Tag::Plain,
+            LINK_SOCKET,
+            libc::SYS_socket,
+            [
+                libc::AF_UNIX as u64,
+                (libc::SOCK_SEQPACKET | sock_cloexec) as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+        );
+        self.push(
+            q,
+            Tag::Plain,
+            LINK_CONNECT,
+            libc::SYS_connect,
+            [sock, addr_at, addr.len() as u64, 0, 0, 0],
+        );
+        if !hello.is_empty() {
+            let hello_at = q.batch.bytes(hello);
+            self.push(
+                q,
+                Tag::Plain,
+                LINK_HELLO,
+                libc::SYS_sendto,
+                [
+                    sock,
+                    hello_at,
+                    hello.len() as u64,
+                    libc::MSG_NOSIGNAL as u64,
+                    0,
+                    0,
+                ],
+            );
+        }
+        if sock != n {
+            self.push(
+                q,
+                Tag::Plain,
+                "dup3",
+                libc::SYS_dup3,
+                [sock, n, cloexec as u64, 0, 0, 0],
+            );
+            self.push(
+                q,
+                Tag::Plain,
+                "close",
+                libc::SYS_close,
+                [sock, 0, 0, 0, 0, 0],
+            );
+            self.fds.close(sock);
+            self.fds.place(n);
+        }
+        self.flush(q).map_err(|e| match e {
+            RestoreError::Sys {
+                source: SysError::Injected { call, errno, .. },
+                ..
+            } if [LINK_SOCKET, LINK_CONNECT, LINK_HELLO].contains(&call) => RestoreError::Link {
+                fd: fd.number,
+                socket: socket.to_string(),
+                action: match call {
+                    LINK_SOCKET => "cannot create a socket for",
+                    LINK_CONNECT => "cannot reach",
+                    _ => "cannot send the hello to",
+                },
+                errno,
+            },
+            other => other,
+        })
     }
 
     /// `PR_SET_MM_MAP`: mm boundaries, auxv, exe link.
@@ -1328,6 +1434,22 @@ impl Builder {
     }
 }
 
+/// Names of the calls that re-create a link (see [`Builder::connect_link`]).
+const LINK_SOCKET: &str = "socket(link)";
+const LINK_CONNECT: &str = "connect(link)";
+const LINK_HELLO: &str = "sendto(link hello)";
+
+/// A `struct sockaddr_un` for the abstract name `name`, as long as `connect` must be told:
+/// family, the NUL that makes the name abstract, the name (no terminating NUL: every byte of
+/// the length is part of an abstract name).
+fn abstract_sockaddr(name: &str) -> Vec<u8> {
+    let mut addr = Vec::with_capacity(3 + name.len());
+    addr.extend_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+    addr.push(0);
+    addr.extend_from_slice(name.as_bytes());
+    addr
+}
+
 fn injected(step: &str, pid: Pid, call: &'static str, errno: Errno) -> RestoreError {
     RestoreError::Sys {
         step: step.to_string(),
@@ -1473,6 +1595,29 @@ mod tests {
             .map(|f| f.0)
             .collect();
         assert_eq!(with, vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn abstract_addresses_have_no_terminating_nul() {
+        let a = abstract_sockaddr("ferry-msg");
+        assert_eq!(a.len(), 2 + 1 + 9);
+        assert_eq!(&a[..2], &(libc::AF_UNIX as u16).to_le_bytes());
+        assert_eq!(a[2], 0);
+        assert_eq!(&a[3..], b"ferry-msg");
+    }
+
+    #[test]
+    fn link_errors_name_the_service() {
+        let e = RestoreError::Link {
+            fd: 3,
+            socket: "ferry-msg".into(),
+            action: "cannot reach",
+            errno: Errno::ECONNREFUSED,
+        };
+        assert_eq!(
+            e.to_string(),
+            "fd 3: cannot reach the ferry message service @ferry-msg on this host: Connection refused"
+        );
     }
 
     #[test]

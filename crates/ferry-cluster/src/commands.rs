@@ -109,6 +109,7 @@ pub async fn nodes(shared: &Shared) -> Event {
                 age_ms: p.age.map(|a| a.as_millis() as u64),
                 advert: p.advert,
                 counters: me.then(|| counts(shared)),
+                messages: me.then(|| shared.messages.counters()),
                 name: p.name,
             }
         })

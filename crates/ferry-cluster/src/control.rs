@@ -116,6 +116,9 @@ pub struct NodeRow {
     pub advert: Option<Advert>,
     /// Load-sharing counters (only for the node that answers).
     pub counters: Option<Counts>,
+    /// Its message service: endpoints and delivery counters (only for the node that answers).
+    #[serde(default)]
+    pub messages: Option<crate::messages::MessageCounters>,
 }
 
 /// What a node did for load sharing since it started.

@@ -41,6 +41,7 @@ pub struct Shared {
     pub gossip: Gossip,
     pub sharing: Arc<Sharing>,
     pub counters: Counters,
+    pub messages: Arc<crate::messages::Service>,
 }
 
 /// How long a peer may stay silent during a migration.
@@ -139,12 +140,26 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     });
     let mut peers = ferry_wire::Listener::bind(
         config.listen,
-        secret,
+        secret.clone(),
         ferry_wire::AcceptConfig::new(config.node.clone()),
     )
     .await
     .map_err(|e| DaemonError::Setup(format!("listening on {}: {e}", config.listen)))?;
     let control = bind_control(&config.socket)?;
+    let messages = crate::messages::Service::new(&config.node, secret.clone());
+    let message_socket = crate::messages::session::bind(ferry_msg::protocol::DEFAULT_SOCKET)
+        .map_err(|e| {
+            DaemonError::Setup(format!(
+                "message socket @{}: {e} (is another ferry daemon running in this network namespace?)",
+                ferry_msg::protocol::DEFAULT_SOCKET
+            ))
+        })?;
+    messages.load(&crate::messages::saved_path(&config.state_dir));
+    jobs.set_messages(Arc::clone(&messages));
+    tokio::spawn(crate::messages::session::accept_loop(
+        Arc::clone(&messages),
+        message_socket,
+    ));
     info!(node = %config.node, socket = %config.socket.display(), listen = %config.listen, "ferry daemon up");
     let shared = Arc::new(Shared {
         config,
@@ -155,7 +170,9 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         gossip,
         sharing,
         counters: Counters::default(),
+        messages,
     });
+    tokio::spawn(crate::sharing::track_addresses(Arc::clone(&shared)));
     tokio::spawn(crate::sharing::measure_and_publish(Arc::clone(&shared)));
     tokio::spawn(crate::sharing::balance(Arc::clone(&shared)));
     tokio::spawn({
@@ -204,6 +221,9 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
                 Ok(conn) if conn.role() == ferry_wire::Role::Cluster => {
                     tokio::spawn(peer_session(Arc::clone(&shared), conn));
                 }
+                Ok(conn) if conn.role() == ferry_wire::Role::Messages => {
+                    tokio::spawn(crate::messages::peers::serve(Arc::clone(&shared.messages), conn));
+                }
                 Ok(conn) => {
                     let dest = Arc::clone(&shared.dest);
                     tokio::spawn(async move { dest.handle(conn).await });
@@ -222,6 +242,13 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         }
     }
     let _ = std::fs::remove_file(&shared.config.socket);
+    // Processes keep their endpoints: they reconnect to the next daemon, which takes these.
+    if let Err(e) = shared
+        .messages
+        .save(&crate::messages::saved_path(&shared.config.state_dir))
+    {
+        warn!(error = %e, "saving message links: processes lose them");
+    }
     info!(node = %shared.config.node, "ferry daemon down");
     Ok(())
 }

@@ -100,6 +100,8 @@ pub struct Jobs {
     counter_file: PathBuf,
     inner: Mutex<Vec<Job>>,
     next: Mutex<u64>,
+    /// The message service, whose links do not pin a job.
+    messages: std::sync::OnceLock<std::sync::Arc<crate::messages::Service>>,
 }
 
 fn status_text(s: &ExitStatus) -> String {
@@ -122,7 +124,13 @@ impl Jobs {
             counter_file,
             inner: Mutex::new(Vec::new()),
             next: Mutex::new(next),
+            messages: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Jobs' message links are mobile: the mobility check asks `messages` which fds they are.
+    pub fn set_messages(&self, messages: std::sync::Arc<crate::messages::Service>) {
+        let _ = self.messages.set(messages);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Job>> {
@@ -338,7 +346,17 @@ impl Jobs {
         }
         let pid = Pid::from_raw(job.pid);
         let verdict = ferry_checkpoint::mobility::preflight(pid)
-            .and_then(|()| ferry_checkpoint::mobility::check_resources(pid, Default::default()))
+            .and_then(|()| {
+                let opts = ferry_checkpoint::MobilityOptions {
+                    links: self
+                        .messages
+                        .get()
+                        .map(|m| m.links_of(job.pid).into_iter().map(|(_, fd)| fd).collect())
+                        .unwrap_or_default(),
+                    ..Default::default()
+                };
+                ferry_checkpoint::mobility::check_resources(pid, &opts)
+            })
             .err()
             .map(|e| match e {
                 ferry_checkpoint::CheckpointError::NotMigratable { reason, .. } => reason,

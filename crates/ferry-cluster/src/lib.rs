@@ -9,6 +9,8 @@
 //! - [`placement`]: the policies (bidding, drafting, hybrid, automatic migration), pure.
 //! - [`sharing`]: load measurement, placement and automatic migration carried out.
 //! - [`peer`]: load-sharing messages between daemons.
+//! - [`messages`]: the message service: endpoints of local processes, links between daemons,
+//!   links moving with their processes.
 //! - [`commands`]: `ferry run`, `ps`, `nodes`, `drain`, `owner` on the daemon's side.
 #![forbid(unsafe_code)]
 
@@ -18,6 +20,7 @@ pub mod control;
 pub mod daemon;
 pub mod gossip;
 pub mod jobs;
+pub mod messages;
 pub mod migrate;
 pub mod peer;
 pub mod placement;

@@ -6,6 +6,7 @@ use ferry_migrate::Algorithm;
 use ferry_migrate::source::{MigrateError, Target, Update, migrate_out};
 use ferry_sys::Pid;
 use tokio::sync::mpsc;
+use tracing::warn;
 
 use crate::control::{Event, FailureKind};
 use crate::daemon::Shared;
@@ -106,6 +107,7 @@ pub async fn handle(
         tokio::spawn(async move {
             while let Some(u) = urx.recv().await {
                 let e = match u {
+                    Update::Frozen | Update::Committed { .. } => continue,
                     Update::Progress { phase, done, total } => {
                         Event::Progress { phase, done, total }
                     }
@@ -118,15 +120,7 @@ pub async fn handle(
     };
     // A job carries its record (id, CPU time, output files) to its new node.
     let tag = shared.jobs.begin_move(pid);
-    let result = migrate_out(
-        Arc::clone(&shared.source),
-        pid,
-        targets,
-        algorithm,
-        tag,
-        utx,
-    )
-    .await;
+    let result = move_process(&shared, pid, targets, algorithm, tag, utx).await;
     shared.jobs.end_move(pid, result.is_ok());
     let _ = forward.await;
     match result {
@@ -149,4 +143,133 @@ pub async fn handle(
                 .await;
         }
     }
+}
+
+/// Migrates `pid` with its message links (every migration of this daemon goes through here).
+/// Links freeze with the process (freeze-free: they do not) and follow it as soon as it runs
+/// at the destination; the final report carries their figures.
+pub async fn move_process(
+    shared: &Arc<Shared>,
+    pid: i32,
+    targets: Vec<Target>,
+    algorithm: Algorithm,
+    tag: Option<String>,
+    updates: mpsc::UnboundedSender<Update>,
+) -> Result<ferry_migrate::MigrationReport, MigrateError> {
+    let links = shared.messages.links_of(pid);
+    if links.is_empty() {
+        return migrate_out(
+            Arc::clone(&shared.source),
+            pid,
+            targets,
+            algorithm,
+            tag,
+            Vec::new(),
+            updates,
+        )
+        .await;
+    }
+    let ids: Vec<_> = links.iter().map(|(id, _)| id.clone()).collect();
+    let fds = links.into_iter().map(|(_, fd)| fd).collect();
+    // Deliveries still reach the links while the process is captured: they travel in the
+    // link state, so the connection may end without closing them.
+    shared.messages.begin_move(&ids, false);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Update>();
+    let watcher = {
+        let messages = Arc::clone(&shared.messages);
+        let ids = ids.clone();
+        tokio::spawn(async move {
+            let mut moved: Option<Moving> = None;
+            while let Some(mut u) = rx.recv().await {
+                match &mut u {
+                    Update::Frozen if algorithm != Algorithm::FreezeFree => {
+                        messages.begin_move(&ids, true);
+                    }
+                    // The process starts there: its links follow now, while both daemons
+                    // wait for each other (the quietest moment of a migration).
+                    Update::Committed { to } if moved.is_none() => {
+                        let (messages, ids, to) = (Arc::clone(&messages), ids.clone(), to.clone());
+                        moved = Some(Moving::Going(tokio::spawn(async move {
+                            let figures = messages.move_links(ids, to.clone()).await;
+                            (to, figures)
+                        })));
+                    }
+                    // The report that the process runs says how its links moved.
+                    Update::Running(report) => {
+                        moved = match moved.take() {
+                            Some(Moving::Going(mut task)) => {
+                                Some(match tokio::time::timeout(LINK_WAIT, &mut task).await {
+                                    Ok(Ok(done)) => {
+                                        report.links = Some(done.1.clone());
+                                        Moving::Done(done)
+                                    }
+                                    Ok(Err(_)) => Moving::Lost,
+                                    // Still going (the new host is slow to take them): the
+                                    // final report waits for them.
+                                    Err(_) => Moving::Going(task),
+                                })
+                            }
+                            other => other,
+                        };
+                    }
+                    _ => {}
+                }
+                let _ = updates.send(u);
+            }
+            moved
+        })
+    };
+    let result = migrate_out(
+        Arc::clone(&shared.source),
+        pid,
+        targets,
+        algorithm,
+        tag,
+        fds,
+        tx,
+    )
+    .await;
+    let moved = watcher.await.ok().flatten();
+    match (result, moved) {
+        (Ok(mut report), Some(Moving::Done((_, figures)))) => {
+            report.links = Some(figures);
+            Ok(report)
+        }
+        (Ok(mut report), Some(Moving::Going(task))) => {
+            report.links = task.await.ok().map(|(_, f)| f);
+            Ok(report)
+        }
+        (Ok(report), _) => {
+            warn!(pid, "migrated, but moving its links failed");
+            Ok(report)
+        }
+        (Err(e), Some(moving)) => {
+            // The process stays here after all: its links come back (it reconnects to them).
+            let went_to = match moving {
+                Moving::Done((to, _)) => Some(to),
+                Moving::Going(task) => task.await.ok().map(|(to, _)| to),
+                Moving::Lost => None,
+            };
+            if let Some(to) = went_to {
+                shared.messages.call_back(&ids, &to).await;
+            }
+            shared.messages.cancel_move(&ids);
+            Err(e)
+        }
+        (Err(e), None) => {
+            shared.messages.cancel_move(&ids);
+            Err(e)
+        }
+    }
+}
+
+/// How long the running notice waits for the links to follow.
+const LINK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The links of a migrated process: moved (to that node), on their way, or lost (the task
+/// moving them failed).
+enum Moving {
+    Done((String, ferry_migrate::report::LinkFigures)),
+    Going(tokio::task::JoinHandle<(String, ferry_migrate::report::LinkFigures)>),
+    Lost,
 }

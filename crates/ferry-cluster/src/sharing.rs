@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
 use ferry_migrate::Algorithm;
-use ferry_migrate::source::{Target, migrate_out};
+use ferry_migrate::source::Target;
 
 use crate::config::Role;
 use crate::daemon::Shared;
@@ -301,6 +301,25 @@ pub async fn address_of(shared: &Shared, name: &str) -> Option<std::net::SocketA
         .and_then(|p| p.advert.map(|a| a.addr))
 }
 
+/// Keeps the message service's address book current (configured peers, then gossip).
+pub async fn track_addresses(shared: Arc<Shared>) {
+    loop {
+        let mut book: std::collections::HashMap<String, std::net::SocketAddr> = shared
+            .config
+            .peers
+            .iter()
+            .map(|p| (p.name.clone(), p.addr))
+            .collect();
+        for p in shared.gossip.view().await {
+            if let (true, Some(a)) = (p.alive, p.advert.as_ref()) {
+                book.entry(p.name.clone()).or_insert(a.addr);
+            }
+        }
+        shared.messages.peers.set_addresses(book);
+        tokio::time::sleep(SAMPLE_INTERVAL).await;
+    }
+}
+
 async fn ask_node(shared: &Shared, name: &str, req: &PeerRequest) -> Result<PeerReply, String> {
     let addr = address_of(shared, name)
         .await
@@ -580,8 +599,8 @@ async fn move_job(
     let tag = shared.jobs.begin_move(pid);
     let (utx, mut urx) = tokio::sync::mpsc::unbounded_channel();
     let drain = tokio::spawn(async move { while urx.recv().await.is_some() {} });
-    let result = migrate_out(
-        Arc::clone(&shared.source),
+    let result = crate::migrate::move_process(
+        shared,
         pid,
         vec![Target {
             name: target.to_string(),

@@ -354,6 +354,70 @@ mod tests {
     }
 
     #[test]
+    fn core_round_trip_with_a_link() {
+        let mut image = sample_image();
+        let link = crate::model::FdKind::Link {
+            socket: "ferry-msg".into(),
+            hello: b"\x01hello\x00world".to_vec(),
+        };
+        for (number, dup_of) in [(4, None), (9, Some(4))] {
+            image.files.fds.push(crate::model::Fd {
+                number,
+                cloexec: dup_of.is_none(),
+                kind: link.clone(),
+                dup_of,
+            });
+        }
+        crate::validate(&image).unwrap();
+        let bytes = encode_core(&image).unwrap();
+        let back = decode_core(&bytes).unwrap();
+        assert_eq!(back, image);
+        assert_eq!(back.files.fds[3].kind, link);
+    }
+
+    /// Images written before links existed decode unchanged: the variants that were there keep
+    /// their postcard tags, the link comes last.
+    #[test]
+    fn fd_kind_tags_are_stable() {
+        use crate::model::{FdKind, FileIdentity};
+        let tag = |k: &FdKind| postcard::to_allocvec(k).unwrap()[0];
+        let path = String::from("/x");
+        assert_eq!(
+            tag(&FdKind::Regular {
+                path: path.clone(),
+                flags: 0,
+                pos: 0,
+                identity: FileIdentity::default()
+            }),
+            0
+        );
+        assert_eq!(
+            tag(&FdKind::Directory {
+                path: path.clone(),
+                flags: 0,
+                pos: 0
+            }),
+            1
+        );
+        assert_eq!(
+            tag(&FdKind::CharDevice {
+                path,
+                flags: 0,
+                major: 1,
+                minor: 3
+            }),
+            2
+        );
+        assert_eq!(
+            tag(&FdKind::Link {
+                socket: "m".into(),
+                hello: Vec::new()
+            }),
+            3
+        );
+    }
+
+    #[test]
     fn core_rejects_bad_magic() {
         let mut bytes = encode_core(&sample_image()).unwrap();
         bytes[0] = b'X';

@@ -368,25 +368,55 @@ pub enum FdKind {
         major: u32,
         minor: u32,
     },
+    /// A connection (`AF_UNIX`, `SOCK_SEQPACKET`) to the local ferry daemon's message
+    /// service, listening at an abstract socket name. Restore connects a new socket to the
+    /// same name on the host it runs on and sends `hello` first, so that that host's daemon
+    /// can attach the connection to the process's link state.
+    Link {
+        /// Abstract socket name, without the leading NUL byte (shown as `@name`).
+        socket: String,
+        /// The first datagram to send once connected (at most [`MAX_LINK_HELLO`] bytes;
+        /// empty: nothing is sent).
+        hello: Vec<u8>,
+    },
 }
 
+/// Longest abstract socket name of a [`FdKind::Link`]: `sun_path` holds 108 bytes, the
+/// first of them the NUL that makes the name abstract.
+pub const MAX_LINK_SOCKET: usize = 107;
+/// Largest `hello` datagram of a [`FdKind::Link`].
+pub const MAX_LINK_HELLO: usize = 4096;
+
 impl FdKind {
+    /// The file's path; empty for a [`FdKind::Link`], which is no file (see
+    /// [`FdKind::is_file`]).
     pub fn path(&self) -> &str {
         match self {
             FdKind::Regular { path, .. }
             | FdKind::Directory { path, .. }
             | FdKind::CharDevice { path, .. } => path,
+            FdKind::Link { .. } => "",
         }
     }
 
+    /// `O_*` status and access flags, without `O_CLOEXEC` (`O_RDWR` for a link).
     pub fn flags(&self) -> i32 {
         match self {
             FdKind::Regular { flags, .. }
             | FdKind::Directory { flags, .. }
             | FdKind::CharDevice { flags, .. } => *flags,
+            FdKind::Link { .. } => O_RDWR,
         }
     }
+
+    /// Whether the fd is reopened by [`FdKind::path`] (not a link).
+    pub fn is_file(&self) -> bool {
+        !matches!(self, FdKind::Link { .. })
+    }
 }
+
+/// `O_RDWR` on Linux (this crate knows no libc).
+const O_RDWR: i32 = 0o2;
 
 /// Signal dispositions, the blocked mask and the queued signals.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -295,7 +295,11 @@ fn validate_files(f: &Files) -> Result<(), ValidationError> {
             fd.number
         );
         ensure!(seen.insert(fd.number), "fd {} appears twice", fd.number);
-        check_path(&format!("fd {}", fd.number), fd.kind.path())?;
+        if let FdKind::Link { socket, hello } = &fd.kind {
+            check_link(fd.number, socket, hello)?;
+        } else {
+            check_path(&format!("fd {}", fd.number), fd.kind.path())?;
+        }
         ensure!(
             fd.kind.flags() & libc_o_creat_trunc_excl() == 0,
             "fd {}: open-time flags (O_CREAT/O_TRUNC/O_EXCL) in the status flags",
@@ -314,6 +318,30 @@ fn validate_files(f: &Files) -> Result<(), ValidationError> {
             );
         }
     }
+    Ok(())
+}
+
+/// The checks on a [`FdKind::Link`] of fd `fd`: a usable abstract socket name (non-empty, at
+/// most [`MAX_LINK_SOCKET`] bytes, no NUL) and a hello of at most [`MAX_LINK_HELLO`] bytes.
+pub fn check_link(fd: i32, socket: &str, hello: &[u8]) -> Result<(), ValidationError> {
+    ensure!(
+        !socket.is_empty(),
+        "fd {fd}: link to an empty abstract socket name"
+    );
+    ensure!(
+        socket.len() <= MAX_LINK_SOCKET,
+        "fd {fd}: abstract socket name of {} bytes (at most {MAX_LINK_SOCKET})",
+        socket.len()
+    );
+    ensure!(
+        !socket.contains('\0'),
+        "fd {fd}: abstract socket name {socket:?} contains NUL"
+    );
+    ensure!(
+        hello.len() <= MAX_LINK_HELLO,
+        "fd {fd}: link hello of {} bytes (at most {MAX_LINK_HELLO})",
+        hello.len()
+    );
     Ok(())
 }
 
@@ -510,6 +538,75 @@ mod tests {
         assert!(e.contains("duplicates fd 7"), "{e}");
         let e = invalid(|i| i.files.fds[0].dup_of = Some(2));
         assert!(e.contains("duplicates fd 2"), "{e}");
+    }
+
+    fn link(socket: &str, hello: &[u8]) -> FdKind {
+        FdKind::Link {
+            socket: socket.into(),
+            hello: hello.to_vec(),
+        }
+    }
+
+    /// The sample image with fd 5 a link and fd 6 its duplicate.
+    fn with_link(kind: FdKind) -> ProcessImage {
+        let mut img = sample_image();
+        img.files.fds.push(Fd {
+            number: 5,
+            cloexec: true,
+            kind: kind.clone(),
+            dup_of: None,
+        });
+        img.files.fds.push(Fd {
+            number: 6,
+            cloexec: false,
+            kind,
+            dup_of: Some(5),
+        });
+        img
+    }
+
+    #[test]
+    fn accepts_links_and_their_duplicates() {
+        validate(&with_link(link("ferry-msg", b"hello"))).unwrap();
+        validate(&with_link(link("m", b""))).unwrap();
+        validate(&with_link(link(
+            &"x".repeat(MAX_LINK_SOCKET),
+            &[7; MAX_LINK_HELLO],
+        )))
+        .unwrap();
+        // Not a file: no path, read-write.
+        let k = link("ferry-msg", b"");
+        assert_eq!(k.path(), "");
+        assert_eq!(k.flags(), 0o2);
+        assert!(!k.is_file());
+    }
+
+    #[test]
+    fn rejects_bad_links() {
+        let bad = |kind: FdKind| validate(&with_link(kind)).unwrap_err().to_string();
+        let e = bad(link("", b"hi"));
+        assert!(
+            e.contains("fd 5: link to an empty abstract socket name"),
+            "{e}"
+        );
+        let e = bad(link(&"x".repeat(MAX_LINK_SOCKET + 1), b"hi"));
+        assert!(e.contains("abstract socket name of 108 bytes"), "{e}");
+        let e = bad(link("ferry\0msg", b"hi"));
+        assert!(e.contains("contains NUL"), "{e}");
+        let e = bad(link("ferry-msg", &[0; MAX_LINK_HELLO + 1]));
+        assert!(e.contains("link hello of 4097 bytes"), "{e}");
+        // A duplicate must name the same link.
+        let e = invalid(|i| {
+            *i = with_link(link("ferry-msg", b"a"));
+            i.files.fds[4].kind = link("ferry-msg", b"b");
+        });
+        assert!(e.contains("duplicates fd 5"), "{e}");
+        // A link is not a file a duplicate could share.
+        let e = invalid(|i| {
+            *i = with_link(link("ferry-msg", b"a"));
+            i.files.fds[4].kind = i.files.fds[0].kind.clone();
+        });
+        assert!(e.contains("duplicates fd 5"), "{e}");
     }
 
     #[test]

@@ -128,6 +128,24 @@ pub struct MigrationReport {
     pub remote_faults: FaultStats,
     /// Faults served from the page store.
     pub store_faults: u64,
+    /// The process's message links, if it had any (filled in by the daemon once they moved).
+    #[serde(default)]
+    pub links: Option<LinkFigures>,
+}
+
+/// How a migration affected the process's message links.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinkFigures {
+    pub links: u32,
+    /// Message freeze time: the longest interval during which a message sent to the process
+    /// could not enter its queue (held at the old host), measured at the old host from the
+    /// moment it held deliveries to the moment the new host confirmed it took the link.
+    pub message_freeze_ms: f64,
+    /// Deliveries held during that interval, then redirected to the new host.
+    pub held: u64,
+    /// Extra delay of held deliveries at the old host (before the redirection round trip).
+    pub held_max_ms: f64,
+    pub held_mean_ms: f64,
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_checkpoint::mobility::LinkFd;
 use ferry_checkpoint::pagecopy::Segment;
 use ferry_checkpoint::{CheckpointError, Excised, MobilityOptions};
 use ferry_image::{Backing, PAGE_SIZE, ProcessImage};
@@ -78,6 +79,11 @@ pub enum Update {
         done: u64,
         total: u64,
     },
+    /// The process is stopped and captured (its freeze window began).
+    Frozen,
+    /// The destination was told to start the process (it runs there from now on, unless a
+    /// failure follows).
+    Committed { to: String },
     /// The process runs at the destination (residual figures may still be open).
     Running(Box<MigrationReport>),
 }
@@ -132,13 +138,15 @@ pub fn migration_id(node: &str, pid: i32) -> String {
 /// Moves `pid` to the first of `targets` that accepts it, with `algorithm`. Returns the final
 /// report once nothing is needed from this host any more; `updates` hears progress and, as
 /// soon as the process runs there, [`Update::Running`]. `tag` travels with the offer to the
-/// destination's [`crate::dest::DestEvent::Started`].
+/// destination's [`crate::dest::DestEvent::Started`]. `links`: the process's connections to
+/// the daemon's message service, re-created at the destination.
 pub async fn migrate_out(
     cfg: Arc<SourceConfig>,
     pid: i32,
     targets: Vec<Target>,
     algorithm: Algorithm,
     tag: Option<String>,
+    links: Vec<LinkFd>,
     updates: mpsc::UnboundedSender<Update>,
 ) -> Result<MigrationReport, MigrateError> {
     let t0 = Instant::now();
@@ -149,7 +157,7 @@ pub async fn migrate_out(
         )));
     }
     let mut timeline = Timeline::new();
-    let offer = make_offer(&cfg, &id, pid, algorithm, tag)?;
+    let offer = make_offer(&cfg, &id, pid, algorithm, tag, &links)?;
     timeline.mark("offer");
     let mut rejected = Vec::new();
     for target in &targets {
@@ -162,6 +170,7 @@ pub async fn migrate_out(
             t0,
             updates: updates.clone(),
             rejected_before: rejected.clone(),
+            links: links.clone(),
         };
         match run.attempt(&offer, &mut timeline).await {
             Ok(report) => return Ok(report),
@@ -182,11 +191,15 @@ fn make_offer(
     pid: i32,
     algorithm: Algorithm,
     tag: Option<String>,
+    links: &[LinkFd],
 ) -> Result<Offer, MigrateError> {
     let p = Pid::from_raw(pid);
     ferry_checkpoint::mobility::preflight(p).map_err(checkpoint_error)?;
-    ferry_checkpoint::mobility::check_resources(p, MobilityOptions::default())
-        .map_err(checkpoint_error)?;
+    let opts = MobilityOptions {
+        links: links.to_vec(),
+        ..Default::default()
+    };
+    ferry_checkpoint::mobility::check_resources(p, &opts).map_err(checkpoint_error)?;
     let status = ferry_sys::proc::status(p).map_err(|e| MigrateError::Failed(e.to_string()))?;
     let mut files: Vec<String> = Vec::new();
     if let Ok(fds) = ferry_sys::proc::open_fds(p) {
@@ -235,6 +248,7 @@ struct Run {
     updates: mpsc::UnboundedSender<Update>,
     /// Targets that refused before this one (in every report of this migration).
     rejected_before: Vec<(String, String)>,
+    links: Vec<LinkFd>,
 }
 
 /// The control connection's sending half, shared by the tasks that answer faults and report
@@ -330,6 +344,7 @@ impl Run {
         let pid = Pid::from_raw(self.pid);
         let opts = MobilityOptions {
             own_write_protect: precopy.is_some(),
+            links: self.links.clone(),
         };
         let frozen: FrozenProc =
             // The offer ran the mobility checks a moment ago; the capture checks again, frozen.
@@ -347,6 +362,7 @@ impl Run {
             .await
             .map_err(|e| Attempt::Fatal(MigrateError::Failed(e.to_string())))?;
         report.excision_ms = ms(excision);
+        let _ = self.updates.send(Update::Frozen);
         tl.mark("freeze + excise");
         let map = PageMap::new(&image.memory.pages.runs);
 
@@ -436,6 +452,11 @@ impl Run {
         // copy. (SIGCONT discards it again on the path that resumes the process here.)
         let _ = ferry_sys::host::send_signal(Pid::from_raw(self.pid), ferry_sys::libc::SIGSTOP);
         let sent_commit = ctl_tx.send_msg(&ToDest::Commit).await;
+        if sent_commit.is_ok() {
+            let _ = self.updates.send(Update::Committed {
+                to: self.target.name.clone(),
+            });
+        }
         let answer = match sent_commit {
             Ok(()) => tokio::time::timeout(self.cfg.timeout, ctl_rx.recv_msg::<ToSource>())
                 .await
@@ -829,6 +850,7 @@ impl Run {
             t0: self.t0,
             updates: self.updates.clone(),
             rejected_before: self.rejected_before.clone(),
+            links: self.links.clone(),
         }
     }
 }

@@ -72,6 +72,9 @@ pub enum Role {
     /// Load sharing between daemons: bids, drafts, remote execution, drain and owner
     /// requests (one request, one answer).
     Cluster = 5,
+    /// Message links between daemons: deliveries, links moving with their process, name
+    /// lookups (long-lived, numbered requests and answers).
+    Messages = 6,
 }
 
 impl Role {
@@ -81,6 +84,7 @@ impl Role {
             2 => Some(Role::Pages),
             4 => Some(Role::Store),
             5 => Some(Role::Cluster),
+            6 => Some(Role::Messages),
             _ => None,
         }
     }
@@ -93,6 +97,7 @@ impl fmt::Display for Role {
             Role::Pages => "pages",
             Role::Store => "store",
             Role::Cluster => "cluster",
+            Role::Messages => "messages",
         })
     }
 }

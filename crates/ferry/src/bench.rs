@@ -30,6 +30,15 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
         BenchCommand::Checkpoint(args) => bench_checkpoint(args),
         BenchCommand::Migrate(args) => crate::bench_migrate::bench_migrate(args),
         BenchCommand::Balance(args) => crate::bench_balance::bench_balance(args),
+        BenchCommand::Messages(args) => crate::bench_messages::bench_messages(args),
+        BenchCommand::MsgEcho { name } => crate::bench_messages::msg_echo(&name),
+        BenchCommand::MsgPing { name, to, size } => {
+            crate::bench_messages::msg_ping(&name, &to, size)
+        }
+        BenchCommand::MsgBurst { name, to, count } => {
+            crate::bench_messages::msg_burst(&name, &to, count)
+        }
+        BenchCommand::MsgSink { name, count } => crate::bench_messages::msg_sink(&name, count),
         BenchCommand::Spin { units } => crate::bench_balance::spin(units),
         BenchCommand::HoldMemory { mib, dirty_mib_s } => hold_memory(mib, dirty_mib_s),
         BenchCommand::TcpSink { listen } => crate::bench_migrate::tcp_sink(listen),
@@ -185,7 +194,7 @@ fn memcpy_bandwidth(mib: u64) -> f64 {
     gbps(n as u64, median(times))
 }
 
-fn wait_for(path: &Path, timeout: Duration) -> Result<()> {
+pub(crate) fn wait_for(path: &Path, timeout: Duration) -> Result<()> {
     let t = Instant::now();
     while !path.exists() {
         if t.elapsed() > timeout {

@@ -115,7 +115,7 @@ impl Cluster {
     }
 
     /// Starts a program on NODE in DIR; its pid.
-    fn spawn(&self, node: &str, dir: &Path, program: &[&str]) -> Result<i32> {
+    pub(crate) fn spawn(&self, node: &str, dir: &Path, program: &[&str]) -> Result<i32> {
         let out_file = dir.join("out");
         let out_file = out_file.to_string_lossy();
         let mut args = vec!["exec", node, "--detach", "--out", &out_file, "--"];

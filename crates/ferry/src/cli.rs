@@ -190,6 +190,44 @@ pub enum BenchCommand {
     /// Makespan of 12 CPU-bound jobs submitted at one of 3 test hosts: no balancing, each
     /// placement policy, automatic migration; against the ideal.
     Balance(BenchBalanceArgs),
+    /// Two processes ping-pong messages while one migrates back and forth between two test
+    /// hosts with each algorithm: message freeze time, extra delay, lost and duplicated
+    /// messages; `--soak N` adds N freeze-free migrations in a row.
+    Messages(BenchMessagesArgs),
+    /// (internal) echo every message back to its sender until "stop".
+    #[command(hide = true)]
+    MsgEcho {
+        #[arg(long)]
+        name: String,
+    },
+    /// (internal) ping-pong numbered messages with TO until the file `stop` appears.
+    #[command(hide = true)]
+    MsgPing {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// (internal) send COUNT numbered messages to TO without waiting.
+    #[command(hide = true)]
+    MsgBurst {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        count: u64,
+    },
+    /// (internal) receive COUNT numbered messages, check their order.
+    #[command(hide = true)]
+    MsgSink {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        count: u64,
+    },
     /// (internal) a CPU-bound job: UNITS million steps of an LCG; prints the final value.
     #[command(hide = true)]
     Spin {
@@ -219,6 +257,35 @@ pub enum BenchCommand {
         #[arg(long)]
         mib: u64,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct BenchMessagesArgs {
+    /// Algorithms to measure.
+    #[arg(
+        long,
+        default_value = "total-copy,pre-copy,demand-paging,file-server,freeze-free",
+        value_delimiter = ','
+    )]
+    pub algorithms: Vec<String>,
+    /// Migrations per algorithm (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Then this many freeze-free migrations back and forth.
+    #[arg(long, default_value_t = 0)]
+    pub soak: usize,
+    /// Message size in bytes (at least 8).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Pause between two migrations, ms.
+    #[arg(long, default_value_t = 300)]
+    pub pause_ms: u64,
+    /// The test-cluster script.
+    #[arg(long, default_value = "scripts/testnet.sh")]
+    pub testnet: std::path::PathBuf,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -70,13 +70,22 @@ fn fd_kind(k: &FdKind) -> &'static str {
         FdKind::Regular { .. } => "file",
         FdKind::Directory { .. } => "directory",
         FdKind::CharDevice { .. } => "device",
+        FdKind::Link { .. } => "link",
     }
 }
 
 fn fd_pos(k: &FdKind) -> Option<u64> {
     match k {
         FdKind::Regular { pos, .. } | FdKind::Directory { pos, .. } => Some(*pos),
-        FdKind::CharDevice { .. } => None,
+        FdKind::CharDevice { .. } | FdKind::Link { .. } => None,
+    }
+}
+
+/// The path of a file, `@name` for a link (an abstract socket name).
+fn fd_target(k: &FdKind) -> String {
+    match k {
+        FdKind::Link { socket, .. } => format!("@{socket}"),
+        other => other.path().to_string(),
     }
 }
 
@@ -167,7 +176,7 @@ fn print_human(dir: &Path, image: &ProcessImage) {
                 if fd.cloexec { " cloexec" } else { "" }
             ),
             fd_pos(&fd.kind).map(|p| p.to_string()).unwrap_or_default(),
-            fd.kind.path().to_string(),
+            fd_target(&fd.kind),
         ]);
     }
     println!("files\n{t}");
@@ -233,10 +242,17 @@ fn to_json(image: &ProcessImage) -> Value {
                 "backing": backing(v), "image_bytes": b,
             })).collect::<Vec<_>>(),
         },
-        "fds": image.files.fds.iter().map(|fd| json!({
-            "fd": fd.number, "kind": fd_kind(&fd.kind), "path": fd.kind.path(),
-            "flags": fd.kind.flags(), "cloexec": fd.cloexec, "offset": fd_pos(&fd.kind),
-        })).collect::<Vec<_>>(),
+        "fds": image.files.fds.iter().map(|fd| {
+            let mut j = json!({
+                "fd": fd.number, "kind": fd_kind(&fd.kind), "path": fd_target(&fd.kind),
+                "flags": fd.kind.flags(), "cloexec": fd.cloexec, "offset": fd_pos(&fd.kind),
+            });
+            if let FdKind::Link { socket, hello } = &fd.kind {
+                j["socket"] = json!(socket);
+                j["hello_bytes"] = json!(hello.len());
+            }
+            j
+        }).collect::<Vec<_>>(),
         "signals": {
             "handlers": image.signals.actions.iter().map(|a| json!({
                 "signal": a.signo, "handler": a.handler, "flags": a.flags, "mask": a.mask,

@@ -5,6 +5,7 @@
 
 mod bench;
 mod bench_balance;
+mod bench_messages;
 mod bench_migrate;
 mod cli;
 mod cluster;

@@ -229,6 +229,21 @@ pub fn table(reports: &[MigrationReport]) -> Table {
     t.add_row(row("faults from the store", &|r| {
         r.store_faults.to_string()
     }));
+    if reports.iter().any(|r| r.links.is_some()) {
+        t.add_row(row("message links", &|r| {
+            r.links.as_ref().map_or("-".into(), |l| l.links.to_string())
+        }));
+        t.add_row(row("message freeze time", &|r| {
+            r.links
+                .as_ref()
+                .map_or("-".into(), |l| ms(l.message_freeze_ms))
+        }));
+        t.add_row(row("messages held (max delay)", &|r| {
+            r.links.as_ref().map_or("-".into(), |l| {
+                format!("{} ({})", l.held, ms(l.held_max_ms))
+            })
+        }));
+    }
     t.add_row(row("refused by", &|r| {
         if r.rejected.is_empty() {
             "-".into()

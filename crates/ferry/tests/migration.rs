@@ -14,16 +14,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use support::cluster::{Cluster, migrate_scenario};
+use support::cluster::{ALGORITHMS, Cluster, migrate_scenario};
 use support::*;
-
-const ALGORITHMS: [&str; 5] = [
-    "total-copy",
-    "pre-copy",
-    "demand-paging",
-    "file-server",
-    "freeze-free",
-];
 
 fn lit(s: &str) -> Arg {
     Arg::Lit(s.to_string())

@@ -18,6 +18,15 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// The five migration algorithms, as `ferry migrate --algorithm` spells them.
+pub const ALGORITHMS: [&str; 5] = [
+    "total-copy",
+    "pre-copy",
+    "demand-paging",
+    "file-server",
+    "freeze-free",
+];
+
 /// Where the test cluster keeps its run dir (apart from a cluster people bring up by hand).
 const RUN_DIR: &str = "/run/ferry-tests";
 
