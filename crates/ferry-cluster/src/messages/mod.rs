@@ -281,6 +281,11 @@ impl Service {
                 _ => return Err(MsgError::Closed(id.to_string())),
             }
         }
+        // A restore that was abandoned leaves a connection from a process that is gone: it
+        // must not take the link from the one that came after it.
+        if pid != 0 && !ferry_sys::proc::exists(ferry_sys::Pid::from_raw(pid)) {
+            return Err(MsgError::Closed(id.to_string()));
+        }
         let mut st = self.state();
         let link = st
             .links
@@ -330,15 +335,16 @@ impl Service {
         debug!(endpoint = %id, lingering = !done, "endpoint closed");
     }
 
-    /// One request of a process; the reply goes out through its session.
+    /// One request of a process; the reply goes out through its session. What a request does
+    /// and its reply are recorded in one step: a daemon that stops in between has done neither.
     pub async fn request(self: &Arc<Self>, id: &EndpointId, req_id: u64, op: protocol::Op) {
         {
-            let mut st = self.state();
+            let st = self.state();
             if st.stopped {
                 // The next daemon answers it: the process sends it again.
                 return;
             }
-            let Some(link) = st.links.get_mut(id) else {
+            let Some(link) = st.links.get(id) else {
                 return;
             };
             if req_id <= link.st.last_request {
@@ -351,17 +357,39 @@ impl Service {
                 }
                 return;
             }
-            link.st.last_request = req_id;
         }
-        let result = match op {
-            protocol::Op::Send { to, data } => {
-                self.send(id, &to, data).await.map(|()| Answer::Sent)
+        // The only wait: finding where a name lives (nothing changes meanwhile).
+        let resolved = match &op {
+            protocol::Op::Send { data, .. } if data.len() > ferry_msg::MAX_MESSAGE => {
+                Some(Err(MsgError::TooLarge {
+                    size: data.len(),
+                    max: ferry_msg::MAX_MESSAGE,
+                }))
             }
-            protocol::Op::Recv { wait_ms } => {
-                let mut st = self.state();
-                let Some(link) = st.links.get_mut(id) else {
-                    return;
-                };
+            protocol::Op::Send { to, .. } => Some(self.resolve(to).await),
+            protocol::Op::Recv { .. } => None,
+        };
+        let mut st = self.state();
+        if st.stopped {
+            return;
+        }
+        let Some(link) = st.links.get_mut(id) else {
+            return;
+        };
+        if req_id <= link.st.last_request {
+            return;
+        }
+        link.st.last_request = req_id;
+        let result = match (op, resolved) {
+            (protocol::Op::Send { data, .. }, Some(Ok((dest, at)))) => {
+                let start = link.queue(dest.clone(), at, data);
+                if let Ok(true) = start {
+                    self.spawn_sender(id.clone(), dest);
+                }
+                start.map(|_| Answer::Sent)
+            }
+            (protocol::Op::Send { .. }, Some(Err(e))) => Err(e),
+            (protocol::Op::Recv { wait_ms }, _) => {
                 if let Some(m) = link.st.queue.pop_front() {
                     Ok(Answer::Message {
                         from: m.from,
@@ -378,14 +406,9 @@ impl Service {
                     return;
                 }
             }
+            (protocol::Op::Send { .. }, None) => return,
         };
-        let mut st = self.state();
-        if st.stopped {
-            return;
-        }
-        if let Some(link) = st.links.get_mut(id) {
-            link.reply(req_id, result);
-        }
+        link.reply(req_id, result);
     }
 
     fn arm_timer(self: &Arc<Self>, id: EndpointId, req_id: u64, after: Duration) {
@@ -402,42 +425,6 @@ impl Service {
                 link.reply(req_id, Ok(Answer::Empty));
             }
         });
-    }
-
-    /// Queues `data` from endpoint `from` to `to` (id or name) and starts its delivery.
-    async fn send(
-        self: &Arc<Self>,
-        from: &EndpointId,
-        to: &str,
-        data: Vec<u8>,
-    ) -> Result<(), MsgError> {
-        if data.len() > ferry_msg::MAX_MESSAGE {
-            return Err(MsgError::TooLarge {
-                size: data.len(),
-                max: ferry_msg::MAX_MESSAGE,
-            });
-        }
-        let (dest, at) = self.resolve(to).await?;
-        let mut st = self.state();
-        let Some(link) = st.links.get_mut(from) else {
-            return Err(MsgError::Closed(from.to_string()));
-        };
-        let out = link.st.outgoing.entry(dest.clone()).or_insert(Outgoing {
-            next_seq: 1,
-            at,
-            unacked: VecDeque::new(),
-            gone: false,
-        });
-        if out.gone {
-            return Err(MsgError::Closed(dest.to_string()));
-        }
-        let seq = out.next_seq;
-        out.next_seq += 1;
-        out.unacked.push_back((seq, data));
-        if link.frozen.is_none() && link.sending.insert(dest.clone()) {
-            self.spawn_sender(from.clone(), dest);
-        }
-        Ok(())
     }
 
     /// An endpoint id and where to look for it first.
@@ -940,6 +927,23 @@ impl Link {
             held: Vec::new(),
             sending: HashSet::new(),
         }
+    }
+
+    /// Queues `data` for `dest` (last seen at `at`); true if its delivery task must start.
+    fn queue(&mut self, dest: EndpointId, at: String, data: Vec<u8>) -> Result<bool, MsgError> {
+        let out = self.st.outgoing.entry(dest.clone()).or_insert(Outgoing {
+            next_seq: 1,
+            at,
+            unacked: VecDeque::new(),
+            gone: false,
+        });
+        if out.gone {
+            return Err(MsgError::Closed(dest.to_string()));
+        }
+        let seq = out.next_seq;
+        out.next_seq += 1;
+        out.unacked.push_back((seq, data));
+        Ok(self.frozen.is_none() && self.sending.insert(dest))
     }
 
     /// Every message it sent was taken (or its destination is gone).
