@@ -187,7 +187,14 @@ pub async fn move_process(
                     }
                     // The process starts there: its links follow now, while both daemons
                     // wait for each other (the quietest moment of a migration).
-                    Update::Committed { to } if moved.is_none() => {
+                    Update::Committed { to } => {
+                        // A target told to start the process that then did not (the source
+                        // tries the next): the links come back from it first.
+                        if let Some(earlier) = moved.take()
+                            && let Some(from) = earlier.destination().await
+                        {
+                            messages.call_back(&ids, &from).await;
+                        }
                         let (messages, ids, to) = (Arc::clone(&messages), ids.clone(), to.clone());
                         moved = Some(Moving::Going(tokio::spawn(async move {
                             let figures = messages.move_links(ids, to.clone()).await;
@@ -245,12 +252,7 @@ pub async fn move_process(
         }
         (Err(e), Some(moving)) => {
             // The process stays here after all: its links come back (it reconnects to them).
-            let went_to = match moving {
-                Moving::Done((to, _)) => Some(to),
-                Moving::Going(task) => task.await.ok().map(|(to, _)| to),
-                Moving::Lost => None,
-            };
-            if let Some(to) = went_to {
+            if let Some(to) = moving.destination().await {
                 shared.messages.call_back(&ids, &to).await;
             }
             shared.messages.cancel_move(&ids);
@@ -272,4 +274,15 @@ enum Moving {
     Done((String, ferry_migrate::report::LinkFigures)),
     Going(tokio::task::JoinHandle<(String, ferry_migrate::report::LinkFigures)>),
     Lost,
+}
+
+impl Moving {
+    /// Where the links went (once they got there).
+    async fn destination(self) -> Option<String> {
+        match self {
+            Moving::Done((to, _)) => Some(to),
+            Moving::Going(task) => task.await.ok().map(|(to, _)| to),
+            Moving::Lost => None,
+        }
+    }
 }
