@@ -121,6 +121,9 @@ struct State {
     next_n: u64,
     /// Sessions waiting for their link to arrive (a migrated process ran before its link).
     awaiting: HashMap<EndpointId, Vec<oneshot::Sender<()>>>,
+    /// Deliveries that reached this host before the link whose process already runs here:
+    /// held until it arrives.
+    early: HashMap<EndpointId, Vec<Held>>,
     /// The links were saved for the next daemon: nothing changes them any more.
     stopped: bool,
 }
@@ -278,7 +281,18 @@ impl Service {
             // The link follows its process within moments; a minute means it never will.
             match tokio::time::timeout(Duration::from_secs(60), rx).await {
                 Ok(Ok(())) => {}
-                _ => return Err(MsgError::Closed(id.to_string())),
+                _ => {
+                    // It never came: nobody waits here any more; held deliveries go on.
+                    let mut st = self.state();
+                    if !st.links.contains_key(id) {
+                        st.awaiting.remove(id);
+                        let answer = self.elsewhere(&st, id);
+                        for h in st.early.remove(id).unwrap_or_default() {
+                            let _ = h.answer.send(answer.clone());
+                        }
+                    }
+                    return Err(MsgError::Closed(id.to_string()));
+                }
             }
         }
         // A restore that was abandoned leaves a connection from a process that is gone: it
@@ -632,40 +646,58 @@ impl Service {
                 // Not acknowledged: the sender retries with the next daemon.
                 return PeerAnswer::Refused("the daemon is restarting".into());
             }
-            let Some(link) = st.links.get_mut(&to) else {
-                if let Some(node) = st.forward.get(&to) {
-                    self.count(|c| c.redirected += 1);
-                    return PeerAnswer::Moved { node: node.clone() };
-                }
-                if st.closed.contains(&to) || to.node == self.node {
-                    return PeerAnswer::Gone;
-                }
-                return PeerAnswer::Moved {
-                    node: to.node.clone(),
-                };
-            };
-            if link.st.closing {
-                return PeerAnswer::Gone;
-            }
-            if link.frozen.is_some() {
+            if !st.links.contains_key(&to) && st.awaiting.contains_key(&to) {
+                // Its process is here, its link on the way: hold the message for it.
                 let (tx, rx) = oneshot::channel();
-                link.held.push(Held {
+                st.early.entry(to).or_default().push(Held {
                     since: Instant::now(),
                     msg: (from, seq, data),
                     answer: tx,
                 });
                 rx
             } else {
-                let taken = link.accept(from, seq, data);
-                match taken {
-                    Taken::New => self.count(|c| c.delivered += 1),
-                    Taken::Duplicate => self.count(|c| c.duplicates += 1),
-                    Taken::OutOfOrder => {}
+                let Some(link) = st.links.get_mut(&to) else {
+                    if st.forward.contains_key(&to) {
+                        self.count(|c| c.redirected += 1);
+                    }
+                    return self.elsewhere(&st, &to);
+                };
+                if link.st.closing {
+                    return PeerAnswer::Gone;
                 }
-                return taken.answer();
+                if link.frozen.is_some() {
+                    let (tx, rx) = oneshot::channel();
+                    link.held.push(Held {
+                        since: Instant::now(),
+                        msg: (from, seq, data),
+                        answer: tx,
+                    });
+                    rx
+                } else {
+                    let taken = link.accept(from, seq, data);
+                    match taken {
+                        Taken::New => self.count(|c| c.delivered += 1),
+                        Taken::Duplicate => self.count(|c| c.duplicates += 1),
+                        Taken::OutOfOrder => {}
+                    }
+                    return taken.answer();
+                }
             }
         };
         held.await.unwrap_or(PeerAnswer::Gone)
+    }
+
+    /// Where to send a delivery for `id`, which does not live here.
+    fn elsewhere(&self, st: &State, id: &EndpointId) -> PeerAnswer {
+        if let Some(node) = st.forward.get(id) {
+            return PeerAnswer::Moved { node: node.clone() };
+        }
+        if st.closed.contains(id) || id.node == self.node {
+            return PeerAnswer::Gone;
+        }
+        PeerAnswer::Moved {
+            node: id.node.clone(),
+        }
     }
 
     /// Installs a link that moved here; `pid` is known only for a restart.
@@ -702,6 +734,13 @@ impl Service {
         }
         for w in st.awaiting.remove(&id).unwrap_or_default() {
             let _ = w.send(());
+        }
+        let early = st.early.remove(&id).unwrap_or_default();
+        if let Some(link) = st.links.get_mut(&id) {
+            for h in early {
+                let (from, seq, data) = h.msg;
+                let _ = h.answer.send(link.accept(from, seq, data).answer());
+            }
         }
         debug!(endpoint = %id, "link installed");
         PeerAnswer::Installed
@@ -1214,6 +1253,50 @@ mod tests {
         assert_eq!(
             svc.deliver(b.clone(), a.clone(), 2, vec![]).await,
             PeerAnswer::Gone
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_that_reaches_the_new_host_before_the_link_waits_for_it() {
+        let svc = service();
+        let key = [3; 16];
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // The migrated process connects first: its resume waits for the link.
+        let resumed = {
+            let svc = Arc::clone(&svc);
+            tokio::spawn(async move { svc.resume(0, &id(1), key, tx).await })
+        };
+        while !svc.state().awaiting.contains_key(&id(1)) {
+            tokio::task::yield_now().await;
+        }
+        let delivery = {
+            let svc = Arc::clone(&svc);
+            tokio::spawn(async move { svc.deliver(id(1), id(9), 1, b"early".to_vec()).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!delivery.is_finished(), "answered before the link arrived");
+        // The link arrives with a receive waiting: the early message answers it.
+        let mut st = state(Some((4, None)));
+        st.key = key;
+        assert_eq!(svc.install(st, 0), PeerAnswer::Installed);
+        let answered = tokio::time::timeout(Duration::from_secs(5), delivery)
+            .await
+            .expect("answered once the link came")
+            .expect("delivery task");
+        assert_eq!(answered, PeerAnswer::Accepted);
+        resumed
+            .await
+            .expect("resume task")
+            .expect("resumed once the link came");
+        assert_eq!(
+            reply(&mut rx).await,
+            FromDaemon::Reply {
+                id: 4,
+                result: Ok(Answer::Message {
+                    from: id(9),
+                    data: b"early".to_vec()
+                })
+            }
         );
     }
 }
