@@ -1,4 +1,4 @@
-//! examples/echo.c compiled with `cc` against include/ferry_msg.h and the cdylib of this build,
+//! examples/echo.c compiled with `gcc` against include/ferry_msg.h and the cdylib of this build,
 //! then run without a daemon. With real daemons it runs in `crates/ferry/tests/messages.rs`.
 
 use std::path::{Path, PathBuf};
@@ -27,14 +27,14 @@ fn library_dir() -> PathBuf {
 fn echo() -> Option<&'static Path> {
     static ECHO: OnceLock<Option<PathBuf>> = OnceLock::new();
     ECHO.get_or_init(|| {
-        if Command::new("cc").arg("--version").output().is_err() {
-            eprintln!("skipped: no C compiler (cc)");
+        if Command::new("gcc").arg("--version").output().is_err() {
+            eprintln!("skipped: no C compiler (gcc)");
             return None;
         }
         let lib = library_dir();
         let exe = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("ferry-msg-c-echo-{}", std::process::id()));
-        let out = Command::new("cc")
+        let out = Command::new("gcc")
             .current_dir(MANIFEST_DIR)
             .args(["-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror"])
             .args(["-I", "include", "examples/echo.c", "-o"])
@@ -44,10 +44,10 @@ fn echo() -> Option<&'static Path> {
             .arg("-lferrymsg")
             .arg(format!("-Wl,-rpath,{}", lib.display()))
             .output()
-            .expect("run cc");
+            .expect("run gcc");
         assert!(
             out.status.success(),
-            "cc failed:\n{}",
+            "gcc failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         Some(exe)

@@ -282,7 +282,7 @@ fn c_echo() -> std::path::PathBuf {
     );
     let crate_dir = repo_root().join("crates/ferry-msg-c");
     let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ferry-msg-c-echo");
-    let out = std::process::Command::new("cc")
+    let out = std::process::Command::new("gcc")
         .current_dir(&crate_dir)
         .args([
             "-std=c99",
@@ -298,10 +298,10 @@ fn c_echo() -> std::path::PathBuf {
         .arg("-lferrymsg")
         .arg(format!("-Wl,-rpath,{}", lib_dir.display()))
         .output()
-        .expect("running cc");
+        .expect("running gcc");
     assert!(
         out.status.success(),
-        "cc failed: {}",
+        "gcc failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     exe
