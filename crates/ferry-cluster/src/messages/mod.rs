@@ -720,14 +720,7 @@ impl Service {
             link.deadline = Some(Instant::now() + Duration::from_millis(ms));
             self.arm_timer(id.clone(), req_id, Duration::from_millis(ms));
         }
-        let dests: Vec<EndpointId> = link
-            .st
-            .outgoing
-            .iter()
-            .filter(|(_, o)| !o.unacked.is_empty())
-            .map(|(d, _)| d.clone())
-            .collect();
-        link.sending.extend(dests.iter().cloned());
+        let dests = link.start_senders();
         st.links.insert(id.clone(), link);
         for d in dests {
             self.spawn_sender(id.clone(), d);
@@ -737,10 +730,7 @@ impl Service {
         }
         let early = st.early.remove(&id).unwrap_or_default();
         if let Some(link) = st.links.get_mut(&id) {
-            for h in early {
-                let (from, seq, data) = h.msg;
-                let _ = h.answer.send(link.accept(from, seq, data).answer());
-            }
+            link.take_held(early);
         }
         debug!(endpoint = %id, "link installed");
         PeerAnswer::Installed
@@ -793,18 +783,9 @@ impl Service {
             if let Some(l) = st.links.get_mut(id) {
                 l.moving = false;
                 l.frozen = None;
-                for h in std::mem::take(&mut l.held) {
-                    let (from, seq, data) = h.msg;
-                    let _ = h.answer.send(l.accept(from, seq, data).answer());
-                }
-                let dests: Vec<EndpointId> =
-                    l.st.outgoing
-                        .iter()
-                        .filter(|(d, o)| !o.unacked.is_empty() && !l.sending.contains(*d))
-                        .map(|(d, _)| d.clone())
-                        .collect();
-                l.sending.extend(dests.iter().cloned());
-                for d in dests {
+                let held = std::mem::take(&mut l.held);
+                l.take_held(held);
+                for d in l.start_senders() {
                     self.spawn_sender(id.clone(), d);
                 }
             }
@@ -983,6 +964,28 @@ impl Link {
         out.next_seq += 1;
         out.unacked.push_back((seq, data));
         Ok(self.frozen.is_none() && self.sending.insert(dest))
+    }
+
+    /// Destinations with messages waiting and no delivery task, now marked as having one: the
+    /// caller starts their tasks.
+    fn start_senders(&mut self) -> Vec<EndpointId> {
+        let dests: Vec<EndpointId> = self
+            .st
+            .outgoing
+            .iter()
+            .filter(|(d, o)| !o.unacked.is_empty() && !self.sending.contains(*d))
+            .map(|(d, _)| d.clone())
+            .collect();
+        self.sending.extend(dests.iter().cloned());
+        dests
+    }
+
+    /// Takes deliveries that waited for it, in the order they came, and answers them.
+    fn take_held(&mut self, held: Vec<Held>) {
+        for h in held {
+            let (from, seq, data) = h.msg;
+            let _ = h.answer.send(self.accept(from, seq, data).answer());
+        }
     }
 
     /// Every message it sent was taken (or its destination is gone).
