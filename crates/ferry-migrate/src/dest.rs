@@ -554,8 +554,14 @@ impl Dest {
         };
         // If this daemon dies, the kernel would fill the missing pages with zeros and the
         // process would run on with wrong memory: the guard ends it instead.
-        let guard = ferry_sys::uffd::PagerGuard::new(&uffd)
-            .map_err(|e| format!("guarding the pager: {e}"))?;
+        // (The pages reader waits for the pager for stream frames: end it if there is none.)
+        let guard = match ferry_sys::uffd::PagerGuard::new(&uffd) {
+            Ok(g) => g,
+            Err(e) => {
+                reader.abort();
+                return Err(format!("guarding the pager: {e}"));
+            }
+        };
         let pager = Pager::new(
             id.to_string(),
             algorithm,
@@ -568,7 +574,10 @@ impl Dest {
             map,
             store,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            reader.abort();
+            e.to_string()
+        })?;
         Ok(Some((Arc::new(pager), sink, reader, running)))
     }
 }
@@ -694,6 +703,12 @@ async fn read_pages(mut rx: Receiver, sink: Arc<PageSink>) {
     let mut buf = vec![0u8; ferry_wire::MAX_PAGES_PAYLOAD];
     let mut target_rx = sink.target.subscribe();
     let mut staging_round = false;
+    // After `PagesEnd` the process may be running (freeze-free stream): its memory must then
+    // only be filled with UFFDIO_COPY, which never overwrites a page already there.
+    // process_vm_writev would overwrite pages the process got by fault and has written since
+    // (it pins a whole batch, faulting each missing page in, and only then copies the stale
+    // image bytes over all of them).
+    let mut eager_over = false;
     loop {
         let frame = match rx.recv::<ToDest>(&mut buf).await {
             Ok(f) => f,
@@ -715,6 +730,7 @@ async fn read_pages(mut rx: Receiver, sink: Arc<PageSink>) {
             }
             Received::Msg(ToDest::PagesEnd { .. }) => {
                 staging_round = false;
+                eager_over = true;
                 sink.done.store(true, Ordering::Release);
                 sink.eager_done.notify_waiters();
             }
@@ -726,10 +742,12 @@ async fn read_pages(mut rx: Receiver, sink: Arc<PageSink>) {
                     sink.staging.lock().await.put(h.addr, data);
                     continue;
                 }
-                // Pages after the state: wait until the vessel exists.
+                // Pages after the state: wait until the vessel exists; pages after `PagesEnd`
+                // (the stream): until the pager took over.
                 let target = loop {
                     let t = match &*target_rx.borrow_and_update() {
                         Target::Staging => None,
+                        Target::Vessel(_) if eager_over => None,
                         Target::Vessel(pid) => Some(Target::Vessel(*pid)),
                         Target::Uffd(p) => Some(Target::Uffd(Arc::clone(p))),
                     };
@@ -1284,6 +1302,9 @@ impl Pager {
             })
             .await;
         replies.abort();
+        // The uffd can be registered with the runtime's epoll only once: serve_from_store
+        // registers it again (EEXIST while this one lives, and it would return silently).
+        drop(afd);
         // After the old host dropped out (file-server): keep serving faults from the store.
         if figures.needs_store {
             let me = Arc::clone(self);
