@@ -320,7 +320,9 @@ fn capture_frozen(
     // that restore shares it again (and with it the offset). A link is only ever a duplicate
     // of another fd of the same link, never of a file.
     let mut fds: Vec<Fd> = Vec::new();
-    for fd in proc::open_fds(pid).map_err(sys("listing fds"))? {
+    let open = proc::open_fds(pid).map_err(sys("listing fds"))?;
+    crate::objects::check_shared_objects(pid, &open)?;
+    for fd in open {
         let kind = mobility::classify_fd(pid, &fd, opts)?;
         mobility::check_locks(pid, fd.fd)?;
         let mut dup_of = None;

@@ -13,7 +13,7 @@ use ferry_sys::{Pid, host};
 
 use crate::CheckpointError;
 
-fn refuse(pid: Pid, reason: impl Into<String>) -> CheckpointError {
+pub(crate) fn refuse(pid: Pid, reason: impl Into<String>) -> CheckpointError {
     CheckpointError::NotMigratable {
         pid: pid.as_raw(),
         reason: reason.into(),
@@ -145,23 +145,20 @@ pub fn classify_fd(pid: Pid, fd: &OpenFd, opts: &Options) -> Result<FdKind, Chec
         return classify_link(pid, fd, link, &target);
     }
     let unsupported = |what: &str| refuse(pid, format!("fd {n} is {what} ({target})"));
-    if target.starts_with("pipe:") {
-        return Err(unsupported("a pipe"));
-    }
     if target.starts_with("socket:") {
         return Err(unsupported("a socket"));
     }
-    if let Some(kind) = target.strip_prefix("anon_inode:") {
+    if fd.flags & libc::O_ASYNC != 0 {
         return Err(refuse(
             pid,
-            format!(
-                "fd {n} is {} (not supported yet)",
-                kind.trim_matches(['[', ']'])
-            ),
+            format!("fd {n} ({target}) uses O_ASYNC signal I/O"),
         ));
     }
+    if target.starts_with("pipe:") || target.starts_with("anon_inode:") {
+        return crate::objects::classify(pid, fd, &target);
+    }
     if target.starts_with("/memfd:") {
-        return Err(unsupported("a memfd"));
+        return crate::objects::classify_memfd(pid, fd, &target);
     }
     if !target.starts_with('/') {
         return Err(unsupported("not a file"));
@@ -170,21 +167,12 @@ pub fn classify_fd(pid: Pid, fd: &OpenFd, opts: &Options) -> Result<FdKind, Chec
         return Err(refuse(pid, format!("fd {n} ({target}) cannot be examined")));
     };
     let path = utf8(pid, &format!("fd {n}"), &fd.target)?;
-    if fd.flags & libc::O_ASYNC != 0 {
-        return Err(refuse(
-            pid,
-            format!("fd {n} ({path}) uses O_ASYNC signal I/O"),
-        ));
-    }
     // O_CLOEXEC is carried separately.
     let flags = fd.flags & !libc::O_CLOEXEC;
     match st.file_type() {
         libc::S_IFREG => {
             if st.nlink == 0 || path.ends_with(" (deleted)") {
-                return Err(refuse(
-                    pid,
-                    format!("fd {n} refers to a deleted file ({path})"),
-                ));
+                return crate::objects::classify_deleted(pid, fd, &path, &st);
             }
             Ok(FdKind::Regular {
                 path,
@@ -438,6 +426,7 @@ pub fn check_resources(pid: Pid, opts: &Options) -> Result<(), CheckpointError> 
         classify_fd(pid, fd, opts)?;
         check_locks(pid, fd.fd)?;
     }
+    crate::objects::check_shared_objects(pid, &fds)?;
     let maps = proc::read_smaps(pid).map_err(CheckpointError::sys("reading mappings"))?;
     for m in &maps {
         classify_mapping(pid, m, opts)?;

@@ -27,7 +27,7 @@
 //! limits and nice values are applied after the credentials, so the kernel refuses any that
 //! exceed the owner's privilege. Dropping a [`Builder`] that was not started kills the vessel.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,6 +44,8 @@ use crate::capture::from_model_regs;
 use crate::freeze::{BLOCK_ALL, enter_signal_path_and_detach};
 use crate::imagedir::LoadedImage;
 use crate::{RestoreError, platform};
+
+mod objects;
 
 /// Pages of the restorer area: code page, call table, data.
 const RESTORER_PAGES: u64 = 64;
@@ -127,7 +129,7 @@ fn precheck_files(image: &ProcessImage) -> Result<(), RestoreError> {
     };
     // Links are connections, not files: whether the message service answers on this host
     // shows when the fd is created (connecting now would leave the service a connection
-    // without its hello).
+    // without its hello). Pipes and other kernel objects are created anew.
     for fd in image
         .files
         .fds
@@ -144,7 +146,7 @@ fn precheck_files(image: &ProcessImage) -> Result<(), RestoreError> {
                     && host::dev_major(st.rdev) == *major
                     && host::dev_minor(st.rdev) == *minor
             }
-            FdKind::Link { .. } => true, // filtered out above
+            _ => true, // links and kernel objects are filtered out above
         };
         if !kind_ok {
             return Err(RestoreError::FileChanged {
@@ -152,6 +154,19 @@ fn precheck_files(image: &ProcessImage) -> Result<(), RestoreError> {
                 path: fd.kind.path().to_string(),
                 detail: "it is no longer the same kind of file".into(),
             });
+        }
+    }
+    for fd in &image.files.fds {
+        if let FdKind::DeletedFile { path, .. } = &fd.kind {
+            let dir = objects::deleted_file_dir(path);
+            let what = format!("fd {} (a deleted file's directory)", fd.number);
+            if stat(&what, dir)?.file_type() != libc::S_IFDIR {
+                return Err(RestoreError::FileChanged {
+                    what,
+                    path: dir.to_string(),
+                    detail: "it is not a directory".into(),
+                });
+            }
         }
     }
     for vma in &image.memory.vmas {
@@ -348,6 +363,15 @@ struct FdTable(BTreeSet<u64>);
 impl FdTable {
     fn open(&mut self) -> u64 {
         let mut n = 0;
+        while self.0.contains(&n) {
+            n += 1;
+        }
+        self.0.insert(n);
+        n
+    }
+    /// The lowest free number at or above `min` (as `F_DUPFD` picks it), now taken.
+    fn open_from(&mut self, min: u64) -> u64 {
+        let mut n = min;
         while self.0.contains(&n) {
             n += 1;
         }
@@ -805,6 +829,7 @@ impl Builder {
         // Primaries first, then their duplicates.
         fds.sort_by_key(|f| (f.dup_of.is_some(), f.number));
         let mut q = self.queue("opening files");
+        let mut pipes_made = HashSet::new();
         for fd in fds {
             let n = fd.number as u64;
             let cloexec = if fd.cloexec { libc::O_CLOEXEC } else { 0 };
@@ -824,6 +849,10 @@ impl Builder {
                 self.connect_link(&mut q, fd, socket, hello)?;
                 continue;
             }
+            if !fd.kind.is_file() {
+                self.create_object(&mut q, fd, &image.files, &mut pipes_made)?;
+                continue;
+            }
             let p = q.batch.c_string(fd.kind.path());
             let opened = self.fds.open();
             self.push(
@@ -840,27 +869,10 @@ impl Builder {
                     0,
                 ],
             );
-            if opened != n {
-                self.push(
-                    &mut q,
-                    Tag::Plain,
-                    "dup3",
-                    libc::SYS_dup3,
-                    [opened, n, cloexec as u64, 0, 0, 0],
-                );
-                self.push(
-                    &mut q,
-                    Tag::Plain,
-                    "close",
-                    libc::SYS_close,
-                    [opened, 0, 0, 0, 0, 0],
-                );
-                self.fds.close(opened);
-                self.fds.place(n);
-            }
+            self.settle(&mut q, opened, fd);
             let pos = match &fd.kind {
                 FdKind::Regular { pos, .. } | FdKind::Directory { pos, .. } => *pos,
-                FdKind::CharDevice { .. } | FdKind::Link { .. } => 0,
+                _ => 0,
             };
             if pos != 0 && fd.kind.flags() & libc::O_PATH == 0 {
                 self.push(
@@ -872,6 +884,7 @@ impl Builder {
                 );
             }
         }
+        self.add_epoll_watches(&mut q, &image.files)?;
         let cwd = &image.control.cwd;
         self.room(&mut q, 3, cwd.len() + 8)?;
         let p = q.batch.c_string(cwd);
@@ -888,6 +901,32 @@ impl Builder {
         self.flush(&mut q)
     }
 
+    /// Moves a new fd from `opened`, where the kernel put it, to `fd`'s number (which it may
+    /// already be), with `fd`'s close-on-exec flag. Queues at most two calls.
+    fn settle(&mut self, q: &mut Queue, opened: u64, fd: &Fd) {
+        let n = fd.number as u64;
+        if opened == n {
+            return;
+        }
+        let cloexec = if fd.cloexec { libc::O_CLOEXEC } else { 0 };
+        self.push(
+            q,
+            Tag::Plain,
+            "dup3",
+            libc::SYS_dup3,
+            [opened, n, cloexec as u64, 0, 0, 0],
+        );
+        self.push(
+            q,
+            Tag::Plain,
+            "close",
+            libc::SYS_close,
+            [opened, 0, 0, 0, 0, 0],
+        );
+        self.fds.close(opened);
+        self.fds.place(n);
+    }
+
     /// A link at fd `fd.number`: a new `AF_UNIX` `SOCK_SEQPACKET` socket connected to the
     /// abstract name `socket` (the message service of this host's daemon), `hello` sent on it
     /// first. Runs at once, so that a failure names the link.
@@ -900,8 +939,6 @@ impl Builder {
     ) -> Result<(), RestoreError> {
         // What is queued runs first: from here on, a failing call is this link's.
         self.flush(q)?;
-        let n = fd.number as u64;
-        let cloexec = if fd.cloexec { libc::O_CLOEXEC } else { 0 };
         let sock_cloexec = if fd.cloexec { libc::SOCK_CLOEXEC } else { 0 };
         let addr = abstract_sockaddr(socket);
         self.room(q, 5, addr.len() + hello.len() + 16)?;
@@ -945,24 +982,7 @@ impl Builder {
                 ],
             );
         }
-        if sock != n {
-            self.push(
-                q,
-                Tag::Plain,
-                "dup3",
-                libc::SYS_dup3,
-                [sock, n, cloexec as u64, 0, 0, 0],
-            );
-            self.push(
-                q,
-                Tag::Plain,
-                "close",
-                libc::SYS_close,
-                [sock, 0, 0, 0, 0, 0],
-            );
-            self.fds.close(sock);
-            self.fds.place(n);
-        }
+        self.settle(q, sock, fd);
         self.flush(q).map_err(|e| match e {
             RestoreError::Sys {
                 source: SysError::Injected { call, errno, .. },

@@ -17,7 +17,7 @@ pub const PAGES_MAGIC: [u8; 8] = *b"FERRYPGS";
 /// Version of the image format. Bump minor for additions old readers may ignore, major for
 /// anything else.
 pub const FORMAT_MAJOR: u16 = 1;
-pub const FORMAT_MINOR: u16 = 0;
+pub const FORMAT_MINOR: u16 = 1;
 /// Size of the `pages.img` header; page data starts page-aligned right after it.
 pub const PAGES_HEADER_LEN: u64 = PAGE_SIZE;
 /// Largest `core.img` payload ferry accepts (the model of a process with the maximum number of
@@ -375,8 +375,8 @@ mod tests {
         assert_eq!(back.files.fds[3].kind, link);
     }
 
-    /// Images written before links existed decode unchanged: the variants that were there keep
-    /// their postcard tags, the link comes last.
+    /// Images written before links and kernel objects existed decode unchanged: the variants
+    /// that were there keep their postcard tags, new ones come last.
     #[test]
     fn fd_kind_tags_are_stable() {
         use crate::model::{FdKind, FileIdentity};
@@ -415,6 +415,43 @@ mod tests {
             }),
             3
         );
+        assert_eq!(
+            tag(&FdKind::Pipe {
+                pipe: 1,
+                write: false,
+                flags: 0,
+                capacity: 4096,
+                data: Vec::new()
+            }),
+            4
+        );
+        assert_eq!(
+            tag(&FdKind::Epoll {
+                flags: 0,
+                watches: Vec::new()
+            }),
+            8
+        );
+        assert_eq!(
+            tag(&FdKind::MemFd {
+                name: String::new(),
+                flags: 0,
+                pos: 0,
+                seals: 0,
+                data: Vec::new()
+            }),
+            9
+        );
+        assert_eq!(
+            tag(&FdKind::DeletedFile {
+                path: String::new(),
+                flags: 0,
+                pos: 0,
+                mode: 0,
+                data: Vec::new()
+            }),
+            10
+        );
     }
 
     #[test]
@@ -432,7 +469,7 @@ mod tests {
         let err = decode_core(&bytes).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "core.img: image format 2.0 is not supported (this ferry reads 1.0 to 1.0)"
+            "core.img: image format 2.1 is not supported (this ferry reads 1.0 to 1.1)"
         );
         let mut bytes = encode_core(&sample_image()).unwrap();
         bytes[10..12].copy_from_slice(&(FORMAT_MINOR + 1).to_le_bytes());

@@ -379,6 +379,91 @@ pub enum FdKind {
         /// empty: nothing is sent).
         hello: Vec<u8>,
     },
+    /// One end of a pipe that no other process holds. Restore makes one pipe per `pipe`
+    /// number and puts its ends at the fds that had them; ends the process did not hold are
+    /// closed (a reader then sees end-of-file, a writer `EPIPE`, as before).
+    Pipe {
+        /// The pipe's inode number on the old host: the ends of one pipe share it.
+        pipe: u64,
+        /// The write end (else the read end).
+        write: bool,
+        /// `O_*` status and access flags, without `O_CLOEXEC`.
+        flags: i32,
+        /// The pipe's capacity in bytes (`F_GETPIPE_SZ`).
+        capacity: u32,
+        /// The bytes in flight, in order, on every read end of the pipe (empty on write ends):
+        /// restore writes them into the new pipe once.
+        data: Vec<u8>,
+    },
+    /// An `eventfd`.
+    EventFd {
+        flags: i32,
+        count: u64,
+        semaphore: bool,
+    },
+    /// A `timerfd`, re-armed with the time that was left when the process was frozen.
+    TimerFd {
+        flags: i32,
+        /// `CLOCK_*` id.
+        clock: i32,
+        /// Time to the next expiry (0: disarmed).
+        value_ns: u64,
+        /// Period (0: fires once).
+        interval_ns: u64,
+        /// Expiries not yet read.
+        ticks: u64,
+    },
+    /// A `signalfd`.
+    SignalFd {
+        flags: i32,
+        /// Signals it reads, bit `n-1` for signal `n`.
+        mask: u64,
+    },
+    /// An epoll instance and its registrations.
+    Epoll {
+        flags: i32,
+        watches: Vec<EpollWatch>,
+    },
+    /// A memfd (`memfd_create`), its contents carried in the image (at most
+    /// [`MAX_CARRIED_BYTES`]).
+    MemFd {
+        /// The name it was created with (without `memfd:`).
+        name: String,
+        flags: i32,
+        pos: u64,
+        /// `F_SEAL_*` bits (`F_GET_SEALS`); a memfd made without `MFD_ALLOW_SEALING` has
+        /// `F_SEAL_SEAL`.
+        seals: u32,
+        /// The file's bytes; its size is their length.
+        data: Vec<u8>,
+    },
+    /// A regular file that was deleted while open (no name left), its contents carried in
+    /// the image (at most [`MAX_CARRIED_BYTES`]). Restore makes an unnamed file
+    /// (`O_TMPFILE`) in the directory it was in.
+    DeletedFile {
+        /// The path it had (as `/proc/PID/fd` shows it, without ` (deleted)`).
+        path: String,
+        flags: i32,
+        pos: u64,
+        /// Permission bits.
+        mode: u32,
+        /// The file's bytes; its size is their length.
+        data: Vec<u8>,
+    },
+}
+
+/// Largest memfd or deleted file whose contents an image carries.
+pub const MAX_CARRIED_BYTES: usize = 16 << 20;
+/// Longest memfd name (`memfd_create` allows 249 bytes).
+pub const MAX_MEMFD_NAME: usize = 249;
+
+/// One registration of an epoll instance: the fd it was added with (which still refers to
+/// the registered file) and its `struct epoll_event`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpollWatch {
+    pub fd: i32,
+    pub events: u32,
+    pub data: u64,
 }
 
 /// Longest abstract socket name of a [`FdKind::Link`]: `sun_path` holds 108 bytes, the
@@ -388,14 +473,13 @@ pub const MAX_LINK_SOCKET: usize = 107;
 pub const MAX_LINK_HELLO: usize = 4096;
 
 impl FdKind {
-    /// The file's path; empty for a [`FdKind::Link`], which is no file (see
-    /// [`FdKind::is_file`]).
+    /// The file's path; empty for kinds that are no file (see [`FdKind::is_file`]).
     pub fn path(&self) -> &str {
         match self {
             FdKind::Regular { path, .. }
             | FdKind::Directory { path, .. }
             | FdKind::CharDevice { path, .. } => path,
-            FdKind::Link { .. } => "",
+            _ => "",
         }
     }
 
@@ -404,14 +488,25 @@ impl FdKind {
         match self {
             FdKind::Regular { flags, .. }
             | FdKind::Directory { flags, .. }
-            | FdKind::CharDevice { flags, .. } => *flags,
+            | FdKind::CharDevice { flags, .. }
+            | FdKind::Pipe { flags, .. }
+            | FdKind::EventFd { flags, .. }
+            | FdKind::TimerFd { flags, .. }
+            | FdKind::SignalFd { flags, .. }
+            | FdKind::Epoll { flags, .. }
+            | FdKind::MemFd { flags, .. }
+            | FdKind::DeletedFile { flags, .. } => *flags,
             FdKind::Link { .. } => O_RDWR,
         }
     }
 
-    /// Whether the fd is reopened by [`FdKind::path`] (not a link).
+    /// Whether the fd is reopened by [`FdKind::path`] (else it is a link or a kernel object
+    /// that restore creates anew).
     pub fn is_file(&self) -> bool {
-        !matches!(self, FdKind::Link { .. })
+        matches!(
+            self,
+            FdKind::Regular { .. } | FdKind::Directory { .. } | FdKind::CharDevice { .. }
+        )
     }
 }
 

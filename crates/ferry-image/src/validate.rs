@@ -295,10 +295,10 @@ fn validate_files(f: &Files) -> Result<(), ValidationError> {
             fd.number
         );
         ensure!(seen.insert(fd.number), "fd {} appears twice", fd.number);
-        if let FdKind::Link { socket, hello } = &fd.kind {
-            check_link(fd.number, socket, hello)?;
-        } else {
-            check_path(&format!("fd {}", fd.number), fd.kind.path())?;
+        match &fd.kind {
+            FdKind::Link { socket, hello } => check_link(fd.number, socket, hello)?,
+            kind if kind.is_file() => check_path(&format!("fd {}", fd.number), kind.path())?,
+            kind => check_kernel_object(fd.number, kind, f)?,
         }
         ensure!(
             fd.kind.flags() & libc_o_creat_trunc_excl() == 0,
@@ -317,6 +317,113 @@ fn validate_files(f: &Files) -> Result<(), ValidationError> {
                 fd.number
             );
         }
+    }
+    Ok(())
+}
+
+/// Largest pipe capacity restore will set (`/proc/sys/fs/pipe-max-size` cannot exceed 2 GiB).
+pub const MAX_PIPE_CAPACITY: u32 = 1 << 31;
+/// Most registrations of one epoll instance.
+pub const MAX_EPOLL_WATCHES: usize = MAX_FDS;
+/// Clocks a timerfd can use: `CLOCK_REALTIME`, `CLOCK_MONOTONIC`, `CLOCK_BOOTTIME`,
+/// `CLOCK_REALTIME_ALARM`, `CLOCK_BOOTTIME_ALARM`.
+pub const TIMERFD_CLOCKS: [i32; 5] = [0, 1, 7, 8, 9];
+
+/// The checks on a pipe end, eventfd, timerfd, signalfd or epoll instance at fd `n`:
+/// values restore hands to the kernel, and the ends of one pipe agreeing with each other.
+fn check_kernel_object(n: i32, kind: &FdKind, files: &Files) -> Result<(), ValidationError> {
+    match kind {
+        FdKind::Pipe {
+            pipe,
+            write,
+            capacity,
+            data,
+            ..
+        } => {
+            ensure!(
+                (4096..=MAX_PIPE_CAPACITY).contains(capacity),
+                "fd {n}: pipe capacity of {capacity} bytes"
+            );
+            ensure!(
+                data.len() as u64 <= u64::from(*capacity),
+                "fd {n}: {} bytes in a pipe of {capacity}",
+                data.len()
+            );
+            ensure!(
+                !*write || data.is_empty(),
+                "fd {n}: data carried on a pipe's write end"
+            );
+            for other in &files.fds {
+                if let FdKind::Pipe {
+                    pipe: p,
+                    write: w,
+                    capacity: c,
+                    data: d,
+                    ..
+                } = &other.kind
+                    && p == pipe
+                {
+                    ensure!(
+                        c == capacity && (*w || *write || d == data),
+                        "fd {n} and fd {}: ends of one pipe that disagree",
+                        other.number
+                    );
+                }
+            }
+        }
+        FdKind::EventFd { count, .. } => {
+            ensure!(*count < u64::MAX, "fd {n}: eventfd count {count:#x}");
+        }
+        FdKind::TimerFd { clock, .. } => {
+            ensure!(
+                TIMERFD_CLOCKS.contains(clock),
+                "fd {n}: timerfd on clock {clock}"
+            );
+        }
+        FdKind::SignalFd { .. } => {}
+        FdKind::Epoll { watches, .. } => {
+            ensure!(
+                watches.len() <= MAX_EPOLL_WATCHES,
+                "fd {n}: {} epoll registrations",
+                watches.len()
+            );
+            let mut seen = HashSet::new();
+            for w in watches {
+                ensure!(
+                    w.fd != n && files.fds.iter().any(|f| f.number == w.fd),
+                    "fd {n}: epoll registration of fd {}, which the image does not hold",
+                    w.fd
+                );
+                ensure!(seen.insert(w.fd), "fd {n}: fd {} registered twice", w.fd);
+            }
+        }
+        FdKind::MemFd { name, data, .. } => {
+            ensure!(
+                name.len() <= MAX_MEMFD_NAME && !name.contains('\0'),
+                "fd {n}: memfd name {name:?}"
+            );
+            ensure!(
+                data.len() <= MAX_CARRIED_BYTES,
+                "fd {n}: memfd of {} bytes (at most {MAX_CARRIED_BYTES})",
+                data.len()
+            );
+        }
+        FdKind::DeletedFile { path, data, .. } => {
+            check_path(&format!("fd {n}"), path)?;
+            ensure!(
+                path.len() > 1,
+                "fd {n}: deleted file {path:?} has no directory"
+            );
+            ensure!(
+                data.len() <= MAX_CARRIED_BYTES,
+                "fd {n}: deleted file of {} bytes (at most {MAX_CARRIED_BYTES})",
+                data.len()
+            );
+        }
+        FdKind::Regular { .. }
+        | FdKind::Directory { .. }
+        | FdKind::CharDevice { .. }
+        | FdKind::Link { .. } => {}
     }
     Ok(())
 }
@@ -607,6 +714,175 @@ mod tests {
             i.files.fds[4].kind = i.files.fds[0].kind.clone();
         });
         assert!(e.contains("duplicates fd 5"), "{e}");
+    }
+
+    fn pipe_end(write: bool, data: &[u8]) -> FdKind {
+        FdKind::Pipe {
+            pipe: 77,
+            write,
+            flags: if write { 1 } else { 0o4000 },
+            capacity: 65536,
+            data: data.to_vec(),
+        }
+    }
+
+    /// The sample image with kernel objects at fds 5..: a pipe (read end, write end), an
+    /// eventfd, a timerfd, a signalfd and an epoll instance watching 5, 7 and 8.
+    fn with_objects() -> ProcessImage {
+        let mut img = sample_image();
+        let kinds = [
+            pipe_end(false, b"in flight"),
+            pipe_end(true, b""),
+            FdKind::EventFd {
+                flags: 2,
+                count: 5,
+                semaphore: true,
+            },
+            FdKind::TimerFd {
+                flags: 2,
+                clock: 1,
+                value_ns: 4_000_000,
+                interval_ns: 5_000_000,
+                ticks: 2,
+            },
+            FdKind::SignalFd {
+                flags: 2,
+                mask: 1 << 9,
+            },
+            FdKind::Epoll {
+                flags: 2,
+                watches: [5, 7, 8]
+                    .map(|fd| EpollWatch {
+                        fd,
+                        events: 1,
+                        data: fd as u64,
+                    })
+                    .to_vec(),
+            },
+        ];
+        for (i, kind) in kinds.into_iter().enumerate() {
+            img.files.fds.push(Fd {
+                number: 5 + i as i32,
+                cloexec: true,
+                kind,
+                dup_of: None,
+            });
+        }
+        img
+    }
+
+    #[test]
+    fn accepts_kernel_objects() {
+        let img = with_objects();
+        validate(&img).unwrap();
+        for fd in &img.files.fds[3..] {
+            assert!(!fd.kind.is_file());
+            assert_eq!(fd.kind.path(), "");
+        }
+        assert_eq!(img.files.fds[3].kind.flags(), 0o4000);
+    }
+
+    #[test]
+    fn rejects_bad_kernel_objects() {
+        let bad = |f: &dyn Fn(&mut ProcessImage)| {
+            let mut img = with_objects();
+            f(&mut img);
+            validate(&img).unwrap_err().to_string()
+        };
+        let e = bad(&|i| i.files.fds[4].kind = pipe_end(true, b"x"));
+        assert!(
+            e.contains("fd 6: data carried on a pipe's write end"),
+            "{e}"
+        );
+        let e = bad(&|i| {
+            i.files.fds.push(Fd {
+                number: 11,
+                cloexec: false,
+                kind: pipe_end(false, b"other bytes"),
+                dup_of: None,
+            })
+        });
+        assert!(e.contains("ends of one pipe that disagree"), "{e}");
+        let e = bad(&|i| {
+            if let FdKind::Pipe { capacity, .. } = &mut i.files.fds[3].kind {
+                *capacity = 4;
+            }
+        });
+        assert!(e.contains("pipe capacity of 4 bytes"), "{e}");
+        let e = bad(&|i| {
+            if let FdKind::Pipe { capacity, data, .. } = &mut i.files.fds[3].kind {
+                *capacity = 4096;
+                *data = vec![0; 4097];
+            }
+        });
+        assert!(e.contains("4097 bytes in a pipe of 4096"), "{e}");
+        let e = bad(&|i| {
+            if let FdKind::TimerFd { clock, .. } = &mut i.files.fds[6].kind {
+                *clock = 3;
+            }
+        });
+        assert!(e.contains("timerfd on clock 3"), "{e}");
+        let e = bad(&|i| {
+            if let FdKind::EventFd { count, .. } = &mut i.files.fds[5].kind {
+                *count = u64::MAX;
+            }
+        });
+        assert!(e.contains("eventfd count"), "{e}");
+        let e = bad(&|i| {
+            if let FdKind::Epoll { watches, .. } = &mut i.files.fds[8].kind {
+                watches[0].fd = 99;
+            }
+        });
+        assert!(
+            e.contains("epoll registration of fd 99, which the image does not hold"),
+            "{e}"
+        );
+        let e = bad(&|i| {
+            if let FdKind::Epoll { watches, .. } = &mut i.files.fds[8].kind {
+                watches[1].fd = 5;
+            }
+        });
+        assert!(e.contains("fd 5 registered twice"), "{e}");
+        let memfd = |name: &str, len: usize| FdKind::MemFd {
+            name: name.into(),
+            flags: 2,
+            pos: 0,
+            seals: 1,
+            data: vec![0; len],
+        };
+        let push = |i: &mut ProcessImage, kind: FdKind| {
+            i.files.fds.push(Fd {
+                number: 20,
+                cloexec: false,
+                kind,
+                dup_of: None,
+            })
+        };
+        let mut ok = with_objects();
+        push(&mut ok, memfd("a/b c", MAX_CARRIED_BYTES));
+        validate(&ok).unwrap();
+        let e = bad(&|i| push(i, memfd("x", MAX_CARRIED_BYTES + 1)));
+        assert!(e.contains("fd 20: memfd of 16777217 bytes"), "{e}");
+        let e = bad(&|i| push(i, memfd("nul\0", 1)));
+        assert!(e.contains("fd 20: memfd name"), "{e}");
+        let e = bad(&|i| push(i, memfd(&"n".repeat(MAX_MEMFD_NAME + 1), 1)));
+        assert!(e.contains("fd 20: memfd name"), "{e}");
+        let deleted = |path: &str, len: usize| FdKind::DeletedFile {
+            path: path.into(),
+            flags: 2,
+            pos: 0,
+            mode: 0o600,
+            data: vec![0; len],
+        };
+        let mut ok = with_objects();
+        push(&mut ok, deleted("/tmp/x", MAX_CARRIED_BYTES));
+        validate(&ok).unwrap();
+        let e = bad(&|i| push(i, deleted("/tmp/x", MAX_CARRIED_BYTES + 1)));
+        assert!(e.contains("fd 20: deleted file of 16777217 bytes"), "{e}");
+        let e = bad(&|i| push(i, deleted("tmp/x", 1)));
+        assert!(e.contains("not absolute"), "{e}");
+        let e = bad(&|i| push(i, deleted("/", 1)));
+        assert!(e.contains("has no directory"), "{e}");
     }
 
     #[test]

@@ -201,13 +201,23 @@ fn make_offer(
     };
     ferry_checkpoint::mobility::check_resources(p, &opts).map_err(checkpoint_error)?;
     let status = ferry_sys::proc::status(p).map_err(|e| MigrateError::Failed(e.to_string()))?;
+    // Files the destination must have (a memfd's or deleted file's contents travel in the
+    // image; a deleted file needs its directory).
     let mut files: Vec<String> = Vec::new();
     if let Ok(fds) = ferry_sys::proc::open_fds(p) {
-        files.extend(
-            fds.iter()
-                .filter(|f| f.target.starts_with(b"/"))
-                .map(|f| String::from_utf8_lossy(&f.target).into_owned()),
-        );
+        for fd in fds.iter().filter(|f| f.target.starts_with(b"/")) {
+            let target = String::from_utf8_lossy(&fd.target);
+            if target.starts_with("/memfd:") {
+                continue;
+            }
+            match target.strip_suffix(" (deleted)") {
+                Some(gone) => files.push(match gone.rfind('/') {
+                    Some(0) | None => "/".to_string(),
+                    Some(slash) => gone[..slash].to_string(),
+                }),
+                None => files.push(target.into_owned()),
+            }
+        }
     }
     if let Ok(maps) = ferry_sys::proc::read_maps(p) {
         files.extend(

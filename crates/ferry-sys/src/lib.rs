@@ -6,6 +6,7 @@
 //! - [`ptrace`]: a traced process ([`ptrace::Tracee`]): seize, interrupt, stops, registers,
 //!   extended state, signal masks and queues, detach.
 //! - [`inject`]: running system calls inside a stopped tracee ([`inject::Injector`]).
+//! - [`kobj`]: pipes and epoll instances of a process, read without changing them.
 //! - [`mem`]: bulk reads and writes of another process's memory (`process_vm_readv/writev`,
 //!   `/proc/PID/mem` for pages without read permission).
 //! - [`pagemap`]: which pages of a range hold data (`PAGEMAP_SCAN`, `/proc/PID/pagemap`).
@@ -26,6 +27,7 @@ pub mod dirty;
 pub mod file;
 pub mod host;
 pub mod inject;
+pub mod kobj;
 pub mod load;
 pub mod mem;
 pub mod pagemap;

@@ -71,20 +71,68 @@ fn fd_kind(k: &FdKind) -> &'static str {
         FdKind::Directory { .. } => "directory",
         FdKind::CharDevice { .. } => "device",
         FdKind::Link { .. } => "link",
+        FdKind::Pipe { .. } => "pipe",
+        FdKind::EventFd { .. } => "eventfd",
+        FdKind::TimerFd { .. } => "timerfd",
+        FdKind::SignalFd { .. } => "signalfd",
+        FdKind::Epoll { .. } => "epoll",
+        FdKind::MemFd { .. } => "memfd",
+        FdKind::DeletedFile { .. } => "deleted",
     }
 }
 
 fn fd_pos(k: &FdKind) -> Option<u64> {
     match k {
-        FdKind::Regular { pos, .. } | FdKind::Directory { pos, .. } => Some(*pos),
-        FdKind::CharDevice { .. } | FdKind::Link { .. } => None,
+        FdKind::Regular { pos, .. } | FdKind::Directory { pos, .. } | FdKind::MemFd { pos, .. } => {
+            Some(*pos)
+        }
+        _ => None,
     }
 }
 
-/// The path of a file, `@name` for a link (an abstract socket name).
+/// The path of a file, `@name` for a link (an abstract socket name), the state of a kernel
+/// object.
 fn fd_target(k: &FdKind) -> String {
     match k {
         FdKind::Link { socket, .. } => format!("@{socket}"),
+        FdKind::Pipe {
+            pipe, write, data, ..
+        } => {
+            let end = if *write { "write end" } else { "read end" };
+            if data.is_empty() {
+                format!("pipe:[{pipe}] {end}")
+            } else {
+                format!("pipe:[{pipe}] {end}, {} bytes in flight", data.len())
+            }
+        }
+        FdKind::EventFd {
+            count, semaphore, ..
+        } => {
+            let sem = if *semaphore { " (semaphore)" } else { "" };
+            format!("count {count}{sem}")
+        }
+        FdKind::TimerFd {
+            clock,
+            value_ns,
+            interval_ns,
+            ticks,
+            ..
+        } => format!(
+            "clock {clock}, next in {:.3} s, every {:.3} s, {ticks} unread",
+            *value_ns as f64 / 1e9,
+            *interval_ns as f64 / 1e9
+        ),
+        FdKind::SignalFd { mask, .. } => format!("signals {mask:#x}"),
+        FdKind::Epoll { watches, .. } => {
+            let fds: Vec<String> = watches.iter().map(|w| w.fd.to_string()).collect();
+            format!("watches fds {}", fds.join(","))
+        }
+        FdKind::MemFd {
+            name, seals, data, ..
+        } => format!("memfd:{name}, {} bytes, seals {seals:#x}", data.len()),
+        FdKind::DeletedFile { path, data, .. } => {
+            format!("{path} (deleted), {} bytes carried", data.len())
+        }
         other => other.path().to_string(),
     }
 }

@@ -205,6 +205,26 @@ fn sigsuspend_woken_after_restore() {
     .run();
 }
 
+// --- kernel objects --------------------------------------------------------------------------------
+
+/// An epoll loop over a timerfd, a semaphore eventfd and a signalfd, with a pipe holding 50 KiB
+/// in flight (read through a non-blocking end and its dup), a plain eventfd holding a count and
+/// a pipe whose writer is gone: the restored copy reads every byte and count as written.
+#[test]
+fn event_loop_objects() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "event-loop",
+        c_workload("event_loop"),
+        Marker::Text("ready\n"),
+    )
+    .settle(ms(100))
+    .wake(Signal::SIGUSR1)
+    .run();
+}
+
 // --- memory ----------------------------------------------------------------------------------------
 
 #[test]

@@ -89,7 +89,7 @@ fn pipe_fd() {
     let dir = scratch.subdir("run");
     let mut proc = sc.launch("run", &dir).stdin(Input::Pipe).spawn();
     sc.wait_marker(&mut proc);
-    let run = assert_refused(&scratch, &mut proc, &["pipe"]);
+    let run = assert_refused(&scratch, &mut proc, &["is a pipe shared with pid"]);
     assert_finishes(&mut proc, &reference.stdout, &run);
 }
 
@@ -158,6 +158,93 @@ fn socket_fd() {
     wait_for_text(&mut proc, "ready\n");
     let run = assert_refused(&scratch, &mut proc, &["socket"]);
     assert_finishes(&mut proc, b"ready\ndone\n", &run);
+}
+
+/// An epoll registration made with fd 3 whose file lives on at fd 5 while fd 3 now refers to
+/// another file: restore could not name the registered file.
+const PY_STALE_EPOLL: &str = "\
+import os, select, time
+r, w = os.pipe()
+ep = select.epoll()
+ep.register(r, select.EPOLLIN)
+keep = os.dup(r)
+os.dup2(w, r)
+print('ready', flush=True)
+time.sleep(3)
+print('done', flush=True)
+";
+
+/// An epoll registration whose fd was closed while a dup keeps its file (and so the
+/// registration) alive.
+const PY_CLOSED_EPOLL: &str = "\
+import os, select, time
+r, w = os.pipe()
+ep = select.epoll()
+ep.register(r, select.EPOLLIN)
+keep = os.dup(r)
+os.close(r)
+print('ready', flush=True)
+time.sleep(3)
+print('done', flush=True)
+";
+
+/// A pipe end opened read-write through /proc: neither a read nor a write end.
+const PY_RDWR_PIPE: &str = "\
+import os, time
+r, w = os.pipe()
+both = os.open('/proc/self/fd/%d' % r, os.O_RDWR)
+print('ready', flush=True)
+time.sleep(3)
+print('done', flush=True)
+";
+
+/// One memfd opened twice (two open file descriptions): restore would make two files.
+const PY_MEMFD_TWICE: &str = "\
+import os, time
+m = os.memfd_create('twice')
+again = os.open('/proc/self/fd/%d' % m, os.O_RDWR)
+print('ready', flush=True)
+time.sleep(3)
+print('done', flush=True)
+";
+
+#[test]
+fn kernel_objects_restore_cannot_rebuild() {
+    if !needs_root() {
+        return;
+    }
+    for (label, script, cause) in [
+        (
+            "stale-epoll",
+            PY_STALE_EPOLL,
+            "which no longer refers to the registered file",
+        ),
+        (
+            "closed-epoll",
+            PY_CLOSED_EPOLL,
+            "which no longer refers to the registered file",
+        ),
+        (
+            "rdwr-pipe",
+            PY_RDWR_PIPE,
+            "is a pipe opened for reading and writing",
+        ),
+        (
+            "memfd-twice",
+            PY_MEMFD_TWICE,
+            "two separate openings of one file without a name",
+        ),
+    ] {
+        let scratch = Scratch::new(&format!("immobile-{label}"));
+        let dir = scratch.subdir("run");
+        let mut proc = Launch::new(label, python3(), &dir)
+            .args(["-c", script])
+            .cwd(&dir)
+            .spawn();
+        wait_for_text(&mut proc, "ready\n");
+        let run = assert_refused(&scratch, &mut proc, &[cause]);
+        assert_finishes(&mut proc, b"ready\ndone\n", &run);
+    }
 }
 
 /// A process whose session has a controlling terminal (a pty the test holds), but no fd on

@@ -105,6 +105,24 @@ fn sigsuspend_woken_after_migration_with_every_algorithm() {
     );
 }
 
+/// The event loop of `workloads/c/event_loop.c` (pipes with data in flight, eventfds, a
+/// timerfd, a signalfd, epoll), moved mid-run with each algorithm.
+#[test]
+fn event_loop_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    with_every_algorithm(
+        Scenario::new(
+            "mig-event-loop",
+            c_workload("event_loop"),
+            Marker::Text("ready\n"),
+        )
+        .settle(ms(100))
+        .wake(Signal::SIGUSR1),
+    );
+}
+
 #[test]
 fn heap_with_every_algorithm() {
     if !needs_root() {
@@ -190,6 +208,25 @@ fn python3_with_every_algorithm() {
             Marker::Text("step 3:"),
         )
         .args(&[lit(&python_workload("compute.py").to_string_lossy())]),
+    );
+}
+
+/// Unmodified python3 running an event loop (`selectors`, i.e. epoll) over a pipe that always
+/// holds data and two eventfds.
+#[test]
+fn python3_event_loop_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    with_every_algorithm(
+        Scenario::new(
+            "mig-python-selector",
+            system_program("python3"),
+            Marker::Text("ready\n"),
+        )
+        .args(&[lit(&python_workload("selector_loop.py").to_string_lossy())])
+        .settle(ms(100))
+        .wake(Signal::SIGUSR1),
     );
 }
 

@@ -1,0 +1,392 @@
+//! Fds that are kernel objects rather than files — pipes, eventfd, timerfd, signalfd, epoll,
+//! memfd, deleted files: their state, read from `/proc/PID/fdinfo` and from a copy of the fd
+//! (`pidfd_getfd`), without changing it. Restore creates each object anew
+//! (`restore::objects`).
+//!
+//! A pipe moves only when no other process holds it: its other end would stay behind.
+//! `mobility::classify_fd` dispatches here after its common checks (sockets, `O_ASYNC`).
+
+use std::os::unix::fs::FileExt;
+
+use ferry_image::{EpollWatch, FdKind, MAX_CARRIED_BYTES};
+use ferry_sys::kobj::{self, Shared};
+use ferry_sys::proc::{LinkStat, OpenFd};
+use ferry_sys::{Pid, libc, pidfd};
+
+use crate::CheckpointError;
+use crate::mobility::refuse;
+
+/// The state of fd `fd`, a `pipe:[…]` or `anon_inode:[…]` fd, or the reason it pins the
+/// process. Pipe data is read too: the caller must have frozen the process for it to be
+/// exact. Whether another process holds a pipe is [`check_shared_objects`]'s question.
+pub fn classify(pid: Pid, fd: &OpenFd, target: &str) -> Result<FdKind, CheckpointError> {
+    let n = fd.fd;
+    let flags = fd.flags & !libc::O_CLOEXEC;
+    if target.starts_with("pipe:") {
+        return classify_pipe(pid, fd, target, flags);
+    }
+    let kind = target
+        .strip_prefix("anon_inode:")
+        .unwrap_or(target)
+        .trim_matches(['[', ']']);
+    let info = ferry_sys::proc::read_text(pid, &format!("fdinfo/{n}"))
+        .map_err(CheckpointError::sys(format!("reading fdinfo of fd {n}")))?;
+    let bad = |what: &str| {
+        refuse(
+            pid,
+            format!("fd {n} ({kind}): the kernel's fdinfo has no usable {what}"),
+        )
+    };
+    match kind {
+        "eventfd" => {
+            let count = field(&info, "eventfd-count:")
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+                .ok_or_else(|| bad("eventfd-count"))?;
+            let semaphore = field(&info, "eventfd-semaphore:")
+                .and_then(|v| v.parse::<u8>().ok())
+                .ok_or_else(|| bad("eventfd-semaphore"))?;
+            Ok(FdKind::EventFd {
+                flags,
+                count,
+                semaphore: semaphore != 0,
+            })
+        }
+        "timerfd" => {
+            let timer = parse_timerfd(&info).ok_or_else(|| bad("timer state"))?;
+            Ok(FdKind::TimerFd {
+                flags,
+                clock: timer.clock,
+                value_ns: timer.value_ns,
+                interval_ns: timer.interval_ns,
+                ticks: timer.ticks,
+            })
+        }
+        "signalfd" => {
+            let mask = field(&info, "sigmask:")
+                .and_then(|v| u64::from_str_radix(v, 16).ok())
+                .ok_or_else(|| bad("sigmask"))?;
+            Ok(FdKind::SignalFd { flags, mask })
+        }
+        "eventpoll" => {
+            let watches = parse_epoll(&info).ok_or_else(|| bad("registration list"))?;
+            for w in &watches {
+                let same = kobj::epoll_watches_file(pid, n, w.fd, w.fd)
+                    .map_err(CheckpointError::sys("comparing epoll registrations"))?;
+                if !same {
+                    return Err(refuse(
+                        pid,
+                        format!(
+                            "fd {n} (epoll) holds a registration made with fd {}, which no longer refers to the registered file",
+                            w.fd
+                        ),
+                    ));
+                }
+            }
+            Ok(FdKind::Epoll { flags, watches })
+        }
+        other => Err(refuse(
+            pid,
+            format!("fd {n} is {other} (not supported yet)"),
+        )),
+    }
+}
+
+fn classify_pipe(
+    pid: Pid,
+    fd: &OpenFd,
+    target: &str,
+    flags: i32,
+) -> Result<FdKind, CheckpointError> {
+    let n = fd.fd;
+    let inode = pipe_inode(target).ok_or_else(|| {
+        refuse(
+            pid,
+            format!("fd {n} is a pipe of unknown identity ({target})"),
+        )
+    })?;
+    if flags & libc::O_DIRECT != 0 {
+        return Err(refuse(
+            pid,
+            format!("fd {n} is a pipe in packet mode (O_DIRECT), which ferry does not carry"),
+        ));
+    }
+    let write = match flags & libc::O_ACCMODE {
+        libc::O_RDONLY => false,
+        libc::O_WRONLY => true,
+        _ => {
+            return Err(refuse(
+                pid,
+                format!("fd {n} is a pipe opened for reading and writing ({target})"),
+            ));
+        }
+    };
+    let copy = copy_of_fd(pid, n)?;
+    let capacity =
+        kobj::pipe_capacity(&copy, pid).map_err(CheckpointError::sys("reading a pipe's size"))?;
+    let data = if write {
+        Vec::new()
+    } else {
+        kobj::peek_pipe(&copy, pid).map_err(CheckpointError::sys(format!(
+            "reading the data in the pipe of fd {n}"
+        )))?
+    };
+    Ok(FdKind::Pipe {
+        pipe: inode,
+        write,
+        flags,
+        capacity,
+        data,
+    })
+}
+
+/// A memfd at fd `fd` (target `/memfd:NAME (deleted)`): its name, offset, seals and contents
+/// (read through a copy of the fd, at most [`MAX_CARRIED_BYTES`]).
+pub fn classify_memfd(pid: Pid, fd: &OpenFd, target: &str) -> Result<FdKind, CheckpointError> {
+    let n = fd.fd;
+    let name = target
+        .strip_prefix("/memfd:")
+        .and_then(|t| t.strip_suffix(" (deleted)"))
+        .unwrap_or_default()
+        .to_string();
+    let Some(st) = fd.stat.filter(|st| st.file_type() == libc::S_IFREG) else {
+        return Err(refuse(pid, format!("fd {n} ({target}) cannot be examined")));
+    };
+    if fd.flags & libc::O_ACCMODE != libc::O_RDWR {
+        return Err(refuse(
+            pid,
+            format!("fd {n} is a memfd opened read-only or write-only ({target})"),
+        ));
+    }
+    let seals = kobj::memfd_seals(&copy_of_fd(pid, n)?, pid)
+        .map_err(CheckpointError::sys("reading a memfd's seals"))?;
+    let data = carried_contents(pid, n, &st, target, "memfd")?;
+    Ok(FdKind::MemFd {
+        name,
+        flags: fd.flags & !libc::O_CLOEXEC,
+        pos: fd.pos,
+        seals,
+        data,
+    })
+}
+
+/// A regular file deleted while open at fd `fd` (`path` as `/proc` shows it, ending in
+/// ` (deleted)`): its former path, offset, mode and contents (at most [`MAX_CARRIED_BYTES`]).
+pub fn classify_deleted(
+    pid: Pid,
+    fd: &OpenFd,
+    path: &str,
+    st: &LinkStat,
+) -> Result<FdKind, CheckpointError> {
+    let n = fd.fd;
+    let former = path.strip_suffix(" (deleted)").unwrap_or(path).to_string();
+    if !former.starts_with('/') || former.len() < 2 {
+        return Err(refuse(
+            pid,
+            format!("fd {n} is a deleted file without a directory ({path})"),
+        ));
+    }
+    let data = carried_contents(pid, n, st, path, "deleted file")?;
+    Ok(FdKind::DeletedFile {
+        path: former,
+        flags: fd.flags & !libc::O_CLOEXEC,
+        pos: fd.pos,
+        mode: st.mode & 0o7777,
+        data,
+    })
+}
+
+/// The contents of the file at fd `n` (a memfd or a deleted file: no path to reopen it by),
+/// read through a copy of the fd; refused above [`MAX_CARRIED_BYTES`].
+fn carried_contents(
+    pid: Pid,
+    n: i32,
+    st: &LinkStat,
+    target: &str,
+    what: &str,
+) -> Result<Vec<u8>, CheckpointError> {
+    if st.size > MAX_CARRIED_BYTES as u64 {
+        return Err(refuse(
+            pid,
+            format!(
+                "fd {n} is a {what} of {} bytes ({target}); ferry carries at most {} MiB",
+                st.size,
+                MAX_CARRIED_BYTES >> 20
+            ),
+        ));
+    }
+    let file = std::fs::File::from(copy_of_fd(pid, n)?);
+    let mut data = vec![0u8; st.size as usize];
+    file.read_exact_at(&mut data, 0)
+        .map_err(|e| CheckpointError::Sys {
+            step: format!("reading the {what} at fd {n}"),
+            source: ferry_sys::SysError::Io {
+                path: target.to_string(),
+                source: e,
+            },
+        })?;
+    Ok(data)
+}
+
+/// A copy of the process's fd `n` in ferry (`pidfd_getfd`).
+fn copy_of_fd(pid: Pid, n: i32) -> Result<std::os::fd::OwnedFd, CheckpointError> {
+    let pidfd = pidfd::pidfd_open(pid).map_err(CheckpointError::sys("opening a pidfd"))?;
+    pidfd::pidfd_getfd(&pidfd, pid, n)
+        .map_err(CheckpointError::sys(format!("taking a copy of fd {n}")))
+}
+
+/// Fails if another process holds one of the pipes, memfds or deleted files among `fds` (the
+/// process's fds): its end or view would stay behind. Also fails if one memfd or deleted file
+/// is open in the process through two open file descriptions (restore would make them two
+/// files). One pass over `/proc`.
+pub fn check_shared_objects(pid: Pid, fds: &[OpenFd]) -> Result<(), CheckpointError> {
+    let mut objects: Vec<(i32, Shared)> = Vec::new();
+    for fd in fds {
+        let target = String::from_utf8_lossy(&fd.target);
+        if let Some(inode) = pipe_inode(&target) {
+            objects.push((fd.fd, Shared::Pipe(inode)));
+        } else if (target.starts_with("/memfd:") || target.ends_with(" (deleted)"))
+            && let Some(st) = fd.stat
+        {
+            let object = Shared::File {
+                dev: st.dev,
+                inode: st.inode,
+            };
+            if let Some(&(first, _)) = objects.iter().find(|(_, o)| *o == object) {
+                let same = ferry_sys::proc::same_open_file(pid, first, fd.fd)
+                    .map_err(CheckpointError::sys("comparing open files"))?;
+                if !same {
+                    return Err(refuse(
+                        pid,
+                        format!(
+                            "fd {first} and fd {} are two separate openings of one file without a name ({target}), which restore would turn into two files",
+                            fd.fd
+                        ),
+                    ));
+                }
+            }
+            objects.push((fd.fd, object));
+        }
+    }
+    let list: Vec<Shared> = objects.iter().map(|&(_, o)| o).collect();
+    match kobj::holders(&list, pid).into_iter().next() {
+        Some((object, other, comm)) => {
+            let n = objects
+                .iter()
+                .find(|&&(_, o)| o == object)
+                .map_or(-1, |&(n, _)| n);
+            let what = match object {
+                Shared::Pipe(_) => "a pipe",
+                Shared::File { .. } => "a file without a name (memfd or deleted)",
+            };
+            Err(refuse(
+                pid,
+                format!(
+                    "fd {n} is {what} shared with pid {other} ({comm}); it moves only with every process that holds it, and process trees are not migratable yet"
+                ),
+            ))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The inode number of a `pipe:[N]` fd target.
+fn pipe_inode(target: &str) -> Option<u64> {
+    target
+        .strip_prefix("pipe:[")
+        .and_then(|t| t.strip_suffix(']'))
+        .and_then(|t| t.parse::<u64>().ok())
+}
+
+/// The value after `key` on the line that starts with it.
+fn field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
+}
+
+struct TimerState {
+    clock: i32,
+    ticks: u64,
+    value_ns: u64,
+    interval_ns: u64,
+}
+
+/// `clockid`, `ticks`, `it_value: (s, ns)`, `it_interval: (s, ns)` of a timerfd's fdinfo.
+fn parse_timerfd(info: &str) -> Option<TimerState> {
+    let timespec = |key: &str| -> Option<u64> {
+        let v = field(info, key)?;
+        let (s, ns) = v.strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
+        let s: u64 = s.trim().parse().ok()?;
+        let ns: u64 = ns.trim().parse().ok()?;
+        s.checked_mul(1_000_000_000)?.checked_add(ns)
+    };
+    Some(TimerState {
+        clock: field(info, "clockid:")?.parse().ok()?,
+        ticks: field(info, "ticks:")?.parse().ok()?,
+        value_ns: timespec("it_value:")?,
+        interval_ns: timespec("it_interval:")?,
+    })
+}
+
+/// The `tfd: N events: X data: Y …` lines of an epoll instance's fdinfo.
+fn parse_epoll(info: &str) -> Option<Vec<EpollWatch>> {
+    let mut watches = Vec::new();
+    for line in info.lines().filter(|l| l.starts_with("tfd:")) {
+        let mut words = line.split_whitespace();
+        let mut after = |key: &str| -> Option<&str> {
+            words.by_ref().find(|w| *w == key)?;
+            words.next()
+        };
+        let fd = after("tfd:")?.parse().ok()?;
+        let events = u32::from_str_radix(after("events:")?, 16).ok()?;
+        let data = u64::from_str_radix(after("data:")?, 16).ok()?;
+        watches.push(EpollWatch { fd, events, data });
+    }
+    Some(watches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timerfd_fdinfo_is_read() {
+        let info = "pos:\t0\nflags:\t02\nmnt_id:\t17\nino:\t1038\nclockid: 1\nticks: 3\nsettime flags: 00\nit_value: (4, 999683097)\nit_interval: (2, 0)\n";
+        let t = parse_timerfd(info).unwrap();
+        assert_eq!(t.clock, 1);
+        assert_eq!(t.ticks, 3);
+        assert_eq!(t.value_ns, 4_999_683_097);
+        assert_eq!(t.interval_ns, 2_000_000_000);
+        assert!(parse_timerfd("clockid: 1\nticks: 0\n").is_none());
+    }
+
+    #[test]
+    fn epoll_fdinfo_is_read() {
+        let info = "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1038\ntfd:        3 events:       19 data:                3  pos:0 ino:40e sdev:10\ntfd:       14 events: 80000019 data: ffffffffffffffff  pos:0 ino:160ab4 sdev:f\n";
+        assert_eq!(
+            parse_epoll(info).unwrap(),
+            vec![
+                EpollWatch {
+                    fd: 3,
+                    events: 0x19,
+                    data: 3
+                },
+                EpollWatch {
+                    fd: 14,
+                    events: 0x8000_0019,
+                    data: u64::MAX
+                }
+            ]
+        );
+        assert_eq!(parse_epoll("pos:\t0\n").unwrap(), vec![]);
+        assert!(parse_epoll("tfd: x events: 1 data: 0\n").is_none());
+    }
+
+    #[test]
+    fn fields_are_trimmed() {
+        let info = "eventfd-count:                5\neventfd-semaphore: 1\n";
+        assert_eq!(field(info, "eventfd-count:"), Some("5"));
+        assert_eq!(field(info, "eventfd-semaphore:"), Some("1"));
+        assert_eq!(field(info, "sigmask:"), None);
+    }
+}

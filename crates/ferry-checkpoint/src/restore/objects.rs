@@ -1,0 +1,462 @@
+//! Kernel objects of an image created anew in the vessel: pipes (with the bytes that were in
+//! flight), eventfd, timerfd, signalfd, memfd (with its contents and seals), deleted files
+//! (unnamed `O_TMPFILE` files in their old directory, with their contents) and epoll
+//! instances (registrations added once every fd is in place). Their state was read by
+//! `crate::objects` at capture.
+
+use super::*;
+
+const EFD_SEMAPHORE: u64 = 1;
+/// `TFD_IOC_SET_TICKS` (`_IOW('T', 0, u64)`): sets a timerfd's count of unread expiries.
+const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;
+const EPOLL_CTL_ADD: u64 = 1;
+/// Bytes of pipe or memfd data written per call.
+const WRITE_CHUNK: usize = 32 << 10;
+
+impl Builder {
+    /// Creates the object of primary fd `fd` (not a file, not a link) at its number. The first
+    /// end of a pipe that comes up creates the whole pipe (every end, see
+    /// [`Builder::create_pipe`]); `pipes_made` remembers which pipes exist.
+    pub(super) fn create_object(
+        &mut self,
+        q: &mut Queue,
+        fd: &Fd,
+        files: &Files,
+        pipes_made: &mut HashSet<u64>,
+    ) -> Result<(), RestoreError> {
+        self.room(q, 6, 64)?;
+        let opened = match &fd.kind {
+            FdKind::Pipe { pipe, .. } => {
+                if pipes_made.insert(*pipe) {
+                    self.create_pipe(q, *pipe, files)?;
+                }
+                return Ok(());
+            }
+            FdKind::EventFd {
+                count, semaphore, ..
+            } => {
+                let t = self.fds.open();
+                let sem = if *semaphore { EFD_SEMAPHORE } else { 0 };
+                self.push(
+                    q,
+                    Tag::Plain,
+                    "eventfd2",
+                    libc::SYS_eventfd2,
+                    [0, libc::EFD_CLOEXEC as u64 | sem, 0, 0, 0, 0],
+                );
+                if *count > 0 {
+                    let at = q.batch.bytes(&count.to_le_bytes());
+                    self.push(q, Tag::Plain, "write", libc::SYS_write, [t, at, 8, 0, 0, 0]);
+                }
+                t
+            }
+            FdKind::TimerFd {
+                clock,
+                value_ns,
+                interval_ns,
+                ticks,
+                ..
+            } => {
+                let t = self.fds.open();
+                self.push(
+                    q,
+                    Tag::Plain,
+                    "timerfd_create",
+                    libc::SYS_timerfd_create,
+                    [*clock as u64, libc::TFD_CLOEXEC as u64, 0, 0, 0, 0],
+                );
+                if *value_ns > 0 || *interval_ns > 0 {
+                    // A periodic timer caught just at its expiry shows 0 left: 0 would disarm.
+                    let value = (*value_ns).max(1);
+                    let mut spec = Vec::with_capacity(32);
+                    for ns in [*interval_ns, value] {
+                        spec.extend_from_slice(&(ns / 1_000_000_000).to_le_bytes());
+                        spec.extend_from_slice(&(ns % 1_000_000_000).to_le_bytes());
+                    }
+                    let at = q.batch.bytes(&spec);
+                    self.push(
+                        q,
+                        Tag::Plain,
+                        "timerfd_settime",
+                        libc::SYS_timerfd_settime,
+                        [t, 0, at, 0, 0, 0],
+                    );
+                }
+                if *ticks > 0 {
+                    let at = q.batch.bytes(&ticks.to_le_bytes());
+                    self.push(
+                        q,
+                        Tag::Plain,
+                        "ioctl(TFD_IOC_SET_TICKS)",
+                        libc::SYS_ioctl,
+                        [t, TFD_IOC_SET_TICKS, at, 0, 0, 0],
+                    );
+                }
+                t
+            }
+            FdKind::SignalFd { mask, .. } => {
+                let t = self.fds.open();
+                let at = q.batch.bytes(&mask.to_le_bytes());
+                self.push(
+                    q,
+                    Tag::Plain,
+                    "signalfd4",
+                    libc::SYS_signalfd4,
+                    [u64::MAX, at, 8, libc::SFD_CLOEXEC as u64, 0, 0],
+                );
+                t
+            }
+            FdKind::Epoll { .. } => {
+                let t = self.fds.open();
+                self.push(
+                    q,
+                    Tag::Plain,
+                    "epoll_create1",
+                    libc::SYS_epoll_create1,
+                    [libc::EPOLL_CLOEXEC as u64, 0, 0, 0, 0, 0],
+                );
+                t
+            }
+            FdKind::MemFd {
+                name,
+                pos,
+                seals,
+                data,
+                ..
+            } => {
+                self.room(q, 2, name.len() + 8)?;
+                let t = self.fds.open();
+                let name_at = q.batch.c_string(name);
+                self.push(
+                    q,
+                    Tag::Plain,
+                    "memfd_create",
+                    libc::SYS_memfd_create,
+                    [
+                        name_at,
+                        (libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) as u64,
+                        0,
+                        0,
+                        0,
+                        0,
+                    ],
+                );
+                self.fill_file(q, t, data)?;
+                self.room(q, 2, 0)?;
+                self.seek(q, t, *pos);
+                // Last: a write or size seal would stop the writes above.
+                if *seals != 0 {
+                    self.push(
+                        q,
+                        Tag::Plain,
+                        "fcntl(F_ADD_SEALS)",
+                        libc::SYS_fcntl,
+                        [t, libc::F_ADD_SEALS as u64, u64::from(*seals), 0, 0, 0],
+                    );
+                }
+                t
+            }
+            FdKind::DeletedFile {
+                path,
+                flags,
+                pos,
+                mode,
+                data,
+            } => {
+                let dir = deleted_file_dir(path);
+                self.room(q, 2, dir.len() + 8)?;
+                let t = self.fds.open();
+                let dir_at = q.batch.c_string(dir);
+                self.push(
+                    q,
+                    Tag::OwnerOpen,
+                    "open(O_TMPFILE)",
+                    libc::SYS_openat,
+                    [
+                        libc::AT_FDCWD as u64,
+                        dir_at,
+                        (libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC) as u64,
+                        u64::from(*mode),
+                        0,
+                        0,
+                    ],
+                );
+                self.fill_file(q, t, data)?;
+                // Made read-write to be filled: reopened with its own access mode if it had
+                // another.
+                let t = if flags & libc::O_ACCMODE != libc::O_RDWR {
+                    let again = format!("/proc/self/fd/{t}");
+                    self.room(q, 2, again.len() + 8)?;
+                    let again_at = q.batch.c_string(&again);
+                    let t2 = self.fds.open();
+                    self.push(
+                        q,
+                        Tag::Plain,
+                        "open",
+                        libc::SYS_openat,
+                        [
+                            libc::AT_FDCWD as u64,
+                            again_at,
+                            (*flags | libc::O_CLOEXEC) as u64,
+                            0,
+                            0,
+                            0,
+                        ],
+                    );
+                    self.push(q, Tag::Plain, "close", libc::SYS_close, [t, 0, 0, 0, 0, 0]);
+                    self.fds.close(t);
+                    t2
+                } else {
+                    t
+                };
+                self.room(q, 1, 0)?;
+                self.seek(q, t, *pos);
+                t
+            }
+            FdKind::Regular { .. }
+            | FdKind::Directory { .. }
+            | FdKind::CharDevice { .. }
+            | FdKind::Link { .. } => {
+                unreachable!("files and links are opened by their own paths")
+            }
+        };
+        self.room(q, 3, 0)?;
+        self.settle(q, opened, fd);
+        // The objects are created blocking, without O_APPEND.
+        let status = fd.kind.flags() & (libc::O_NONBLOCK | libc::O_APPEND);
+        if status != 0 {
+            self.push(
+                q,
+                Tag::Plain,
+                "fcntl(F_SETFL)",
+                libc::SYS_fcntl,
+                [
+                    fd.number as u64,
+                    libc::F_SETFL as u64,
+                    status as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            );
+        }
+        Ok(())
+    }
+
+    /// Pipe `pipe`: made with its capacity, its bytes written in (non-blocking, every write
+    /// checked), then each of its primary fds placed. The new ends are first moved above every
+    /// fd number of the image, so that placing one end never overwrites the other.
+    fn create_pipe(&mut self, q: &mut Queue, pipe: u64, files: &Files) -> Result<(), RestoreError> {
+        let ends: Vec<&Fd> = files
+            .fds
+            .iter()
+            .filter(|f| {
+                f.dup_of.is_none() && matches!(&f.kind, FdKind::Pipe { pipe: p, .. } if *p == pipe)
+            })
+            .collect();
+        let mut capacity = 0;
+        let mut data: &[u8] = &[];
+        for end in &ends {
+            if let FdKind::Pipe {
+                capacity: c,
+                data: d,
+                ..
+            } = &end.kind
+            {
+                capacity = *c;
+                if !d.is_empty() {
+                    data = d;
+                }
+            }
+        }
+        let above = files.fds.iter().map(|f| f.number).max().unwrap_or(0) as u64 + 1;
+        self.room(q, 8, 8)?;
+        let pair = q.batch.out(8);
+        let (r0, w0) = (self.fds.open(), self.fds.open());
+        self.push(
+            q,
+            Tag::Plain,
+            "pipe2",
+            libc::SYS_pipe2,
+            [
+                pair,
+                (libc::O_CLOEXEC | libc::O_NONBLOCK) as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+        );
+        let mut high = [0u64; 2];
+        for (i, low) in [r0, w0].into_iter().enumerate() {
+            high[i] = self.fds.open_from(above);
+            self.push(
+                q,
+                Tag::Plain,
+                "fcntl(F_DUPFD_CLOEXEC)",
+                libc::SYS_fcntl,
+                [low, libc::F_DUPFD_CLOEXEC as u64, above, 0, 0, 0],
+            );
+            self.push(
+                q,
+                Tag::Plain,
+                "close",
+                libc::SYS_close,
+                [low, 0, 0, 0, 0, 0],
+            );
+            self.fds.close(low);
+        }
+        let [r, w] = high;
+        self.push(
+            q,
+            Tag::Plain,
+            "fcntl(F_SETPIPE_SZ)",
+            libc::SYS_fcntl,
+            [w, libc::F_SETPIPE_SZ as u64, u64::from(capacity), 0, 0, 0],
+        );
+        self.flush(q)?;
+        self.write_all(q, w, data, None)?;
+        for end in ends {
+            let write = matches!(&end.kind, FdKind::Pipe { write: true, .. });
+            let cloexec = if end.cloexec { libc::O_CLOEXEC } else { 0 };
+            let n = end.number as u64;
+            self.room(q, 2, 0)?;
+            self.push(
+                q,
+                Tag::Plain,
+                "dup3",
+                libc::SYS_dup3,
+                [if write { w } else { r }, n, cloexec as u64, 0, 0, 0],
+            );
+            self.fds.place(n);
+            // Both ends were made non-blocking for the writes above.
+            let nonblock = end.kind.flags() & libc::O_NONBLOCK;
+            self.push(
+                q,
+                Tag::Plain,
+                "fcntl(F_SETFL)",
+                libc::SYS_fcntl,
+                [n, libc::F_SETFL as u64, nonblock as u64, 0, 0, 0],
+            );
+        }
+        self.room(q, 2, 0)?;
+        for end in [r, w] {
+            self.push(
+                q,
+                Tag::Plain,
+                "close",
+                libc::SYS_close,
+                [end, 0, 0, 0, 0, 0],
+            );
+            self.fds.close(end);
+        }
+        Ok(())
+    }
+
+    /// Runs what is queued (the file's creation among it), then sizes file `t` and writes
+    /// `data` into it from offset 0.
+    fn fill_file(&mut self, q: &mut Queue, t: u64, data: &[u8]) -> Result<(), RestoreError> {
+        self.push(
+            q,
+            Tag::Plain,
+            "ftruncate",
+            libc::SYS_ftruncate,
+            [t, data.len() as u64, 0, 0, 0, 0],
+        );
+        self.flush(q)?;
+        self.write_all(q, t, data, Some(0))
+    }
+
+    /// Queues moving fd `t`'s offset to `pos` (nothing for 0, where a new file is).
+    fn seek(&mut self, q: &mut Queue, t: u64, pos: u64) {
+        if pos != 0 {
+            self.push(
+                q,
+                Tag::Plain,
+                "lseek",
+                libc::SYS_lseek,
+                [t, pos, libc::SEEK_SET as u64, 0, 0, 0],
+            );
+        }
+    }
+
+    /// Writes `data` to fd `to` of the vessel (at `offset`, else at the file position), every
+    /// call checked: a short write (a pipe that cannot hold what it held before, a full
+    /// memory cgroup) fails the restore.
+    fn write_all(
+        &mut self,
+        q: &Queue,
+        to: u64,
+        data: &[u8],
+        offset: Option<u64>,
+    ) -> Result<(), RestoreError> {
+        for (i, chunk) in data.chunks(WRITE_CHUNK).enumerate() {
+            let mut batch = Batch::new(self.vessel.area);
+            let at = batch.bytes(chunk);
+            let len = chunk.len() as u64;
+            match offset {
+                Some(o) => batch.push(
+                    "pwrite64",
+                    libc::SYS_pwrite64,
+                    [to, at, len, o + (i * WRITE_CHUNK) as u64, 0, 0],
+                ),
+                None => batch.push("write", libc::SYS_write, [to, at, len, 0, 0, 0]),
+            };
+            let r = self.vessel.batch(&q.step, &batch)?;
+            if let Some((_, call, errno)) = r.failure() {
+                return Err(injected(&q.step, self.pid(), call, errno));
+            }
+            let written = r.result(0).unwrap_or(0);
+            if written != chunk.len() as i64 {
+                return Err(RestoreError::Sys {
+                    step: q.step.clone(),
+                    source: SysError::UnexpectedStop {
+                        pid: self.pid().as_raw(),
+                        detail: format!(
+                            "fd {to} took {written} of {} bytes of its data",
+                            chunk.len()
+                        ),
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Every epoll registration, once every fd (and duplicate) is in place.
+    pub(super) fn add_epoll_watches(
+        &mut self,
+        q: &mut Queue,
+        files: &Files,
+    ) -> Result<(), RestoreError> {
+        for fd in files.fds.iter().filter(|f| f.dup_of.is_none()) {
+            let FdKind::Epoll { watches, .. } = &fd.kind else {
+                continue;
+            };
+            for watch in watches {
+                // struct epoll_event is packed on x86_64: u32 events, u64 data.
+                let mut event = [0u8; 12];
+                event[..4].copy_from_slice(&watch.events.to_le_bytes());
+                event[4..].copy_from_slice(&watch.data.to_le_bytes());
+                self.room(q, 1, event.len())?;
+                let at = q.batch.bytes(&event);
+                self.push(
+                    q,
+                    Tag::Plain,
+                    "epoll_ctl",
+                    libc::SYS_epoll_ctl,
+                    [fd.number as u64, EPOLL_CTL_ADD, watch.fd as u64, at, 0, 0],
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The directory a deleted file was in (validation guarantees an absolute path with a name).
+pub(super) fn deleted_file_dir(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(slash) => &path[..slash],
+    }
+}
