@@ -12,7 +12,7 @@
  *   - the semaphore eventfd gets 3, taken back one per epoll wake-up.
  *   - the tick number is appended to a memfd "event-log" (sealed against shrinking).
  * A file in /tmp is unlinked while open (offset 8 into "deleted but open\n"), and an
- * O_TMPFILE file holding "unnamed\n" is open read-only only.
+ * O_TMPFILE file (mode 0666, umask 0) holding "unnamed\n" is open read-only only.
  * A second pipe holds "trailer\n" and has no write end left (its reader must see the
  * trailer, then end-of-file); a memfd made without MFD_ALLOW_SEALING holds "hello". Each
  * epoll registration carries a tag in its data field.
@@ -164,7 +164,8 @@ static void make_deleted(int *deleted_fd, int *unnamed_ro)
 	if (fd < 0 || write(fd, "deleted but open\n", 17) != 17 || unlink(name) != 0 ||
 	    lseek(fd, 8, SEEK_SET) != 8)
 		fail("deleted file");
-	int tmp = open("/tmp", O_TMPFILE | O_RDWR, 0600);
+	umask(0);
+	int tmp = open("/tmp", O_TMPFILE | O_RDWR, 0666);
 	char again[64];
 	snprintf(again, sizeof again, "/proc/self/fd/%d", tmp);
 	if (tmp < 0 || write(tmp, "unnamed\n", 8) != 8)
@@ -187,6 +188,8 @@ static void check_deleted(int deleted_fd, int unnamed_ro)
 		fail("deleted file nlink %lu mode %o", (unsigned long)st.st_nlink, st.st_mode);
 	if (read(unnamed_ro, buf, sizeof buf) != 8 || memcmp(buf, "unnamed\n", 8) != 0)
 		fail("O_TMPFILE file contents");
+	if (fstat(unnamed_ro, &st) != 0 || (st.st_mode & 07777) != 0666)
+		fail("O_TMPFILE file mode %o", st.st_mode & 07777);
 	if ((fcntl(unnamed_ro, F_GETFL) & O_ACCMODE) != O_RDONLY || write(unnamed_ro, "x", 1) != -1)
 		fail("O_TMPFILE file is no longer read-only");
 }

@@ -101,13 +101,17 @@ pub fn peek_pipe(read_end: &impl AsFd, pid: Pid) -> Result<Vec<u8>> {
     let mut at = 0;
     while at < pending {
         match nix::unistd::read(&r, &mut data[at..]) {
-            Ok(0) => break,
+            Ok(0) => {
+                return Err(SysError::UnexpectedStop {
+                    pid: pid.as_raw(),
+                    detail: format!("a copy of a pipe's {pending} bytes ended after {at}"),
+                });
+            }
             Ok(n) => at += n,
             Err(Errno::EINTR) => {}
             Err(e) => return Err(SysError::syscall("read", pid, e)),
         }
     }
-    data.truncate(at);
     Ok(data)
 }
 

@@ -164,7 +164,7 @@ impl Builder {
                 data,
             } => {
                 let dir = deleted_file_dir(path);
-                self.room(q, 2, dir.len() + 8)?;
+                self.room(q, 3, dir.len() + 8)?;
                 let t = self.fds.open();
                 let dir_at = q.batch.c_string(dir);
                 self.push(
@@ -180,6 +180,14 @@ impl Builder {
                         0,
                         0,
                     ],
+                );
+                // The mode exactly, whatever the vessel's umask took from it.
+                self.push(
+                    q,
+                    Tag::Plain,
+                    "fchmod",
+                    libc::SYS_fchmod,
+                    [t, u64::from(*mode), 0, 0, 0, 0],
                 );
                 self.fill_file(q, t, data)?;
                 // Made read-write to be filled: reopened with its own access mode if it had
