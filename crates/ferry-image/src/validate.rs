@@ -4,7 +4,7 @@
 //! hand-crafted image is sane. Every address, size, count and number that restore will hand to
 //! the kernel is bounded here, so that restore can index and map without re-checking.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use thiserror::Error;
 
@@ -287,18 +287,43 @@ fn validate_memory(m: &AddressSpace) -> Result<(), ValidationError> {
 
 fn validate_files(f: &Files) -> Result<(), ValidationError> {
     ensure!(f.fds.len() <= MAX_FDS, "{} file descriptors", f.fds.len());
-    let mut seen = HashSet::new();
+    let mut numbers = HashSet::new();
+    for fd in &f.fds {
+        ensure!(numbers.insert(fd.number), "fd {} appears twice", fd.number);
+    }
+    // Per pipe: its capacity and the bytes on its first read end, which every end must match.
+    let mut pipes: HashMap<u64, (i32, u32, Option<&Vec<u8>>)> = HashMap::new();
     for fd in &f.fds {
         ensure!(
             (0..=MAX_FD_NUMBER).contains(&fd.number),
             "fd number {} out of range",
             fd.number
         );
-        ensure!(seen.insert(fd.number), "fd {} appears twice", fd.number);
         match &fd.kind {
             FdKind::Link { socket, hello } => check_link(fd.number, socket, hello)?,
             kind if kind.is_file() => check_path(&format!("fd {}", fd.number), kind.path())?,
-            kind => check_kernel_object(fd.number, kind, f)?,
+            kind => check_kernel_object(fd.number, kind, &numbers)?,
+        }
+        if let FdKind::Pipe {
+            pipe,
+            write,
+            capacity,
+            data,
+            ..
+        } = &fd.kind
+        {
+            let first = pipes.entry(*pipe).or_insert((fd.number, *capacity, None));
+            let agree =
+                first.1 == *capacity && (*write || first.2.is_none_or(|bytes| bytes == data));
+            ensure!(
+                agree,
+                "fd {} and fd {}: ends of one pipe that disagree",
+                first.0,
+                fd.number
+            );
+            if !*write && first.2.is_none() {
+                first.2 = Some(data);
+            }
         }
         ensure!(
             fd.kind.flags() & libc_o_creat_trunc_excl() == 0,
@@ -329,12 +354,16 @@ pub const MAX_EPOLL_WATCHES: usize = MAX_FDS;
 /// `CLOCK_REALTIME_ALARM`, `CLOCK_BOOTTIME_ALARM`.
 pub const TIMERFD_CLOCKS: [i32; 5] = [0, 1, 7, 8, 9];
 
-/// The checks on a pipe end, eventfd, timerfd, signalfd or epoll instance at fd `n`:
-/// values restore hands to the kernel, and the ends of one pipe agreeing with each other.
-fn check_kernel_object(n: i32, kind: &FdKind, files: &Files) -> Result<(), ValidationError> {
+/// The checks on a pipe end, eventfd, timerfd, signalfd, epoll instance, memfd or deleted
+/// file at fd `n` (`numbers`: every fd number of the image): values restore hands to the
+/// kernel. Whether the ends of one pipe agree is checked by the caller.
+fn check_kernel_object(
+    n: i32,
+    kind: &FdKind,
+    numbers: &HashSet<i32>,
+) -> Result<(), ValidationError> {
     match kind {
         FdKind::Pipe {
-            pipe,
             write,
             capacity,
             data,
@@ -353,23 +382,6 @@ fn check_kernel_object(n: i32, kind: &FdKind, files: &Files) -> Result<(), Valid
                 !*write || data.is_empty(),
                 "fd {n}: data carried on a pipe's write end"
             );
-            for other in &files.fds {
-                if let FdKind::Pipe {
-                    pipe: p,
-                    write: w,
-                    capacity: c,
-                    data: d,
-                    ..
-                } = &other.kind
-                    && p == pipe
-                {
-                    ensure!(
-                        c == capacity && (*w || *write || d == data),
-                        "fd {n} and fd {}: ends of one pipe that disagree",
-                        other.number
-                    );
-                }
-            }
         }
         FdKind::EventFd { count, .. } => {
             ensure!(*count < u64::MAX, "fd {n}: eventfd count {count:#x}");
@@ -390,7 +402,7 @@ fn check_kernel_object(n: i32, kind: &FdKind, files: &Files) -> Result<(), Valid
             let mut seen = HashSet::new();
             for w in watches {
                 ensure!(
-                    w.fd != n && files.fds.iter().any(|f| f.number == w.fd),
+                    w.fd != n && numbers.contains(&w.fd),
                     "fd {n}: epoll registration of fd {}, which the image does not hold",
                     w.fd
                 );
