@@ -157,9 +157,10 @@ pub fn classify_memfd(pid: Pid, fd: &OpenFd, target: &str) -> Result<FdKind, Che
             format!("fd {n} is a memfd opened read-only or write-only ({target})"),
         ));
     }
-    let seals = kobj::memfd_seals(&copy_of_fd(pid, n)?, pid)
-        .map_err(CheckpointError::sys("reading a memfd's seals"))?;
-    let data = carried_contents(pid, n, &st, target, "memfd")?;
+    let copy = std::fs::File::from(copy_of_fd(pid, n)?);
+    let seals =
+        kobj::memfd_seals(&copy, pid).map_err(CheckpointError::sys("reading a memfd's seals"))?;
+    let data = carried_contents(pid, n, &st, target, "memfd", &copy)?;
     Ok(FdKind::MemFd {
         name,
         flags: fd.flags & !libc::O_CLOEXEC,
@@ -185,7 +186,8 @@ pub fn classify_deleted(
             format!("fd {n} is a deleted file without a directory ({path})"),
         ));
     }
-    let data = carried_contents(pid, n, st, path, "deleted file")?;
+    let copy = std::fs::File::from(copy_of_fd(pid, n)?);
+    let data = carried_contents(pid, n, st, path, "deleted file", &copy)?;
     Ok(FdKind::DeletedFile {
         path: former,
         flags: fd.flags & !libc::O_CLOEXEC,
@@ -196,13 +198,14 @@ pub fn classify_deleted(
 }
 
 /// The contents of the file at fd `n` (a memfd or a deleted file: no path to reopen it by),
-/// read through a copy of the fd; refused above [`MAX_CARRIED_BYTES`].
+/// read through `copy`, ferry's copy of the fd; refused above [`MAX_CARRIED_BYTES`].
 fn carried_contents(
     pid: Pid,
     n: i32,
     st: &LinkStat,
     target: &str,
     what: &str,
+    copy: &std::fs::File,
 ) -> Result<Vec<u8>, CheckpointError> {
     if st.size > MAX_CARRIED_BYTES as u64 {
         return Err(refuse(
@@ -214,9 +217,8 @@ fn carried_contents(
             ),
         ));
     }
-    let file = std::fs::File::from(copy_of_fd(pid, n)?);
     let mut data = vec![0u8; st.size as usize];
-    file.read_exact_at(&mut data, 0)
+    copy.read_exact_at(&mut data, 0)
         .map_err(|e| CheckpointError::Sys {
             step: format!("reading the {what} at fd {n}"),
             source: ferry_sys::SysError::Io {
