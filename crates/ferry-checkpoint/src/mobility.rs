@@ -419,17 +419,21 @@ pub struct LinkFd {
     pub hello: Vec<u8>,
 }
 
-/// Runs every fd and mapping check (used by the preflight, before freezing).
+/// Runs every mapping and fd check (used by the preflight, before freezing).
+///
+/// Mappings come first: a process whose memory is still served through userfaultfd (a lazy
+/// migration's destination) is refused before any of its fds is looked at. Reading its fds'
+/// state (fdinfo of an epoll instance, a pipe's size or bytes) takes locks the process may
+/// hold while it waits in a page fault for this very daemon to serve it: a deadlock.
 pub fn check_resources(pid: Pid, opts: &Options) -> Result<(), CheckpointError> {
+    let maps = proc::read_smaps(pid).map_err(CheckpointError::sys("reading mappings"))?;
+    for m in &maps {
+        classify_mapping(pid, m, opts)?;
+    }
     let fds = proc::open_fds(pid).map_err(CheckpointError::sys("listing fds"))?;
     for fd in &fds {
         classify_fd(pid, fd, opts)?;
         check_locks(pid, fd.fd)?;
     }
-    crate::objects::check_shared_objects(pid, &fds)?;
-    let maps = proc::read_smaps(pid).map_err(CheckpointError::sys("reading mappings"))?;
-    for m in &maps {
-        classify_mapping(pid, m, opts)?;
-    }
-    Ok(())
+    crate::objects::check_shared_objects(pid, &fds)
 }
