@@ -12,6 +12,7 @@ use ferry_sys::proc::{self, Mapping, OpenFd};
 use ferry_sys::{Pid, host};
 
 use crate::CheckpointError;
+use crate::objects::Depth;
 
 pub(crate) fn refuse(pid: Pid, reason: impl Into<String>) -> CheckpointError {
     CheckpointError::NotMigratable {
@@ -135,14 +136,35 @@ const DEVICES: [(&str, u32, u32); 4] = [
     ("/dev/urandom", 1, 9),
 ];
 
-/// Classifies an open fd: a supported kind, or the reason it pins the process. An fd that
-/// `opts.links` names is a link to the ferry message service ([`FdKind::Link`]) if it is a
-/// socket, and refused if it is not.
+/// Classifies an open fd of a frozen process with its whole state: a supported kind, or the
+/// reason it pins the process. An fd that `opts.links` names is a link to the ferry message
+/// service ([`FdKind::Link`]) if it is a socket, and refused if it is not.
 pub fn classify_fd(pid: Pid, fd: &OpenFd, opts: &Options) -> Result<FdKind, CheckpointError> {
+    classify_fd_to(pid, fd, opts, Depth::State)?.ok_or_else(|| CheckpointError::Sys {
+        step: format!("reading fd {}", fd.fd),
+        source: ferry_sys::SysError::UnexpectedStop {
+            pid: pid.as_raw(),
+            detail: "a kernel object's state was not read".into(),
+        },
+    })
+}
+
+/// The checks of [`classify_fd`] on a running process: kernel objects are judged by their
+/// kind only (`None`), since reading their state takes locks the process may hold.
+fn check_fd(pid: Pid, fd: &OpenFd, opts: &Options) -> Result<(), CheckpointError> {
+    classify_fd_to(pid, fd, opts, Depth::Kind).map(|_| ())
+}
+
+fn classify_fd_to(
+    pid: Pid,
+    fd: &OpenFd,
+    opts: &Options,
+    depth: Depth,
+) -> Result<Option<FdKind>, CheckpointError> {
     let n = fd.fd;
     let target = String::from_utf8_lossy(&fd.target).into_owned();
     if let Some(link) = opts.link(n) {
-        return classify_link(pid, fd, link, &target);
+        return classify_link(pid, fd, link, &target).map(Some);
     }
     let unsupported = |what: &str| refuse(pid, format!("fd {n} is {what} ({target})"));
     if target.starts_with("socket:") {
@@ -155,10 +177,10 @@ pub fn classify_fd(pid: Pid, fd: &OpenFd, opts: &Options) -> Result<FdKind, Chec
         ));
     }
     if target.starts_with("pipe:") || target.starts_with("anon_inode:") {
-        return crate::objects::classify(pid, fd, &target);
+        return crate::objects::classify(pid, fd, &target, depth);
     }
     if target.starts_with("/memfd:") {
-        return crate::objects::classify_memfd(pid, fd, &target);
+        return crate::objects::classify_memfd(pid, fd, &target, depth);
     }
     if !target.starts_with('/') {
         return Err(unsupported("not a file"));
@@ -172,9 +194,9 @@ pub fn classify_fd(pid: Pid, fd: &OpenFd, opts: &Options) -> Result<FdKind, Chec
     match st.file_type() {
         libc::S_IFREG => {
             if st.nlink == 0 || path.ends_with(" (deleted)") {
-                return crate::objects::classify_deleted(pid, fd, &path, &st);
+                return crate::objects::classify_deleted(pid, fd, &path, &st, depth);
             }
-            Ok(FdKind::Regular {
+            Ok(Some(FdKind::Regular {
                 path,
                 flags,
                 pos: fd.pos,
@@ -184,22 +206,22 @@ pub fn classify_fd(pid: Pid, fd: &OpenFd, opts: &Options) -> Result<FdKind, Chec
                     size: st.size,
                     mtime_ns: st.mtime_ns,
                 },
-            })
+            }))
         }
-        libc::S_IFDIR => Ok(FdKind::Directory {
+        libc::S_IFDIR => Ok(Some(FdKind::Directory {
             path,
             flags,
             pos: fd.pos,
-        }),
+        })),
         libc::S_IFCHR => {
             let (maj, min) = (host::dev_major(st.rdev), host::dev_minor(st.rdev));
             if DEVICES.iter().any(|&(_, a, b)| a == maj && b == min) {
-                Ok(FdKind::CharDevice {
+                Ok(Some(FdKind::CharDevice {
                     path,
                     flags,
                     major: maj,
                     minor: min,
-                })
+                }))
             } else if maj == 4 || maj == 5 || (136..=143).contains(&maj) {
                 Err(unsupported("a terminal"))
             } else {
@@ -432,7 +454,7 @@ pub fn check_resources(pid: Pid, opts: &Options) -> Result<(), CheckpointError> 
     }
     let fds = proc::open_fds(pid).map_err(CheckpointError::sys("listing fds"))?;
     for fd in &fds {
-        classify_fd(pid, fd, opts)?;
+        check_fd(pid, fd, opts)?;
         check_locks(pid, fd.fd)?;
     }
     crate::objects::check_shared_objects(pid, &fds)

@@ -16,19 +16,43 @@ use ferry_sys::{Pid, libc, pidfd};
 use crate::CheckpointError;
 use crate::mobility::refuse;
 
-/// The state of fd `fd`, a `pipe:[…]` or `anon_inode:[…]` fd, or the reason it pins the
-/// process. Pipe data is read too: the caller must have frozen the process for it to be
-/// exact. Whether another process holds a pipe is [`check_shared_objects`]'s question.
-pub fn classify(pid: Pid, fd: &OpenFd, target: &str) -> Result<FdKind, CheckpointError> {
+/// How much of a kernel object behind an fd to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Only whether it can move (its kind, access mode, size): no fdinfo, no copy of the fd.
+    /// For a running process, which may hold the locks those reads take.
+    Kind,
+    /// Its whole state, for the image: the process must be frozen.
+    State,
+}
+
+/// The state of fd `fd`, a `pipe:[…]` or `anon_inode:[…]` fd (`None` at [`Depth::Kind`]), or
+/// the reason it pins the process. Pipe data is read too: the caller must have frozen the
+/// process for it to be exact. Whether another process holds a pipe is [`check_shared_objects`]'s question.
+pub fn classify(
+    pid: Pid,
+    fd: &OpenFd,
+    target: &str,
+    depth: Depth,
+) -> Result<Option<FdKind>, CheckpointError> {
     let n = fd.fd;
     let flags = fd.flags & !libc::O_CLOEXEC;
     if target.starts_with("pipe:") {
-        return classify_pipe(pid, fd, target, flags);
+        return classify_pipe(pid, fd, target, flags, depth);
     }
     let kind = target
         .strip_prefix("anon_inode:")
         .unwrap_or(target)
         .trim_matches(['[', ']']);
+    if depth == Depth::Kind {
+        return match kind {
+            "eventfd" | "timerfd" | "signalfd" | "eventpoll" => Ok(None),
+            other => Err(refuse(
+                pid,
+                format!("fd {n} is {other} (not supported yet)"),
+            )),
+        };
+    }
     let info = ferry_sys::proc::read_text(pid, &format!("fdinfo/{n}"))
         .map_err(CheckpointError::sys(format!("reading fdinfo of fd {n}")))?;
     let bad = |what: &str| {
@@ -45,27 +69,27 @@ pub fn classify(pid: Pid, fd: &OpenFd, target: &str) -> Result<FdKind, Checkpoin
             let semaphore = field(&info, "eventfd-semaphore:")
                 .and_then(|v| v.parse::<u8>().ok())
                 .ok_or_else(|| bad("eventfd-semaphore"))?;
-            Ok(FdKind::EventFd {
+            Ok(Some(FdKind::EventFd {
                 flags,
                 count,
                 semaphore: semaphore != 0,
-            })
+            }))
         }
         "timerfd" => {
             let timer = parse_timerfd(&info).ok_or_else(|| bad("timer state"))?;
-            Ok(FdKind::TimerFd {
+            Ok(Some(FdKind::TimerFd {
                 flags,
                 clock: timer.clock,
                 value_ns: timer.value_ns,
                 interval_ns: timer.interval_ns,
                 ticks: timer.ticks,
-            })
+            }))
         }
         "signalfd" => {
             let mask = field(&info, "sigmask:")
                 .and_then(|v| u64::from_str_radix(v, 16).ok())
                 .ok_or_else(|| bad("sigmask"))?;
-            Ok(FdKind::SignalFd { flags, mask })
+            Ok(Some(FdKind::SignalFd { flags, mask }))
         }
         "eventpoll" => {
             let watches = parse_epoll(&info).ok_or_else(|| bad("registration list"))?;
@@ -82,7 +106,7 @@ pub fn classify(pid: Pid, fd: &OpenFd, target: &str) -> Result<FdKind, Checkpoin
                     ));
                 }
             }
-            Ok(FdKind::Epoll { flags, watches })
+            Ok(Some(FdKind::Epoll { flags, watches }))
         }
         other => Err(refuse(
             pid,
@@ -96,7 +120,8 @@ fn classify_pipe(
     fd: &OpenFd,
     target: &str,
     flags: i32,
-) -> Result<FdKind, CheckpointError> {
+    depth: Depth,
+) -> Result<Option<FdKind>, CheckpointError> {
     let n = fd.fd;
     let inode = pipe_inode(target).ok_or_else(|| {
         refuse(
@@ -120,6 +145,9 @@ fn classify_pipe(
             ));
         }
     };
+    if depth == Depth::Kind {
+        return Ok(None);
+    }
     let copy = copy_of_fd(pid, n)?;
     let capacity =
         kobj::pipe_capacity(&copy, pid).map_err(CheckpointError::sys("reading a pipe's size"))?;
@@ -130,18 +158,23 @@ fn classify_pipe(
             "reading the data in the pipe of fd {n}"
         )))?
     };
-    Ok(FdKind::Pipe {
+    Ok(Some(FdKind::Pipe {
         pipe: inode,
         write,
         flags,
         capacity,
         data,
-    })
+    }))
 }
 
 /// A memfd at fd `fd` (target `/memfd:NAME (deleted)`): its name, offset, seals and contents
 /// (read through a copy of the fd, at most [`MAX_CARRIED_BYTES`]).
-pub fn classify_memfd(pid: Pid, fd: &OpenFd, target: &str) -> Result<FdKind, CheckpointError> {
+pub fn classify_memfd(
+    pid: Pid,
+    fd: &OpenFd,
+    target: &str,
+    depth: Depth,
+) -> Result<Option<FdKind>, CheckpointError> {
     let n = fd.fd;
     let name = target
         .strip_prefix("/memfd:")
@@ -157,17 +190,21 @@ pub fn classify_memfd(pid: Pid, fd: &OpenFd, target: &str) -> Result<FdKind, Che
             format!("fd {n} is a memfd opened read-only or write-only ({target})"),
         ));
     }
+    check_carried_size(pid, n, &st, target, "memfd")?;
+    if depth == Depth::Kind {
+        return Ok(None);
+    }
     let copy = std::fs::File::from(copy_of_fd(pid, n)?);
     let seals =
         kobj::memfd_seals(&copy, pid).map_err(CheckpointError::sys("reading a memfd's seals"))?;
-    let data = carried_contents(pid, n, &st, target, "memfd", &copy)?;
-    Ok(FdKind::MemFd {
+    let data = carried_contents(n, &st, target, "memfd", &copy)?;
+    Ok(Some(FdKind::MemFd {
         name,
         flags: fd.flags & !libc::O_CLOEXEC,
         pos: fd.pos,
         seals,
         data,
-    })
+    }))
 }
 
 /// A regular file deleted while open at fd `fd` (`path` as `/proc` shows it, ending in
@@ -177,7 +214,8 @@ pub fn classify_deleted(
     fd: &OpenFd,
     path: &str,
     st: &LinkStat,
-) -> Result<FdKind, CheckpointError> {
+    depth: Depth,
+) -> Result<Option<FdKind>, CheckpointError> {
     let n = fd.fd;
     let former = path.strip_suffix(" (deleted)").unwrap_or(path).to_string();
     if !former.starts_with('/') || former.len() < 2 {
@@ -186,27 +224,29 @@ pub fn classify_deleted(
             format!("fd {n} is a deleted file without a directory ({path})"),
         ));
     }
+    check_carried_size(pid, n, st, path, "deleted file")?;
+    if depth == Depth::Kind {
+        return Ok(None);
+    }
     let copy = std::fs::File::from(copy_of_fd(pid, n)?);
-    let data = carried_contents(pid, n, st, path, "deleted file", &copy)?;
-    Ok(FdKind::DeletedFile {
+    let data = carried_contents(n, st, path, "deleted file", &copy)?;
+    Ok(Some(FdKind::DeletedFile {
         path: former,
         flags: fd.flags & !libc::O_CLOEXEC,
         pos: fd.pos,
         mode: st.mode & 0o7777,
         data,
-    })
+    }))
 }
 
-/// The contents of the file at fd `n` (a memfd or a deleted file: no path to reopen it by),
-/// read through `copy`, ferry's copy of the fd; refused above [`MAX_CARRIED_BYTES`].
-fn carried_contents(
+/// Refuses a memfd or deleted file (fd `n`) larger than an image carries.
+fn check_carried_size(
     pid: Pid,
     n: i32,
     st: &LinkStat,
     target: &str,
     what: &str,
-    copy: &std::fs::File,
-) -> Result<Vec<u8>, CheckpointError> {
+) -> Result<(), CheckpointError> {
     if st.size > MAX_CARRIED_BYTES as u64 {
         return Err(refuse(
             pid,
@@ -217,6 +257,18 @@ fn carried_contents(
             ),
         ));
     }
+    Ok(())
+}
+
+/// The contents of the file at fd `n` (a memfd or a deleted file: no path to reopen it by),
+/// read through `copy`, ferry's copy of the fd (its size checked already).
+fn carried_contents(
+    n: i32,
+    st: &LinkStat,
+    target: &str,
+    what: &str,
+    copy: &std::fs::File,
+) -> Result<Vec<u8>, CheckpointError> {
     let mut data = vec![0u8; st.size as usize];
     copy.read_exact_at(&mut data, 0)
         .map_err(|e| CheckpointError::Sys {
