@@ -18,6 +18,7 @@ use ferry_sys::inject::{Batch, BatchArea, Injector};
 use ferry_sys::libc;
 use ferry_sys::pagemap::{PageScanner, Select};
 use ferry_sys::proc::{self, Mapping};
+use ferry_sys::ptrace::Tracee;
 use ferry_sys::{Pid, Regs, SysError};
 use tracing::{debug, info};
 
@@ -193,22 +194,33 @@ fn capture_frozen(
     let raw_regs = frozen.regs;
     let sys = CheckpointError::sys;
 
-    // 1. Execution state.
-    let xstate = frozen
-        .tracee()
-        .xstate()
-        .map_err(sys("reading the XSAVE area"))?;
-    let rseq = frozen
-        .tracee()
-        .rseq_configuration()
-        .map_err(sys("reading the rseq registration"))?
-        .map(|c| Rseq {
-            address: c.rseq_abi_pointer,
-            length: c.rseq_abi_size,
-            signature: c.signature,
+    // 1. Execution state, of every thread (the others answered their queries when frozen).
+    let main = PerThread::read(frozen.tracee())?;
+    let mut threads = Vec::with_capacity(frozen.threads().len());
+    for t in frozen.threads() {
+        let tid = t.tid();
+        let per = PerThread::read(t.tracee())?;
+        let regs = to_model_regs(&restart::for_image(&t.regs));
+        threads.push(Thread {
+            tid: tid.as_raw(),
+            comm: proc::read_text(pid, &format!("task/{tid}/comm"))
+                .map_err(CheckpointError::sys(format!("reading thread {tid}'s name")))?,
+            execution: per.execution(regs, t.tid_address, t.altstack),
+            blocked: t.blocked,
+            pending: t
+                .tracee()
+                .queued_signals(false)
+                .map_err(CheckpointError::sys(format!(
+                    "reading thread {tid}'s queued signals"
+                )))?
+                .iter()
+                .map(|info| PendingSignal {
+                    shared: false,
+                    siginfo: info.to_vec(),
+                })
+                .collect(),
         });
-    let (robust_head, robust_len) =
-        proc::robust_list(pid).map_err(sys("reading the robust list"))?;
+    }
     let queued_private = frozen
         .tracee()
         .queued_signals(false)
@@ -269,10 +281,10 @@ fn capture_frozen(
             .and_then(|s| s.parse().ok())
             .unwrap_or(50_000),
         stopped: frozen.was_stopped
-            || frozen
-                .arrived_while_frozen()
-                .iter()
-                .any(|i| abi::siginfo_signo(i) == libc::SIGSTOP),
+            || std::iter::once(frozen.arrived_while_frozen())
+                .chain(frozen.threads().iter().map(|t| t.arrived_while_frozen()))
+                .flatten()
+                .any(|i| abi::siginfo_signo(&i) == libc::SIGSTOP),
     };
     let credentials = Credentials {
         uid: IdSet {
@@ -298,7 +310,19 @@ fn capture_frozen(
         securebits: injected.securebits,
     };
 
-    // Pending signals: both queues, plus any dequeued while ferry held the process.
+    // Pending signals: both queues, plus any dequeued while ferry held the process (queued
+    // again for the thread that dequeued them).
+    for (thread, held) in threads.iter_mut().zip(frozen.threads()) {
+        thread.pending.extend(
+            held.arrived_while_frozen()
+                .iter()
+                .map(|info| PendingSignal {
+                    shared: false,
+                    siginfo: info.to_vec(),
+                }),
+        );
+        thread.pending.retain(|p| !matches!(p.signo(), 9 | 19));
+    }
     let mut pending: Vec<PendingSignal> = Vec::new();
     for (shared, list) in [(false, &queued_private), (true, &queued_shared)] {
         for info in list {
@@ -426,29 +450,19 @@ fn capture_frozen(
             hostname: ferry_sys::host::hostname(),
             platform: Platform {
                 xsave: XsaveLayout {
-                    features: ferry_sys::host::xstate_features(&xstate),
-                    size: xstate.len() as u32,
+                    features: ferry_sys::host::xstate_features(&main.xstate),
+                    size: main.xstate.len() as u32,
                 },
                 ..platform
             },
         },
         control,
         credentials,
-        execution: Execution {
-            regs: to_model_regs(&restart::for_image(&raw_regs)),
-            xstate,
-            tid_address: injected.tid_address,
-            robust_list: RobustList {
-                head: robust_head,
-                len: robust_len,
-            },
-            rseq,
-            sigaltstack: SigAltStack {
-                sp: injected.altstack.sp,
-                flags: injected.altstack.flags,
-                size: injected.altstack.size,
-            },
-        },
+        execution: main.execution(
+            to_model_regs(&restart::for_image(&raw_regs)),
+            injected.tid_address,
+            injected.altstack,
+        ),
         memory: AddressSpace {
             layout,
             auxv,
@@ -466,6 +480,7 @@ fn capture_frozen(
             pending,
         },
         timers: injected.timers,
+        threads,
     };
     debug!(
         pid = pid.as_raw(),
@@ -474,6 +489,50 @@ fn capture_frozen(
         "captured"
     );
     Ok((image, segments, pagemap_scan))
+}
+
+/// What ptrace reads of one thread directly.
+struct PerThread {
+    xstate: Vec<u8>,
+    rseq: Option<Rseq>,
+    robust: (u64, u64),
+}
+
+impl PerThread {
+    fn read(tracee: &Tracee) -> Result<PerThread, CheckpointError> {
+        let tid = tracee.pid();
+        let sys = |what: &str| CheckpointError::sys(format!("reading {what} of thread {tid}"));
+        Ok(PerThread {
+            xstate: tracee.xstate().map_err(sys("the XSAVE area"))?,
+            rseq: tracee
+                .rseq_configuration()
+                .map_err(sys("the rseq registration"))?
+                .map(|c| Rseq {
+                    address: c.rseq_abi_pointer,
+                    length: c.rseq_abi_size,
+                    signature: c.signature,
+                }),
+            robust: proc::robust_list(tid).map_err(sys("the robust list"))?,
+        })
+    }
+
+    fn execution(&self, regs: Registers, tid_address: u64, altstack: StackT) -> Execution {
+        Execution {
+            regs,
+            xstate: self.xstate.clone(),
+            tid_address,
+            robust_list: RobustList {
+                head: self.robust.0,
+                len: self.robust.1,
+            },
+            rseq: self.rseq,
+            sigaltstack: SigAltStack {
+                sp: altstack.sp,
+                flags: altstack.flags,
+                size: altstack.size,
+            },
+        }
+    }
 }
 
 fn path_string(pid: Pid, what: &str, bytes: &[u8]) -> Result<String, CheckpointError> {

@@ -14,6 +14,12 @@
 //!                              kill(): SIGKILL (after the image is safely written)
 //! ```
 //!
+//! Every thread is held: the main thread first, then each other thread of `/proc/PID/task`
+//! (listed again until no new one appears, since a thread not yet stopped may create more).
+//! Each thread goes through the same states; the scratch area belongs to the process and is
+//! used from one thread at a time. Threads report what only they can (their alternate signal
+//! stack, their tid address) by a small batch run in each.
+//!
 //! Once parked, the process is in the state it was found in; if ferry itself dies, the kernel's
 //! automatic detach resumes it exactly as `resume()` would. Only the short query phase (a
 //! few milliseconds of injected calls) runs with borrowed registers. Dropping a [`Frozen`]
@@ -22,7 +28,7 @@
 
 use std::time::Instant;
 
-use ferry_sys::abi::{self, Siginfo};
+use ferry_sys::abi::{self, Fields, Siginfo, StackT};
 use ferry_sys::inject::{Batch, BatchArea, Injector, Scratch, code_page, find_syscall_gadget};
 use ferry_sys::libc;
 use ferry_sys::ptrace::{Stop, Tracee};
@@ -36,10 +42,52 @@ use crate::{CheckpointError, restart};
 pub const SCRATCH_PAGES: u64 = 16;
 /// Every signal but SIGKILL and SIGSTOP (which cannot be blocked anyway).
 pub const BLOCK_ALL: u64 = !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1)));
+/// Rounds of listing `/proc/PID/task` before giving up on a process whose threads keep
+/// appearing faster than they can be stopped.
+const SEIZE_ROUNDS: usize = 64;
+
+/// A thread of a frozen process other than its main thread.
+pub struct FrozenThread {
+    tracee: Option<Tracee>,
+    /// Registers exactly as the kernel reported them at the interrupt stop.
+    pub regs: Regs,
+    /// Its blocked mask (sigsuspend's temporary mask undone).
+    pub blocked: u64,
+    /// Its `set_tid_address` pointer (`PR_GET_TID_ADDRESS`).
+    pub tid_address: u64,
+    /// Its alternate signal stack.
+    pub altstack: StackT,
+    mask_changed: bool,
+    /// Signals dequeued from it while frozen; they belong to it.
+    deferred: Vec<Siginfo>,
+    requeued: Vec<Siginfo>,
+}
+
+impl FrozenThread {
+    pub fn tid(&self) -> Pid {
+        self.tracee().pid()
+    }
+
+    pub fn tracee(&self) -> &Tracee {
+        self.tracee
+            .as_ref()
+            .expect("Frozen is used only until resume() or kill()")
+    }
+
+    /// Signals that arrived for this thread while the process was frozen.
+    pub fn arrived_while_frozen(&self) -> Vec<Siginfo> {
+        let mut all = self.requeued.clone();
+        all.extend(self.deferred.iter().copied());
+        all
+    }
+}
 
 /// A seized, stopped process with a scratch area, ready for injected calls.
 pub struct Frozen {
+    /// The main thread, whose id is the process id.
     tracee: Option<Tracee>,
+    /// Every other thread.
+    threads: Vec<FrozenThread>,
     pid: Pid,
     /// Registers exactly as the kernel reported them at the interrupt stop.
     pub regs: Regs,
@@ -81,6 +129,7 @@ impl Frozen {
         let deferred = tracee.take_deferred_signals();
         let mut frozen = Frozen {
             tracee: Some(tracee),
+            threads: Vec::new(),
             pid,
             regs,
             blocked: 0,
@@ -95,6 +144,7 @@ impl Frozen {
             requeued: Vec::new(),
         };
         // From here on, an error drops `frozen`, which resumes the process.
+        frozen.seize_threads()?;
         frozen.gadget =
             find_syscall_gadget(pid).map_err(CheckpointError::sys("finding a syscall gadget"))?;
         let scratch = frozen
@@ -131,7 +181,109 @@ impl Frozen {
             .set_sigmask(BLOCK_ALL)
             .map_err(CheckpointError::sys("blocking signals"))?;
         frozen.mask_changed = true;
+        for i in 0..frozen.threads.len() {
+            frozen.query_thread(i)?;
+        }
         Ok(frozen)
+    }
+
+    /// Seizes and stops every thread but the main one, listing them again until a listing
+    /// shows no thread that is not held yet (only a running thread can create one).
+    fn seize_threads(&mut self) -> Result<(), CheckpointError> {
+        let pid = self.pid;
+        for _round in 0..SEIZE_ROUNDS {
+            let tids = ferry_sys::proc::thread_ids(pid)
+                .map_err(CheckpointError::sys("listing threads"))?;
+            let new: Vec<Pid> = tids
+                .into_iter()
+                .filter(|&t| t != pid && !self.threads.iter().any(|h| h.tid() == t))
+                .collect();
+            if new.is_empty() {
+                return Ok(());
+            }
+            for tid in new {
+                let mut tracee = match Tracee::seize_thread(tid, pid, false) {
+                    Ok(t) => t,
+                    // It exited since the listing.
+                    Err(e) if e.errno() == Some(ferry_sys::Errno::ESRCH) => continue,
+                    Err(e) => {
+                        return Err(CheckpointError::sys(format!("seizing thread {tid}"))(e));
+                    }
+                };
+                match tracee.interrupt_and_wait() {
+                    Ok(_) => {}
+                    Err(SysError::Gone { .. }) => continue,
+                    Err(e) => {
+                        return Err(CheckpointError::sys(format!("stopping thread {tid}"))(e));
+                    }
+                }
+                let regs = tracee.regs().map_err(CheckpointError::sys(format!(
+                    "reading thread {tid}'s registers"
+                )))?;
+                let deferred = tracee.take_deferred_signals();
+                self.threads.push(FrozenThread {
+                    tracee: Some(tracee),
+                    regs,
+                    blocked: 0,
+                    tid_address: 0,
+                    altstack: StackT::default(),
+                    mask_changed: false,
+                    deferred,
+                    requeued: Vec::new(),
+                });
+            }
+        }
+        Err(CheckpointError::NotMigratable {
+            pid: pid.as_raw(),
+            reason: format!(
+                "it kept creating threads while ferry stopped them ({} stopped)",
+                self.threads.len() + 1
+            ),
+        })
+    }
+
+    /// Asks thread `i` what only it can report (alternate stack, tid address), which also
+    /// takes it once through the kernel's signal path: only then is its blocked mask the real
+    /// one. Then blocks every signal in it, as in the main thread.
+    fn query_thread(&mut self, i: usize) -> Result<(), CheckpointError> {
+        let area = self.batch_area();
+        let mut b = Batch::new(area);
+        let alt_out = b.out(StackT::SIZE);
+        b.push(
+            "sigaltstack",
+            libc::SYS_sigaltstack,
+            [0, alt_out, 0, 0, 0, 0],
+        );
+        let tid_out = b.out(8);
+        b.push(
+            "prctl(PR_GET_TID_ADDRESS)",
+            libc::SYS_prctl,
+            [abi::PR_GET_TID_ADDRESS, tid_out, 0, 0, 0, 0],
+        );
+        let gadget = self.gadget;
+        let t = &mut self.threads[i];
+        let tid = t.tid();
+        let step = |what: &str| CheckpointError::sys(format!("{what} of thread {tid}"));
+        let template = t.regs;
+        let tracee = t.tracee.as_mut().expect("held until resume() or kill()");
+        let mut inj = Injector::new(tracee, gadget, template);
+        let r = inj.run_all(&b).map_err(step("querying"));
+        self.injected += inj.calls();
+        let r = r?;
+        t.deferred.extend(tracee.take_deferred_signals());
+        t.altstack = StackT::decode(r.read(alt_out, StackT::SIZE));
+        t.tid_address = Fields::new(r.read(tid_out, 8)).u64(0);
+        t.blocked = tracee.sigmask().map_err(step("reading the signal mask"))?;
+        tracee
+            .set_sigmask(BLOCK_ALL)
+            .map_err(step("blocking signals"))?;
+        t.mask_changed = true;
+        Ok(())
+    }
+
+    /// The threads besides the main one.
+    pub fn threads(&self) -> &[FrozenThread] {
+        &self.threads
     }
 
     pub fn pid(&self) -> Pid {
@@ -189,6 +341,11 @@ impl Frozen {
             return Ok(());
         }
         self.park()?;
+        for t in &mut self.threads {
+            if let Some(tracee) = t.tracee.take() {
+                tracee.detach(0)?;
+            }
+        }
         match self.tracee.take() {
             Some(t) => t.detach(0),
             None => Ok(()),
@@ -202,28 +359,54 @@ impl Frozen {
         if self.parked || self.tracee.is_none() {
             return Ok(());
         }
-        // Signals that arrived while frozen go back into the queue (still blocked here).
+        // Signals that arrived while frozen go back into the queue of the thread that
+        // dequeued them (still blocked there), all sent from the main thread: a thread may
+        // queue any signal for a thread of its own process.
         if let Some(scratch) = self.scratch {
             for _round in 0..8 {
-                let pending = std::mem::take(&mut self.deferred);
+                let pid = self.pid.as_raw() as u64;
+                let mut pending: Vec<(u64, Siginfo)> = std::mem::take(&mut self.deferred)
+                    .into_iter()
+                    .map(|info| (pid, info))
+                    .collect();
+                self.requeued.extend(pending.iter().map(|(_, info)| *info));
+                for t in &mut self.threads {
+                    let tid = t.tid().as_raw() as u64;
+                    let theirs = std::mem::take(&mut t.deferred);
+                    t.requeued.extend(theirs.iter().copied());
+                    pending.extend(theirs.into_iter().map(|info| (tid, info)));
+                }
                 if pending.is_empty() {
                     break;
                 }
-                let pid = self.pid.as_raw() as u64;
-                self.requeued.extend(pending.iter().copied());
-                let mut batch = Batch::new(BatchArea::within(&scratch));
-                for info in &pending {
-                    let at = batch.bytes(info);
-                    batch.push(
-                        "rt_tgsigqueueinfo",
-                        libc::SYS_rt_tgsigqueueinfo,
-                        [pid, pid, abi::siginfo_signo(info) as u64, at, 0, 0],
-                    );
+                let area = BatchArea::within(&scratch);
+                for chunk in pending.chunks(area.table_entries.min(16)) {
+                    let mut batch = Batch::new(area);
+                    for (tid, info) in chunk {
+                        let at = batch.bytes(info);
+                        batch.push(
+                            "rt_tgsigqueueinfo",
+                            libc::SYS_rt_tgsigqueueinfo,
+                            [pid, *tid, abi::siginfo_signo(info) as u64, at, 0, 0],
+                        );
+                    }
+                    self.with_injector(|inj| inj.run_all(&batch).map(drop))?;
                 }
-                self.with_injector(|inj| inj.run_all(&batch).map(drop))?;
             }
             self.with_injector(|inj| inj.unmap(scratch))?;
             self.scratch = None;
+        }
+        for t in &mut self.threads {
+            let regs = restart::for_source(&t.regs);
+            let (blocked, mask_changed) = (t.blocked, t.mask_changed);
+            let tracee = t.tracee.as_mut().expect("held until resume() or kill()");
+            tracee.set_regs(&regs)?;
+            if mask_changed {
+                tracee.set_sigmask(blocked)?;
+            }
+            enter_signal_path(tracee)?;
+            // A signal met on the way into the final stop stays with its thread.
+            t.deferred.extend(tracee.take_deferred_signals());
         }
         let regs = restart::for_source(&self.regs);
         let blocked = self.blocked;
@@ -247,10 +430,17 @@ impl Frozen {
 
     /// Kills the process (its image is safely written).
     pub fn kill(mut self) -> Result<(), SysError> {
-        match self.tracee.take() {
-            Some(t) => t.kill(),
-            None => Ok(()),
+        let Some(main) = self.tracee.take() else {
+            return Ok(());
+        };
+        ferry_sys::host::send_signal(self.pid, libc::SIGKILL)?;
+        // The main thread is reported gone only after every other thread was reaped.
+        for t in &mut self.threads {
+            if let Some(tracee) = t.tracee.take() {
+                tracee.reap()?;
+            }
         }
+        main.reap()
     }
 }
 
@@ -299,13 +489,34 @@ pub fn enter_signal_path(tracee: &mut Tracee) -> Result<(), SysError> {
 }
 
 /// [`enter_signal_path`], then detach (re-sending a signal met on the way, if any).
-pub fn enter_signal_path_and_detach(mut tracee: Tracee) -> Result<(), SysError> {
-    enter_signal_path(&mut tracee)?;
-    let late = tracee.take_deferred_signals();
-    let pid = tracee.pid();
-    tracee.detach(0)?;
-    for info in late {
-        ferry_sys::host::send_signal(pid, abi::siginfo_signo(&info))?;
+pub fn enter_signal_path_and_detach(tracee: Tracee) -> Result<(), SysError> {
+    enter_signal_path_and_detach_all(tracee, Vec::new())
+}
+
+/// [`enter_signal_path_and_detach`] for a whole process: every thread is taken into its final
+/// stop first, then all are let go together (the other threads before the main one). A signal
+/// a thread met on the way is sent to that thread again once it runs.
+pub fn enter_signal_path_and_detach_all(
+    mut main: Tracee,
+    mut threads: Vec<Tracee>,
+) -> Result<(), SysError> {
+    for t in &mut threads {
+        enter_signal_path(t)?;
+    }
+    enter_signal_path(&mut main)?;
+    let mut late = Vec::new();
+    for mut t in threads.into_iter().chain(std::iter::once(main)) {
+        let (pid, tid) = (t.tgid(), t.pid());
+        late.extend(t.take_deferred_signals().into_iter().map(|i| (pid, tid, i)));
+        t.detach(0)?;
+    }
+    for (pid, tid, info) in late {
+        let sig = abi::siginfo_signo(&info);
+        if tid == pid {
+            ferry_sys::host::send_signal(pid, sig)?;
+        } else {
+            ferry_sys::host::send_thread_signal(pid, tid, sig)?;
+        }
     }
     Ok(())
 }

@@ -35,6 +35,15 @@ pub fn preflight(pid: Pid) -> Result<(), CheckpointError> {
         return Err(refuse(pid, "it is a kernel thread"));
     }
     match stat.state {
+        'Z' if stat.num_threads > 1 => {
+            return Err(refuse(
+                pid,
+                format!(
+                    "its main thread has exited ({} other threads run on)",
+                    stat.num_threads - 1
+                ),
+            ));
+        }
         'Z' => return Err(refuse(pid, "it is a zombie (exited, not yet reaped)")),
         'X' | 'x' => return Err(refuse(pid, "it is exiting")),
         _ => {}
@@ -54,15 +63,6 @@ pub fn preflight(pid: Pid) -> Result<(), CheckpointError> {
         return Err(refuse(
             pid,
             format!("it is already traced by pid {}", status.tracerpid),
-        ));
-    }
-    if status.threads > 1 {
-        return Err(refuse(
-            pid,
-            format!(
-                "it has {} threads (multi-threaded processes are not supported yet)",
-                status.threads
-            ),
         ));
     }
     if stat.tty_nr != 0 {
@@ -101,18 +101,60 @@ pub fn preflight(pid: Pid) -> Result<(), CheckpointError> {
     if !timers.is_empty() {
         return Err(refuse(pid, "it has POSIX timers (timer_create)"));
     }
-    Ok(())
+    check_threads(pid, &status)
 }
 
 /// Checks that must hold while the process is frozen (threads may have appeared since the
 /// preflight).
 pub fn frozen_checks(pid: Pid) -> Result<(), CheckpointError> {
-    let threads = proc::thread_count(pid).map_err(CheckpointError::sys("counting threads"))?;
-    if threads > 1 {
-        return Err(refuse(
-            pid,
-            format!("it has {threads} threads (multi-threaded processes are not supported yet)"),
-        ));
+    let status = proc::status(pid).map_err(CheckpointError::sys("reading status"))?;
+    check_threads(pid, &status)
+}
+
+/// Every thread other than the main one must share what ferry captures once per process:
+/// credentials and `no_new_privs` (restore gives each thread the main thread's), and none may
+/// run under seccomp. `main` is the main thread's status.
+fn check_threads(pid: Pid, main: &proc::Status) -> Result<(), CheckpointError> {
+    if main.threads <= 1 {
+        return Ok(());
+    }
+    let tids = proc::thread_ids(pid).map_err(CheckpointError::sys("listing threads"))?;
+    let creds = |s: &proc::Status| {
+        (
+            [s.ruid, s.euid, s.suid, s.fuid],
+            [s.rgid, s.egid, s.sgid, s.fgid],
+            s.groups.clone(),
+            [
+                s.capinh,
+                s.capprm,
+                s.capeff,
+                s.capbnd.unwrap_or(0),
+                s.capamb.unwrap_or(0),
+            ],
+            s.nonewprivs,
+        )
+    };
+    let want = creds(main);
+    for tid in tids.into_iter().filter(|&t| t != pid) {
+        // A thread that exited since the listing has nothing to check.
+        let Ok(status) = proc::thread_status(pid, tid) else {
+            continue;
+        };
+        if status.seccomp.is_some_and(|m| m != 0) {
+            return Err(refuse(
+                pid,
+                format!("its thread {tid} runs under a seccomp filter"),
+            ));
+        }
+        if creds(&status) != want {
+            return Err(refuse(
+                pid,
+                format!(
+                    "its thread {tid} has other credentials than its main thread (uid {}, gid {})",
+                    status.euid, status.egid
+                ),
+            ));
+        }
     }
     Ok(())
 }

@@ -16,6 +16,9 @@ use ferry_sys::{Pid, libc, pidfd};
 use crate::CheckpointError;
 use crate::mobility::refuse;
 
+/// The anonymous-inode kinds ferry carries (as `/proc/PID/fd` names them).
+const SUPPORTED_ANON: [&str; 4] = ["eventfd", "timerfd", "signalfd", "eventpoll"];
+
 /// How much of a kernel object behind an fd to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Depth {
@@ -28,7 +31,8 @@ pub enum Depth {
 
 /// The state of fd `fd`, a `pipe:[…]` or `anon_inode:[…]` fd (`None` at [`Depth::Kind`]), or
 /// the reason it pins the process. Pipe data is read too: the caller must have frozen the
-/// process for it to be exact. Whether another process holds a pipe is [`check_shared_objects`]'s question.
+/// process for it to be exact. Whether another process holds a pipe is
+/// [`check_shared_objects`]'s question.
 pub fn classify(
     pid: Pid,
     fd: &OpenFd,
@@ -44,14 +48,11 @@ pub fn classify(
         .strip_prefix("anon_inode:")
         .unwrap_or(target)
         .trim_matches(['[', ']']);
+    if !SUPPORTED_ANON.contains(&kind) {
+        return Err(refuse(pid, format!("fd {n} is {kind} (not supported yet)")));
+    }
     if depth == Depth::Kind {
-        return match kind {
-            "eventfd" | "timerfd" | "signalfd" | "eventpoll" => Ok(None),
-            other => Err(refuse(
-                pid,
-                format!("fd {n} is {other} (not supported yet)"),
-            )),
-        };
+        return Ok(None);
     }
     let info = ferry_sys::proc::read_text(pid, &format!("fdinfo/{n}"))
         .map_err(CheckpointError::sys(format!("reading fdinfo of fd {n}")))?;
@@ -108,10 +109,7 @@ pub fn classify(
             }
             Ok(Some(FdKind::Epoll { flags, watches }))
         }
-        other => Err(refuse(
-            pid,
-            format!("fd {n} is {other} (not supported yet)"),
-        )),
+        _ => unreachable!("only supported kinds get here"),
     }
 }
 

@@ -41,7 +41,7 @@ use ferry_sys::{Errno, Pid, SysError, host, mem, proc, spawn};
 use tracing::{debug, info};
 
 use crate::capture::from_model_regs;
-use crate::freeze::{BLOCK_ALL, enter_signal_path_and_detach};
+use crate::freeze::{BLOCK_ALL, enter_signal_path_and_detach_all};
 use crate::imagedir::LoadedImage;
 use crate::{RestoreError, platform};
 
@@ -73,6 +73,9 @@ pub struct RestoreReport {
     /// Round trips to the vessel (batches and single calls).
     pub round_trips: u64,
     pub old_pid: i32,
+    /// Every thread but the main one: its id in the image, and its id now (threads get new
+    /// ids, as the process does).
+    pub threads: Vec<(i32, i32)>,
     /// Files the process held that its owner could not open any more (opened as root).
     pub privileged_opens: u32,
 }
@@ -1392,42 +1395,177 @@ impl Builder {
         self.flush(&mut q)
     }
 
-    /// Lets the finished process run: the restorer goes, rseq is registered, registers, XSAVE
-    /// and mask are set, and the kernel takes it from its signal-delivery path.
+    /// Creates every thread but the main one, each by a `clone` injected into the main
+    /// thread (so that it shares everything the process shares, and inherits the credentials,
+    /// limits and all-blocked mask the main thread has by now), then gives each, from inside,
+    /// what belongs to the thread: robust list, tid address, alternate stack, name, and the
+    /// signals queued for it alone. Threads get new ids.
+    fn make_threads(&mut self, made: &mut VesselThreads) -> Result<(), RestoreError> {
+        let image = Arc::clone(&self.image);
+        if image.threads.is_empty() {
+            return Ok(());
+        }
+        let step = "creating threads";
+        self.vessel
+            .tracee_mut()
+            .trace_clones(true, true)
+            .map_err(RestoreError::sys(step))?;
+        let gadget = self.vessel.area.syscall_gadget();
+        let pid = self.pid().as_raw() as u64;
+        for t in &image.threads {
+            made.list.push(
+                self.vessel
+                    .single(step, gadget, |inj| inj.clone_thread(THREAD_CLONE_FLAGS))?,
+            );
+            let tracee = made.list.last_mut().expect("just pushed");
+            let tid = tracee.pid().as_raw() as u64;
+            let e = &t.execution;
+            let mut b = Batch::new(self.vessel.area);
+            if e.robust_list.head != 0 {
+                b.push(
+                    "set_robust_list",
+                    libc::SYS_set_robust_list,
+                    [e.robust_list.head, e.robust_list.len, 0, 0, 0, 0],
+                );
+            }
+            b.push(
+                "set_tid_address",
+                libc::SYS_set_tid_address,
+                [e.tid_address, 0, 0, 0, 0, 0],
+            );
+            let alt = e.sigaltstack;
+            let ss = StackT {
+                sp: alt.sp,
+                flags: alt.flags & libc::SS_DISABLE,
+                size: alt.size,
+            };
+            let at = b.bytes(&ss.encode());
+            b.push("sigaltstack", libc::SYS_sigaltstack, [at, 0, 0, 0, 0, 0]);
+            if t.comm != image.control.comm {
+                let mut comm = t.comm.as_bytes().to_vec();
+                comm.truncate(15);
+                comm.push(0);
+                let at = b.bytes(&comm);
+                b.push(
+                    "prctl(PR_SET_NAME)",
+                    libc::SYS_prctl,
+                    [abi::PR_SET_NAME, at, 0, 0, 0, 0],
+                );
+            }
+            for p in &t.pending {
+                if !b.fits(1, p.siginfo.len()) {
+                    return Err(no_room(
+                        self.pid(),
+                        "too many signals queued for one thread",
+                    ));
+                }
+                let at = b.bytes(&p.siginfo);
+                b.push(
+                    "rt_tgsigqueueinfo",
+                    libc::SYS_rt_tgsigqueueinfo,
+                    [pid, tid, p.signo() as u64, at, 0, 0],
+                );
+            }
+            self.in_thread(tracee, "setting up a thread", gadget, |inj| {
+                inj.run_all(&b).map(drop)
+            })?;
+        }
+        self.vessel
+            .tracee_mut()
+            .trace_clones(false, true)
+            .map_err(RestoreError::sys(step))
+    }
+
+    /// Runs `f` with an injector on `thread`, a thread of the vessel made by
+    /// [`Builder::make_threads`].
+    fn in_thread<T>(
+        &mut self,
+        thread: &mut Tracee,
+        step: &str,
+        gadget: u64,
+        f: impl FnOnce(&mut Injector<'_>) -> Result<T, SysError>,
+    ) -> Result<T, RestoreError> {
+        let template = thread.regs().map_err(RestoreError::sys(step))?;
+        let mut inj = Injector::new(thread, gadget, template);
+        let out = f(&mut inj);
+        self.vessel.calls += inj.calls();
+        self.vessel.round_trips += inj.round_trips();
+        out.map_err(RestoreError::sys(step))
+    }
+
+    /// Rewrites, for every thread with a new id, the copy of its old id that its thread
+    /// library keeps where the kernel clears the id at exit (glibc's `struct pthread.tid`,
+    /// which `pthread_kill`, `pthread_setname_np` and robust mutexes use). Only a word that
+    /// holds exactly the old id, in a page the image carries (present before the start), is
+    /// changed.
+    fn rename_cached_tids(&self, threads: &[Tracee]) -> Result<(), RestoreError> {
+        let image = &self.image;
+        let carried = |addr: u64| {
+            image
+                .memory
+                .pages
+                .runs
+                .iter()
+                .any(|r| r.addr <= addr && addr + 4 <= r.end())
+        };
+        let pid = self.pid();
+        let mains = std::iter::once((image.control.pid, pid.as_raw(), &image.execution));
+        let others = image
+            .threads
+            .iter()
+            .zip(threads)
+            .map(|(t, tracee)| (t.tid, tracee.pid().as_raw(), &t.execution));
+        for (old, new, e) in mains.chain(others) {
+            let at = e.tid_address;
+            if old == new || at == 0 || !carried(at) {
+                continue;
+            }
+            let mut word = [0u8; 4];
+            mem::read(pid, &[(at, 4)], &mut word)
+                .map_err(RestoreError::sys("reading a cached thread id"))?;
+            if i32::from_ne_bytes(word) == old {
+                mem::write(pid, at, &new.to_ne_bytes())
+                    .map_err(RestoreError::sys("renaming a cached thread id"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets the finished process run: its other threads are made, the restorer goes, rseq is
+    /// registered, registers, XSAVE and mask of every thread are set, and the kernel takes
+    /// each from its signal-delivery path.
     pub fn start(mut self) -> Result<(Pid, RestoreReport), RestoreError> {
         if !self.ready {
             self.finish()?;
         }
         let image = Arc::clone(&self.image);
-        let e = &image.execution;
+        let mut threads = VesselThreads {
+            pid: self.pid(),
+            list: Vec::new(),
+        };
+        self.make_threads(&mut threads)?;
         let scratch = self.vessel.scratch;
         // The last calls run from a `syscall` in the vDSO, which stays mapped.
         let vdso = vdso_gadget(&image);
         let gadget = vdso.unwrap_or(self.vessel.area.syscall_gadget());
         self.vessel
             .single("removing the restorer", gadget, |inj| inj.unmap(scratch))?;
+        self.rename_cached_tids(&threads.list)?;
+        for (t, tracee) in image.threads.iter().zip(&mut threads.list) {
+            if let (Some(r), true) = (t.execution.rseq, vdso.is_some()) {
+                self.in_thread(tracee, "registering rseq", gadget, |inj| {
+                    register_rseq(inj, r)
+                })?;
+            }
+            set_thread_state(tracee, &t.execution, t.blocked)?;
+        }
+        let e = &image.execution;
         if let (Some(r), true) = (e.rseq, vdso.is_some()) {
             // Last, so that the kernel's rseq fixup sees the final instruction pointer.
-            self.vessel.single("registering rseq", gadget, |inj| {
-                inj.call(
-                    "rseq",
-                    libc::SYS_rseq,
-                    [r.address, r.length as u64, 0, r.signature as u64, 0, 0],
-                )
-                .map(drop)
-            })?;
+            self.vessel
+                .single("registering rseq", gadget, |inj| register_rseq(inj, r))?;
         }
-        let regs = from_model_regs(&e.regs);
-        let tracee = self.vessel.tracee_mut();
-        tracee
-            .set_xstate(&e.xstate)
-            .map_err(RestoreError::sys("setting the FPU/AVX state"))?;
-        tracee
-            .set_regs(&regs)
-            .map_err(RestoreError::sys("setting registers"))?;
-        tracee
-            .set_sigmask(image.signals.blocked)
-            .map_err(RestoreError::sys("setting the signal mask"))?;
+        set_thread_state(self.vessel.tracee_mut(), e, image.signals.blocked)?;
         let report = RestoreReport {
             memory_copy: self.copy_time,
             memory_bytes: image.memory.pages.bytes,
@@ -1435,6 +1573,12 @@ impl Builder {
             injected_calls: self.vessel.calls,
             round_trips: self.vessel.round_trips,
             old_pid: image.control.pid,
+            threads: image
+                .threads
+                .iter()
+                .zip(&threads.list)
+                .map(|(t, tracee)| (t.tid, tracee.pid().as_raw()))
+                .collect(),
             privileged_opens: self.privileged_opens,
             ..RestoreReport::default()
         };
@@ -1444,7 +1588,8 @@ impl Builder {
             .take()
             .expect("the vessel lives until started");
         let pid = tracee.pid();
-        enter_signal_path_and_detach(tracee).map_err(RestoreError::sys("starting the process"))?;
+        enter_signal_path_and_detach_all(tracee, std::mem::take(&mut threads.list))
+            .map_err(RestoreError::sys("starting the process"))?;
         if image.control.stopped {
             host::send_signal(pid, libc::SIGSTOP)
                 .map_err(RestoreError::sys("stopping the process as it was"))?;
@@ -1452,6 +1597,57 @@ impl Builder {
         debug!(pid = pid.as_raw(), "running");
         Ok((pid, report))
     }
+}
+
+/// The threads of a vessel under construction. Dropped before the start (an error), they are
+/// killed with their process and reaped (the main thread is reaped only after them), never
+/// let go half-built.
+struct VesselThreads {
+    pid: Pid,
+    list: Vec<Tracee>,
+}
+
+impl Drop for VesselThreads {
+    fn drop(&mut self) {
+        if self.list.is_empty() {
+            return;
+        }
+        let _ = host::send_signal(self.pid, libc::SIGKILL);
+        for t in self.list.drain(..) {
+            let _ = t.reap();
+        }
+    }
+}
+
+/// How restore makes a thread: it shares everything a POSIX thread shares.
+const THREAD_CLONE_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM) as u64;
+
+/// Registers a thread's rseq area (from inside the thread).
+fn register_rseq(inj: &mut Injector<'_>, r: Rseq) -> Result<(), SysError> {
+    inj.call(
+        "rseq",
+        libc::SYS_rseq,
+        [r.address, r.length as u64, 0, r.signature as u64, 0, 0],
+    )
+    .map(drop)
+}
+
+/// The last state of a thread before it runs: XSAVE area, registers, blocked mask.
+fn set_thread_state(tracee: &mut Tracee, e: &Execution, blocked: u64) -> Result<(), RestoreError> {
+    let tid = tracee.pid();
+    let step = |what: &str| RestoreError::sys(format!("setting {what} of thread {tid}"));
+    tracee
+        .set_xstate(&e.xstate)
+        .map_err(step("the FPU/AVX state"))?;
+    tracee
+        .set_regs(&from_model_regs(&e.regs))
+        .map_err(step("the registers"))?;
+    tracee.set_sigmask(blocked).map_err(step("the signal mask"))
 }
 
 /// Names of the calls that re-create a link (see [`Builder::connect_link`]).

@@ -17,7 +17,9 @@ pub const PAGES_MAGIC: [u8; 8] = *b"FERRYPGS";
 /// Version of the image format. Bump minor for additions old readers may ignore, major for
 /// anything else.
 pub const FORMAT_MAJOR: u16 = 1;
-pub const FORMAT_MINOR: u16 = 1;
+pub const FORMAT_MINOR: u16 = 2;
+/// The first minor version whose images list threads ([`ProcessImage::threads`]).
+const FIRST_MINOR_WITH_THREADS: u16 = 2;
 /// Size of the `pages.img` header; page data starts page-aligned right after it.
 pub const PAGES_HEADER_LEN: u64 = PAGE_SIZE;
 /// Largest `core.img` payload ferry accepts (the model of a process with the maximum number of
@@ -183,8 +185,13 @@ pub fn decode_core(bytes: &[u8]) -> Result<ProcessImage, FormatError> {
             computed,
         });
     }
-    let payload = &bytes[CORE_HEADER_LEN..body_end];
-    let (image, rest) = postcard::take_from_bytes::<ProcessImage>(payload)
+    let mut payload = std::borrow::Cow::Borrowed(&bytes[CORE_HEADER_LEN..body_end]);
+    if le_u16(bytes, 10) < FIRST_MINOR_WITH_THREADS {
+        // `threads` is the last field of the image: an older payload is a newer one that
+        // lacks it, and postcard encodes an empty list as one zero byte.
+        payload.to_mut().push(0);
+    }
+    let (image, rest) = postcard::take_from_bytes::<ProcessImage>(&payload)
         .map_err(|e| FormatError::Decode(e.to_string()))?;
     if !rest.is_empty() {
         return Err(FormatError::Decode(format!(
@@ -469,7 +476,7 @@ mod tests {
         let err = decode_core(&bytes).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "core.img: image format 2.1 is not supported (this ferry reads 1.0 to 1.1)"
+            "core.img: image format 2.2 is not supported (this ferry reads 1.0 to 1.2)"
         );
         let mut bytes = encode_core(&sample_image()).unwrap();
         bytes[10..12].copy_from_slice(&(FORMAT_MINOR + 1).to_le_bytes());
@@ -477,6 +484,25 @@ mod tests {
             decode_core(&bytes),
             Err(FormatError::UnsupportedVersion { .. })
         ));
+    }
+
+    #[test]
+    fn images_from_before_threads_decode_with_no_threads() {
+        let image = sample_image();
+        let mut payload = encode_payload(&image).unwrap();
+        // A 1.1 payload is a 1.2 payload without the trailing empty thread list.
+        assert_eq!(payload.pop(), Some(0));
+        let mut bytes = wrap_payload(&payload);
+        bytes[10..12].copy_from_slice(&1u16.to_le_bytes());
+        let body = bytes.len() - 8;
+        let sum = xxh3_64(&bytes[..body]);
+        bytes[body..].copy_from_slice(&sum.to_le_bytes());
+        assert_eq!(decode_core(&bytes).unwrap(), image);
+        // The same bytes claiming 1.2 lack a field.
+        bytes[10..12].copy_from_slice(&2u16.to_le_bytes());
+        let sum = xxh3_64(&bytes[..body]);
+        bytes[body..].copy_from_slice(&sum.to_le_bytes());
+        assert!(matches!(decode_core(&bytes), Err(FormatError::Decode(_))));
     }
 
     #[test]

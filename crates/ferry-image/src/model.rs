@@ -19,6 +19,26 @@ pub struct ProcessImage {
     pub files: Files,
     pub signals: Signals,
     pub timers: Timers,
+    /// The threads besides the main one (whose state is `execution` and `signals`), in the
+    /// order the kernel lists them. Empty for a single-threaded process (and in images of
+    /// format 1.0 and 1.1, which had no threads).
+    pub threads: Vec<Thread>,
+}
+
+/// One thread other than the main one: its execution state, its signal mask and the signals
+/// queued for it alone. Every other attribute (memory, files, dispositions, credentials)
+/// belongs to the process and is shared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thread {
+    /// Its thread id on the old host.
+    pub tid: i32,
+    /// `/proc/PID/task/TID/comm`, at most 15 bytes.
+    pub comm: String,
+    pub execution: Execution,
+    /// Blocked mask, bit `n-1` for signal `n`.
+    pub blocked: u64,
+    /// Signals queued for this thread (`tgkill`); each has `shared == false`.
+    pub pending: Vec<PendingSignal>,
 }
 
 /// Where and when the image was taken, and the platform it needs.
@@ -157,7 +177,8 @@ pub struct Registers {
     pub gs: u64,
 }
 
-/// Execution state of the (single) thread.
+/// Execution state of one thread (the main thread's in [`ProcessImage::execution`], the
+/// others' in [`Thread::execution`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Execution {
     /// Registers as the kernel reported them at the stop, including `orig_rax` and a
@@ -167,7 +188,9 @@ pub struct Execution {
     pub regs: Registers,
     /// The XSAVE area (`NT_X86_XSTATE`): x87, SSE, AVX, AVX-512 and the rest.
     pub xstate: Vec<u8>,
-    /// `set_tid_address` pointer (`PR_GET_TID_ADDRESS`).
+    /// `set_tid_address` pointer (`PR_GET_TID_ADDRESS`): the kernel clears the thread id
+    /// there when the thread exits. Thread libraries keep their cached thread id at this very
+    /// address, so restore rewrites it there when a thread comes back with a new id.
     pub tid_address: u64,
     pub robust_list: RobustList,
     pub rseq: Option<Rseq>,
@@ -580,6 +603,11 @@ impl ProcessImage {
     pub fn mapped_bytes(&self) -> u64 {
         self.memory.vmas.iter().map(Vma::len).sum()
     }
+
+    /// Every thread's execution state, the main thread's first.
+    pub fn executions(&self) -> impl Iterator<Item = &Execution> {
+        std::iter::once(&self.execution).chain(self.threads.iter().map(|t| &t.execution))
+    }
 }
 
 /// A small, valid, realistic image for tests and fuzzing seeds.
@@ -834,6 +862,7 @@ pub mod tests_support {
                 }],
             },
             timers: Timers::default(),
+            threads: Vec::new(),
         }
     }
 }

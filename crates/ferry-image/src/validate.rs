@@ -62,6 +62,46 @@ pub fn validate(image: &ProcessImage) -> Result<(), ValidationError> {
     validate_memory(&image.memory)?;
     validate_files(&image.files)?;
     validate_signals(&image.signals)?;
+    validate_threads(image)?;
+    Ok(())
+}
+
+/// Upper bound on the threads of a restored process.
+pub const MAX_THREADS: usize = 1 << 14;
+
+fn validate_threads(image: &ProcessImage) -> Result<(), ValidationError> {
+    ensure!(
+        image.threads.len() < MAX_THREADS,
+        "{} threads",
+        image.threads.len() + 1
+    );
+    let mut tids = HashSet::from([image.control.pid]);
+    for t in &image.threads {
+        ensure!(t.tid > 0, "thread id {}", t.tid);
+        ensure!(tids.insert(t.tid), "thread id {} twice", t.tid);
+        ensure!(
+            t.comm.len() <= 15 && !t.comm.contains('\0'),
+            "thread {}: name {:?} is longer than 15 bytes",
+            t.tid,
+            t.comm
+        );
+        validate_execution(&t.execution)
+            .map_err(|e| ValidationError(format!("thread {}: {}", t.tid, e.0)))?;
+        ensure!(
+            t.execution.xstate.len() == image.execution.xstate.len(),
+            "thread {}: XSAVE area of {} bytes, the main thread's has {}",
+            t.tid,
+            t.execution.xstate.len(),
+            image.execution.xstate.len()
+        );
+        ensure!(
+            t.pending.iter().all(|p| !p.shared),
+            "thread {}: a signal queued for the whole process",
+            t.tid
+        );
+        validate_pending(&t.pending)
+            .map_err(|e| ValidationError(format!("thread {}: {}", t.tid, e.0)))?;
+    }
     Ok(())
 }
 
@@ -488,12 +528,12 @@ fn validate_signals(s: &Signals) -> Result<(), ValidationError> {
             a.signo
         );
     }
-    ensure!(
-        s.pending.len() <= 4096,
-        "{} pending signals",
-        s.pending.len()
-    );
-    for p in &s.pending {
+    validate_pending(&s.pending)
+}
+
+fn validate_pending(pending: &[PendingSignal]) -> Result<(), ValidationError> {
+    ensure!(pending.len() <= 4096, "{} pending signals", pending.len());
+    for p in pending {
         ensure!(
             p.siginfo.len() == SIGINFO_LEN,
             "pending siginfo of {} bytes",

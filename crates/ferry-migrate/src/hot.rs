@@ -5,7 +5,7 @@
 //! that the registers point into, and lets everything else follow. Here: the page of `rip`,
 //! the page of `rsp` and the pages above it in the same run (the live frames, up to
 //! [`STACK_PAGES`]), the page of `fs_base` (thread control block, TLS), and the page of every
-//! general register that points into memory that travels.
+//! general register that points into memory that travels — for every thread.
 
 use ferry_image::{PAGE_SIZE, ProcessImage};
 
@@ -16,7 +16,6 @@ pub const STACK_PAGES: u64 = 4;
 
 /// Stream offsets of the pages to send first, sorted, without duplicates (each a page).
 pub fn hot_pages(image: &ProcessImage, map: &PageMap) -> Vec<u64> {
-    let r = &image.execution.regs;
     let mut out = Vec::new();
     let mut take = |addr: u64, pages: u64| {
         if let Some((off, n)) = map.stretch(addr, pages) {
@@ -25,14 +24,17 @@ pub fn hot_pages(image: &ProcessImage, map: &PageMap) -> Vec<u64> {
             }
         }
     };
-    take(r.rip, 1);
-    take(r.rsp, STACK_PAGES);
-    take(r.fs_base, 1);
-    for v in [
-        r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13,
-        r.r14, r.r15,
-    ] {
-        take(v, 1);
+    // Every thread resumes at once: each one's code, stack, TLS and pointed-to pages.
+    for r in image.executions().map(|e| &e.regs) {
+        take(r.rip, 1);
+        take(r.rsp, STACK_PAGES);
+        take(r.fs_base, 1);
+        for v in [
+            r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12,
+            r.r13, r.r14, r.r15,
+        ] {
+            take(v, 1);
+        }
     }
     out.sort_unstable();
     out.dedup();

@@ -959,13 +959,15 @@ fn not_faultable(image: &ProcessImage, segments: &[Segment]) -> Vec<(u64, u64)> 
         .collect()
 }
 
-/// Pages the kernel itself reads or writes while the destination starts the process (before
-/// any pager runs): the rseq area. They must be there before the start.
+/// Pages that the kernel or the restorer reads or writes while the destination starts the
+/// process (before any pager runs): every thread's rseq area, and the word at every thread's
+/// tid address (where restore renames a cached thread id). They must be there before the
+/// start.
 fn touched_at_start(image: &ProcessImage, map: &PageMap) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
-    if let Some(r) = image.execution.rseq {
-        let first = r.address & !(PAGE_SIZE - 1);
-        let last = (r.address + r.length as u64 - 1) & !(PAGE_SIZE - 1);
+    let mut take = |addr: u64, len: u64| {
+        let first = addr & !(PAGE_SIZE - 1);
+        let last = (addr + len.max(1) - 1) & !(PAGE_SIZE - 1);
         let mut p = first;
         while p <= last {
             if map.offset_of(p).is_some() {
@@ -973,7 +975,17 @@ fn touched_at_start(image: &ProcessImage, map: &PageMap) -> Vec<(u64, u64)> {
             }
             p += PAGE_SIZE;
         }
+    };
+    for e in image.executions() {
+        if let Some(r) = e.rseq {
+            take(r.address, r.length as u64);
+        }
+        if e.tid_address != 0 {
+            take(e.tid_address, 4);
+        }
     }
+    out.sort_unstable();
+    out.dedup();
     out
 }
 

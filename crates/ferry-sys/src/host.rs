@@ -50,6 +50,16 @@ pub fn send_signal(pid: Pid, sig: i32) -> Result<()> {
     Ok(())
 }
 
+/// Sends signal `sig` to thread `tid` of process `pid` (`tgkill`).
+pub fn send_thread_signal(pid: Pid, tid: Pid, sig: i32) -> Result<()> {
+    // SAFETY: tgkill(2) takes plain integers.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, pid.as_raw(), tid.as_raw(), sig) };
+    if r != 0 {
+        return Err(SysError::syscall("tgkill", tid, nix::errno::Errno::last()));
+    }
+    Ok(())
+}
+
 /// `uname -m` and `uname -r`.
 pub fn uname() -> (String, String) {
     let u = nix::sys::utsname::uname();

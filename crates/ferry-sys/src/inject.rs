@@ -16,6 +16,7 @@
 //! stop.
 
 use nix::errno::Errno;
+use nix::unistd::Pid;
 use tracing::trace;
 
 use crate::ptrace::{Stop, Tracee};
@@ -117,6 +118,42 @@ impl<'t> Injector<'t> {
             });
         }
         Ok(ret as u64)
+    }
+
+    /// Creates a thread of the tracee's process with an injected `clone(flags)` (no stack, no
+    /// TLS, no tid pointers: the caller sets the new thread's registers before it runs) and
+    /// returns it as a tracee, stopped before its first instruction. The tracee must trace its
+    /// clones ([`Tracee::trace_clones`]).
+    pub fn clone_thread(&mut self, flags: u64) -> Result<Tracee> {
+        let pid = self.tracee.pid();
+        self.enter(libc::SYS_clone, [flags, 0, 0, 0, 0, 0])?;
+        self.tracee.resume_to_syscall(0)?;
+        let clone_event = |s: &Stop| matches!(s, Stop::OtherEvent { event, .. } if *event == libc::PTRACE_EVENT_CLONE);
+        let stop = self.tracee.wait_for(
+            "the clone event",
+            |s| clone_event(s) || is_syscall_stop(s),
+            Tracee::resume_to_syscall,
+        )?;
+        if !clone_event(&stop) {
+            // The call returned without creating a thread: its error is in rax.
+            let ret = self.tracee.regs()?.rax as i64;
+            self.calls += 1;
+            self.singles += 1;
+            return Err(SysError::Injected {
+                call: "clone(thread)",
+                pid: pid.as_raw(),
+                errno: Errno::from_raw(-ret as i32),
+            });
+        }
+        let tid = Pid::from_raw(self.tracee.event_msg()? as i32);
+        self.tracee.resume_to_syscall(0)?;
+        self.tracee
+            .wait_for("syscall exit", is_syscall_stop, Tracee::resume_to_syscall)?;
+        self.calls += 1;
+        self.singles += 1;
+        let thread = Tracee::adopt_clone(tid, self.tracee.tgid())?;
+        trace!(pid = pid.as_raw(), tid = tid.as_raw(), "thread created");
+        Ok(thread)
     }
 
     /// Maps a scratch area of `pages` pages (read/write) anywhere in the tracee, or at `at`.
@@ -426,8 +463,8 @@ impl Injector<'_> {
                 Stop::Signal { sig: libc::SIGSTOP } => {
                     let info = self.tracee.siginfo()?;
                     let f = crate::abi::Fields::new(&info);
-                    // Our own tgkill: si_code SI_TKILL, si_pid the tracee itself.
-                    if f.i32(8) == libc::SI_TKILL && f.i32(16) == pid.as_raw() {
+                    // Our own tgkill: si_code SI_TKILL, si_pid the tracee's process.
+                    if f.i32(8) == libc::SI_TKILL && f.i32(16) == self.tracee.tgid().as_raw() {
                         break;
                     }
                     self.tracee.defer(info);

@@ -181,6 +181,26 @@ pub fn thread_count(pid: Pid) -> Result<usize> {
         .count())
 }
 
+/// The thread ids of a process (`/proc/PID/task`), the main thread first, then ascending.
+pub fn thread_ids(pid: Pid) -> Result<Vec<Pid>> {
+    let path = format!("/proc/{pid}/task");
+    let mut tids: Vec<i32> = fs::read_dir(&path)
+        .map_err(|e| SysError::io(&path, e))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable_by_key(|&t| (t != pid.as_raw(), t));
+    Ok(tids.into_iter().map(Pid::from_raw).collect())
+}
+
+/// `/proc/PID/task/TID/status`: the per-thread view (credentials, seccomp and
+/// `no_new_privs` belong to each thread).
+pub fn thread_status(pid: Pid, tid: Pid) -> Result<Status> {
+    procfs::process::Process::new(pid.as_raw())
+        .and_then(|p| p.task_from_tid(tid.as_raw()))
+        .and_then(|t| t.status())
+        .map_err(|e| procfs_err(pid, &format!("task/{tid}/status"), e))
+}
+
 /// Target of a `/proc/PID/*` link (`exe`, `cwd`, `root`, `fd/N`), raw bytes.
 pub fn readlink(pid: Pid, link: &str) -> Result<Vec<u8>> {
     let path = format!("/proc/{pid}/{link}");

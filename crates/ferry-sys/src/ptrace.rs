@@ -83,9 +83,11 @@ fn base_options(kill_on_tracer_exit: bool) -> libc::c_long {
     o as libc::c_long
 }
 
-/// A process traced by this thread.
+/// A thread traced by this thread (for a single-threaded process: the process).
 pub struct Tracee {
     pid: Pid,
+    /// The thread group (process) it belongs to.
+    tgid: Pid,
     attached: bool,
     /// Signals dequeued for delivery while ferry was driving the tracee; they were suppressed
     /// and must be queued again (capture records them as pending).
@@ -118,6 +120,12 @@ impl Tracee {
     /// With `kill_on_tracer_exit`, the kernel kills the tracee if ferry dies (used for
     /// processes under construction, never for a process being checkpointed).
     pub fn seize(pid: Pid, kill_on_tracer_exit: bool) -> Result<Tracee> {
+        Tracee::seize_thread(pid, pid, kill_on_tracer_exit)
+    }
+
+    /// [`Tracee::seize`] for thread `tid` of process `tgid`.
+    pub fn seize_thread(tid: Pid, tgid: Pid, kill_on_tracer_exit: bool) -> Result<Tracee> {
+        let pid = tid;
         ptrace_raw(
             libc::PTRACE_SEIZE,
             pid,
@@ -128,14 +136,64 @@ impl Tracee {
         trace!(pid = pid.as_raw(), "seized");
         Ok(Tracee {
             pid,
+            tgid,
             attached: true,
             deferred: Vec::new(),
             _not_send: PhantomData,
         })
     }
 
+    /// The thread id (for a process's main thread, the process id).
     pub fn pid(&self) -> Pid {
         self.pid
+    }
+
+    /// The process the thread belongs to.
+    pub fn tgid(&self) -> Pid {
+        self.tgid
+    }
+
+    /// Makes every thread this tracee creates from now on a tracee too (`PTRACE_O_TRACECLONE`),
+    /// starting in `PTRACE_EVENT_STOP`; see [`Tracee::adopt_clone`].
+    pub fn trace_clones(&self, on: bool, kill_on_tracer_exit: bool) -> Result<()> {
+        let mut o = base_options(kill_on_tracer_exit);
+        if on {
+            o |= libc::PTRACE_O_TRACECLONE as libc::c_long;
+        }
+        self.req("PTRACE_SETOPTIONS", libc::PTRACE_SETOPTIONS, 0, o as u64)
+            .map(drop)
+    }
+
+    /// The message of the last `PTRACE_EVENT_*` stop (the new thread's id after a clone).
+    pub fn event_msg(&self) -> Result<u64> {
+        let mut msg: libc::c_ulong = 0;
+        self.req(
+            "PTRACE_GETEVENTMSG",
+            libc::PTRACE_GETEVENTMSG,
+            0,
+            &mut msg as *mut libc::c_ulong as u64,
+        )?;
+        Ok(msg as u64)
+    }
+
+    /// Takes over thread `tid`, which the kernel attached to this tracer when a tracee with
+    /// [`Tracee::trace_clones`] created it, and waits for its first stop (before it runs any
+    /// instruction).
+    pub fn adopt_clone(tid: Pid, tgid: Pid) -> Result<Tracee> {
+        let t = Tracee {
+            pid: tid,
+            tgid,
+            attached: true,
+            deferred: Vec::new(),
+            _not_send: PhantomData,
+        };
+        match t.wait()? {
+            Stop::Event { .. } => Ok(t),
+            other => Err(SysError::UnexpectedStop {
+                pid: tid.as_raw(),
+                detail: format!("a new thread's first stop was {other:?}"),
+            }),
+        }
     }
 
     fn req(&self, op: &'static str, req: libc::c_uint, addr: u64, data: u64) -> Result<i64> {
@@ -397,10 +455,16 @@ impl Tracee {
     }
 
     /// Kills the tracee with SIGKILL and reaps its stops until it is gone.
-    pub fn kill(mut self) -> Result<()> {
-        self.attached = false;
-        nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL)
+    pub fn kill(self) -> Result<()> {
+        nix::sys::signal::kill(self.tgid, nix::sys::signal::Signal::SIGKILL)
             .map_err(|e| SysError::syscall("kill", self.pid, e))?;
+        self.reap()
+    }
+
+    /// Waits until the tracee, already sent SIGKILL, is gone. A process's main thread is
+    /// reported gone only once its other threads are: reap those first.
+    pub fn reap(mut self) -> Result<()> {
+        self.attached = false;
         loop {
             match self.wait() {
                 Err(SysError::Gone { .. }) => return Ok(()),
