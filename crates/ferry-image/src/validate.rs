@@ -981,6 +981,48 @@ mod tests {
         assert!(e.contains("exceed permitted"), "{e}");
     }
 
+    fn with_thread(tid: i32) -> ProcessImage {
+        let mut img = sample_image();
+        let mut siginfo = vec![0u8; 128];
+        siginfo[0] = 12;
+        img.threads.push(Thread {
+            tid,
+            comm: "worker-0".into(),
+            execution: img.execution.clone(),
+            blocked: 1 << 9,
+            pending: vec![PendingSignal {
+                shared: false,
+                siginfo,
+            }],
+        });
+        img
+    }
+
+    #[test]
+    fn threads() {
+        let ok = with_thread(4243);
+        validate(&ok).unwrap();
+        let bad = |f: &dyn Fn(&mut ProcessImage)| {
+            let mut i = ok.clone();
+            f(&mut i);
+            validate(&i).unwrap_err().to_string()
+        };
+        assert!(bad(&|i| i.threads[0].tid = 4242).contains("thread id 4242 twice"));
+        assert!(bad(&|i| i.threads[0].tid = 0).contains("thread id 0"));
+        assert!(
+            bad(&|i| {
+                let t = i.threads[0].clone();
+                i.threads.push(t)
+            })
+            .contains("thread id 4243 twice")
+        );
+        assert!(bad(&|i| i.threads[0].comm = "x".repeat(16)).contains("longer than 15"));
+        assert!(bad(&|i| i.threads[0].pending[0].shared = true).contains("whole process"));
+        assert!(bad(&|i| i.threads[0].pending[0].siginfo[0] = 65).contains("pending signal 65"));
+        assert!(bad(&|i| i.threads[0].execution.xstate.push(0)).contains("thread 4243: XSAVE"));
+        assert!(bad(&|i| i.threads[0].execution.regs.cs = 0x23).contains("thread 4243: segment"));
+    }
+
     #[test]
     fn platform_checks() {
         let img = sample_image().origin.platform;

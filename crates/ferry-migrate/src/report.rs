@@ -100,7 +100,11 @@ pub struct MigrationReport {
     pub from: String,
     pub to: String,
     pub pid: i32,
+    /// The process's pid at the destination (its threads' ids change likewise).
     pub new_pid: i32,
+    /// Threads of the process, the main one included.
+    #[serde(default)]
+    pub threads: u32,
     /// Targets that refused, with their reason, before `to` accepted.
     pub rejected: Vec<(String, String)>,
     /// Request received → process executing at the destination.

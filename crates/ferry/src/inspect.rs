@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use ferry_checkpoint::LoadedImage;
-use ferry_image::{Backing, FdKind, PAGE_SIZE, ProcessImage, Vma};
+use ferry_image::{Backing, FdKind, PAGE_SIZE, ProcessImage, Registers, Vma};
 use serde_json::{Value, json};
 
 use crate::units::bytes;
@@ -137,8 +137,7 @@ fn fd_target(k: &FdKind) -> String {
     }
 }
 
-fn syscall_note(image: &ProcessImage) -> String {
-    let r = &image.execution.regs;
+fn syscall_note(r: &Registers) -> String {
     if (r.orig_rax as i64) < 0 {
         return "running user code".into();
     }
@@ -186,8 +185,26 @@ fn print_human(dir: &Path, image: &ProcessImage) {
         e.regs.rip,
         e.regs.rsp,
         e.regs.fs_base,
-        syscall_note(image)
+        syscall_note(&e.regs)
     );
+    if !image.threads.is_empty() {
+        let mut t = Table::new();
+        t.load_preset(UTF8_BORDERS_ONLY);
+        t.set_header(vec!["tid", "name", "pc", "sp", "blocked", "pending", "state"]);
+        for th in &image.threads {
+            let r = &th.execution.regs;
+            t.add_row(vec![
+                th.tid.to_string(),
+                th.comm.clone(),
+                format!("{:#x}", r.rip),
+                format!("{:#x}", r.rsp),
+                format!("{:#x}", th.blocked),
+                th.pending.len().to_string(),
+                syscall_note(r),
+            ]);
+        }
+        println!("threads    {} besides the main one\n{t}", image.threads.len());
+    }
     let mapped: u64 = image.mapped_bytes();
     println!(
         "memory     {} mappings, {} mapped, {} in the image ({} runs)",
@@ -310,6 +327,12 @@ fn to_json(image: &ProcessImage) -> Value {
                 "signal": p.signo(), "shared": p.shared,
             })).collect::<Vec<_>>(),
         },
+        "threads": image.threads.iter().map(|t| json!({
+            "tid": t.tid, "comm": t.comm, "pc": t.execution.regs.rip, "sp": t.execution.regs.rsp,
+            "fs_base": t.execution.regs.fs_base, "orig_rax": t.execution.regs.orig_rax as i64,
+            "rax": t.execution.regs.rax as i64, "blocked": t.blocked,
+            "pending": t.pending.iter().map(|p| p.signo()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "timers": {
             "real": [image.timers.real.value_us, image.timers.real.interval_us],
             "virtual": [image.timers.virtual_.value_us, image.timers.virtual_.interval_us],

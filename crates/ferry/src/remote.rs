@@ -195,6 +195,9 @@ pub fn table(reports: &[MigrationReport]) -> Table {
     };
     t.add_row(row("route", &|r| format!("{} → {}", r.from, r.to)));
     t.add_row(row("pid", &|r| format!("{} → {}", r.pid, r.new_pid)));
+    if reports.iter().any(|r| r.threads > 1) {
+        t.add_row(row("threads (new ids)", &|r| r.threads.to_string()));
+    }
     t.add_row(row("migration latency", &|r| ms(r.latency_ms)));
     t.add_row(row("freeze time", &|r| ms(r.freeze_ms)));
     t.add_row(row("excision time", &|r| ms(r.excision_ms)));

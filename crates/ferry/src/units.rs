@@ -80,6 +80,7 @@ pub fn restore_json(r: &RestoreReport, pid: i32) -> Value {
     json!({
         "pid": pid,
         "old_pid": r.old_pid,
+        "threads": r.threads.iter().map(|&(old, new)| json!({"old_tid": old, "tid": new})).collect::<Vec<_>>(),
         "total_ms": ms(r.total),
         "load_ms": ms(r.load),
         "memory_copy_ms": ms(r.memory_copy),

@@ -225,6 +225,77 @@ fn event_loop_objects() {
     .run();
 }
 
+// --- threads ---------------------------------------------------------------------------------------
+
+/// A thread pool fed by an epoll loop: 11 threads caught in a condition variable wait, a
+/// `sigwaitinfo`, a `clock_nanosleep`, `epoll_wait` or computing; the restored copy checks
+/// every result, the workers' names, the alternate stack and `pthread_kill` on every worker.
+#[test]
+fn thread_pool() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "thread-pool",
+        c_workload("thread_pool"),
+        Marker::Text("ready\n"),
+    )
+    .settle(ms(100))
+    .wake(Signal::SIGUSR1)
+    .run();
+}
+
+/// The same with 13 workers: 16 threads.
+#[test]
+fn thread_pool_16_threads() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "thread-pool-16",
+        c_workload("thread_pool"),
+        Marker::Text("ready\n"),
+    )
+    .args(&[lit("13")])
+    .settle(ms(100))
+    .wake(Signal::SIGUSR1)
+    .run();
+}
+
+/// Unmodified python3 with worker threads on a `queue.Queue`.
+#[test]
+fn python3_threads() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "python-threads",
+        system_program("python3"),
+        Marker::Text("ready\n"),
+    )
+    .args(&[lit(&python_workload("threads.py").to_string_lossy())])
+    .settle(ms(100))
+    .wake(Signal::SIGUSR1)
+    .run();
+}
+
+/// Rust std threads: the main thread in `join` (a futex wait on the other thread's id), the
+/// other in a sleep.
+#[test]
+fn rust_threads() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "wl-threads",
+        rust_workload("wl-threads"),
+        Marker::Text("ready\n"),
+    )
+    .args(&[lit("2")])
+    .settle(ms(300))
+    .run();
+}
+
 // --- memory ----------------------------------------------------------------------------------------
 
 #[test]

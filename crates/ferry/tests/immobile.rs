@@ -93,45 +93,27 @@ fn pipe_fd() {
     assert_finishes(&mut proc, &reference.stdout, &run);
 }
 
-const PY_THREADS: &str = "\
-import threading, time
-t = threading.Thread(target=time.sleep, args=(3,))
-t.start()
-print('ready', flush=True)
-t.join()
-print('done', flush=True)
-";
-
+/// A thread under a seccomp filter of its own, or with credentials of its own: ferry
+/// captures seccomp (refused) and credentials once per process.
 #[test]
-fn two_threads_python() {
+fn thread_unlike_its_main_thread() {
     if !needs_root() {
         return;
     }
-    let scratch = Scratch::new("immobile-threads-py");
-    let dir = scratch.subdir("run");
-    let mut proc = Launch::new("py-threads", python3(), &dir)
-        .args(["-c", PY_THREADS])
-        .cwd(&dir)
-        .spawn();
-    wait_for_text(&mut proc, "ready\n");
-    let run = assert_refused(&scratch, &mut proc, &["thread"]);
-    assert_finishes(&mut proc, b"ready\ndone\n", &run);
-}
-
-#[test]
-fn two_threads_rust() {
-    if !needs_root() {
-        return;
+    for (mode, cause) in [
+        ("seccomp", "runs under a seccomp filter"),
+        ("creds", "has other credentials than its main thread"),
+    ] {
+        let scratch = Scratch::new(&format!("immobile-thread-{mode}"));
+        let dir = scratch.subdir("run");
+        let mut proc = Launch::new(&format!("odd-thread-{mode}"), c_workload("odd_thread"), &dir)
+            .args([mode, "3"])
+            .cwd(&dir)
+            .spawn();
+        wait_for_text(&mut proc, "ready\n");
+        let run = assert_refused(&scratch, &mut proc, &[cause]);
+        assert_finishes(&mut proc, b"ready\ndone\n", &run);
     }
-    let scratch = Scratch::new("immobile-threads-rs");
-    let dir = scratch.subdir("run");
-    let mut proc = Launch::new("wl-threads", rust_workload("wl-threads"), &dir)
-        .arg("3")
-        .cwd(&dir)
-        .spawn();
-    wait_for_text(&mut proc, "ready\n");
-    let run = assert_refused(&scratch, &mut proc, &["thread"]);
-    assert_finishes(&mut proc, b"wl-threads start\nready\njoined\ndone\n", &run);
 }
 
 const PY_SOCKET: &str = "\

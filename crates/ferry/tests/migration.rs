@@ -123,6 +123,45 @@ fn event_loop_with_every_algorithm() {
     );
 }
 
+/// A thread pool fed by an epoll loop (`workloads/c/thread_pool.c`: 8 workers on a mutex and
+/// condition variable, a thread in `sigwaitinfo` with its own alternate stack, a sleeper in
+/// `clock_nanosleep`; 11 threads), moved mid-run with each algorithm. The workload checks
+/// every result, each worker's name, the alternate stack and `pthread_kill` on every worker
+/// (glibc's cached thread ids) itself.
+#[test]
+fn thread_pool_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    with_every_algorithm(
+        Scenario::new(
+            "mig-thread-pool",
+            c_workload("thread_pool"),
+            Marker::Text("ready\n"),
+        )
+        .settle(ms(100))
+        .wake(Signal::SIGUSR1),
+    );
+}
+
+/// Unmodified python3 with four worker threads on a `queue.Queue` and a sleeping thread.
+#[test]
+fn python3_threads_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    with_every_algorithm(
+        Scenario::new(
+            "mig-python-threads",
+            system_program("python3"),
+            Marker::Text("ready\n"),
+        )
+        .args(&[lit(&python_workload("threads.py").to_string_lossy())])
+        .settle(ms(100))
+        .wake(Signal::SIGUSR1),
+    );
+}
+
 #[test]
 fn heap_with_every_algorithm() {
     if !needs_root() {

@@ -1,13 +1,13 @@
-//! `wl-threads`: a process with two threads, which ferry must refuse to move.
+//! `wl-threads`: a process with two Rust std threads.
 //!
 //! Usage: `wl-threads [SECONDS]` (default 3).
 //!
 //! Output (stdout): `wl-threads start`, `ready` once the second thread runs, then, after that
 //! thread has slept SECONDS and been joined, `joined` and `done`. Exit status 0.
 //!
-//! Exercises ferry's refusal path: `ferry checkpoint` must exit 3 with `not migratable:` and a
-//! reason naming the threads, and leave this process running untouched, so it still prints
-//! `joined` and `done`. Marker for tests: `ready`.
+//! Checkpointed at `ready`, the main thread is in `join` (a futex wait on the other thread's
+//! id, which the kernel clears when that thread exits) and the other in `nanosleep`: the
+//! restored copy must still print `joined` and `done`.
 
 use std::io::Write;
 use std::process::ExitCode;
