@@ -807,6 +807,10 @@ pub struct Pager {
     /// Every page is in (or the process is gone): no dependency left.
     finished: Notify,
     is_finished: AtomicBool,
+    /// Pages (image address, bytes) the kernel would not place while the address space was
+    /// changing (`EAGAIN`: an unmap/remove/remap event waits to be read). Placed again once
+    /// the events are read ([`Pager::place_deferred`]); a thread may be waiting for them.
+    deferred: std::sync::Mutex<Vec<(u64, Vec<u8>)>>,
 }
 
 /// A process whose memory is registered with a userfaultfd, ready for a pager.
@@ -853,6 +857,7 @@ impl Pager {
             draining: AtomicBool::new(false),
             finished: Notify::new(),
             is_finished: AtomicBool::new(false),
+            deferred: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -1002,30 +1007,56 @@ impl Pager {
         }
     }
 
-    /// Copies one stretch to `cur`; if it crosses mappings (ENOENT), page by page.
+    /// Copies one stretch to `cur`; if it crosses mappings (ENOENT), page by page. What the
+    /// kernel refuses while the address space changes is deferred, never dropped: a thread
+    /// may be waiting for it.
     fn copy_stretch(&self, ia: u64, cur: u64, data: &[u8]) {
         match self.uffd.copy(cur, data, true) {
             Ok(out) if out.is_complete() => self.mark_image(ia, data.len() as u64 / PAGE_SIZE),
             Ok(out) => {
                 let done = (data.len() as u64 - out.retry) / PAGE_SIZE;
                 self.mark_image(ia, done);
-                debug!(addr = cur, ?out, "partly placed (address space changing)");
+                debug!(
+                    addr = cur,
+                    ?out,
+                    "partly placed (address space changing): deferred"
+                );
+                self.defer(ia + done * PAGE_SIZE, &data[(done * PAGE_SIZE) as usize..]);
             }
             Err(_) if data.len() > PAGE_SIZE as usize => {
                 for (k, p) in data.chunks(PAGE_SIZE as usize).enumerate() {
                     let off = k as u64 * PAGE_SIZE;
                     match self.uffd.copy(cur + off, p, true) {
                         Ok(out) if out.is_complete() => self.mark_image(ia + off, 1),
+                        Ok(_) => self.defer(ia + off, p),
                         // Not registered there any more (a new mapping): nothing to fill.
                         Err(e) if e.errno() == Some(ferry_sys::Errno::ENOENT) => {
                             self.mark_image(ia + off, 1)
                         }
-                        other => debug!(addr = cur + off, ?other, "page not placed"),
+                        Err(e) => debug!(addr = cur + off, error = %e, "page not placed"),
                     }
                 }
             }
             Err(e) if e.errno() == Some(ferry_sys::Errno::ENOENT) => self.mark_image(ia, 1),
             Err(e) => debug!(addr = cur, error = %e, "not placed"),
+        }
+    }
+
+    fn defer(&self, ia: u64, data: &[u8]) {
+        if let Ok(mut d) = self.deferred.lock() {
+            d.push((ia, data.to_vec()));
+        }
+    }
+
+    /// Places again what the kernel refused while the address space changed. Called after
+    /// the uffd's events were read (which ends the change), and now and then.
+    fn place_deferred(&self) {
+        let list = match self.deferred.lock() {
+            Ok(mut d) if !d.is_empty() => std::mem::take(&mut *d),
+            _ => return,
+        };
+        for (ia, data) in list {
+            self.place(ia, &data);
         }
     }
 
@@ -1186,6 +1217,7 @@ impl Pager {
             tokio::select! {
                 _ = &mut exited => break "the process exited",
                 _ = tick.tick() => {
+                    self.place_deferred();
                     if self.draining.load(Ordering::Acquire) {
                         let in_flight = pending.lock().map(|p| p.len()).unwrap_or(0);
                         for (ia, n) in self.missing(64usize.saturating_sub(in_flight), 64) {
@@ -1263,6 +1295,8 @@ impl Pager {
                         }
                         let _ = req_tx.send(ToSource::Fault { id: next_id, addr: page, pages: n as u32 });
                     }
+                    // The events just read ended any change that made the kernel refuse pages.
+                    self.place_deferred();
                 }
             }
         };
@@ -1335,6 +1369,7 @@ impl Pager {
                 let Ok(Ok(mut guard)) =
                     tokio::time::timeout(Duration::from_millis(200), afd.readable()).await
                 else {
+                    self.place_deferred();
                     continue;
                 };
                 let _ = self.uffd.read_events(&mut events);
@@ -1360,6 +1395,7 @@ impl Pager {
                     }
                 }
             }
+            self.place_deferred();
             if draining {
                 for (ia, n) in self.missing(256, 64) {
                     if let Some(off) = self.map.offset_of(ia)

@@ -190,7 +190,9 @@ fn print_human(dir: &Path, image: &ProcessImage) {
     if !image.threads.is_empty() {
         let mut t = Table::new();
         t.load_preset(UTF8_BORDERS_ONLY);
-        t.set_header(vec!["tid", "name", "pc", "sp", "blocked", "pending", "state"]);
+        t.set_header(vec![
+            "tid", "name", "pc", "sp", "blocked", "pending", "state",
+        ]);
         for th in &image.threads {
             let r = &th.execution.regs;
             t.add_row(vec![
@@ -203,7 +205,10 @@ fn print_human(dir: &Path, image: &ProcessImage) {
                 syscall_note(r),
             ]);
         }
-        println!("threads    {} besides the main one\n{t}", image.threads.len());
+        println!(
+            "threads    {} besides the main one\n{t}",
+            image.threads.len()
+        );
     }
     let mapped: u64 = image.mapped_bytes();
     println!(

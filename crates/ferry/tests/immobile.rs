@@ -106,10 +106,14 @@ fn thread_unlike_its_main_thread() {
     ] {
         let scratch = Scratch::new(&format!("immobile-thread-{mode}"));
         let dir = scratch.subdir("run");
-        let mut proc = Launch::new(&format!("odd-thread-{mode}"), c_workload("odd_thread"), &dir)
-            .args([mode, "3"])
-            .cwd(&dir)
-            .spawn();
+        let mut proc = Launch::new(
+            &format!("odd-thread-{mode}"),
+            c_workload("odd_thread"),
+            &dir,
+        )
+        .args([mode, "3"])
+        .cwd(&dir)
+        .spawn();
         wait_for_text(&mut proc, "ready\n");
         let run = assert_refused(&scratch, &mut proc, &[cause]);
         assert_finishes(&mut proc, b"ready\ndone\n", &run);
