@@ -109,7 +109,7 @@ pub fn classify(
             }
             Ok(Some(FdKind::Epoll { flags, watches }))
         }
-        _ => unreachable!("only supported kinds get here"),
+        other => Err(refuse(pid, format!("fd {n} is {other} (not supported yet)"))),
     }
 }
 

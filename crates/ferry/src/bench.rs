@@ -1,7 +1,7 @@
 //! `ferry bench`: figures, not tests.
 //!
-//! `bench checkpoint` starts a process holding N MiB of written memory (this binary's hidden
-//! `bench hold-memory`), checkpoints it with `--leave-running` semantics (so that the freeze
+//! `bench checkpoint` starts a process holding N MiB of written memory and T threads (this
+//! binary's hidden `bench hold-memory`), checkpoints it with `--leave-running` semantics (so that the freeze
 //! time is the real one of a live checkpoint), ends it, restores the image, has the restored
 //! process verify every byte of its memory, and repeats. It reports medians.
 //!
@@ -40,7 +40,11 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
         }
         BenchCommand::MsgSink { name, count } => crate::bench_messages::msg_sink(&name, count),
         BenchCommand::Spin { units } => crate::bench_balance::spin(units),
-        BenchCommand::HoldMemory { mib, dirty_mib_s } => hold_memory(mib, dirty_mib_s),
+        BenchCommand::HoldMemory {
+            mib,
+            dirty_mib_s,
+            threads,
+        } => hold_memory(mib, dirty_mib_s, threads),
         BenchCommand::TcpSink { listen } => crate::bench_migrate::tcp_sink(listen),
         BenchCommand::TcpSource { connect, mib } => crate::bench_migrate::tcp_source(connect, mib),
     }
@@ -76,20 +80,39 @@ fn verify(buf: &[u8]) -> bool {
     })
 }
 
-/// The benchmarks' workload: writes `mib` MiB, says "ready" (a file in the cwd), then waits,
-/// rewriting `dirty_mib_s` MiB/s of its pages with the same content (pages dirtied at a set
-/// rate, the content still checkable); when `verify` appears it checks every byte and exits 0
-/// (intact) or 1.
-fn hold_memory(mib: u64, dirty_mib_s: u64) -> Result<ExitCode> {
+/// The benchmarks' workload: writes `mib` MiB, starts `threads - 1` more threads that each
+/// fill 64 KiB of their own and wait, says "ready" (a file in the cwd), then waits, rewriting
+/// `dirty_mib_s` MiB/s of its pages with the same content (pages dirtied at a set rate, the
+/// content still checkable); when `verify` appears every thread checks its bytes and the
+/// process exits 0 (intact) or 1.
+fn hold_memory(mib: u64, dirty_mib_s: u64, threads: usize) -> Result<ExitCode> {
     let mut buf = vec![0u8; (mib as usize) << 20];
     fill(&mut buf);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let helpers: Vec<std::thread::JoinHandle<bool>> = (1..threads.max(1))
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut own = vec![0u8; 64 << 10];
+                fill(&mut own);
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                verify(&own)
+            })
+        })
+        .collect();
+    let helpers_intact = move || {
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        helpers.into_iter().all(|h| h.join().unwrap_or(false))
+    };
     fs::write("ready", b"ready\n").context("writing the ready file")?;
     const TICK: Duration = Duration::from_millis(10);
     let per_tick = ((dirty_mib_s << 20) / 100) as usize;
     let mut at = 0usize;
     loop {
         if Path::new("verify").exists() {
-            return Ok(if verify(&buf) {
+            return Ok(if helpers_intact() && verify(&buf) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)
@@ -205,13 +228,37 @@ pub(crate) fn wait_for(path: &Path, timeout: Duration) -> Result<()> {
     Ok(())
 }
 
-fn one_run(exe: &Path, mib: u64, work: &Path) -> Result<Run> {
+/// Starting `threads - 1` threads that wait, and joining them, median of 3: what the
+/// threads of a process cost to make on this machine without ferry.
+fn native_threads(threads: usize) -> Duration {
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        let handles: Vec<_> = (1..threads.max(1))
+            .map(|_| {
+                let rx = std::sync::Arc::clone(&rx);
+                std::thread::spawn(move || rx.lock().map(|r| r.recv().is_err()).unwrap_or(false))
+            })
+            .collect();
+        drop(tx);
+        for h in handles {
+            let _ = h.join();
+        }
+        times.push(t.elapsed());
+    }
+    median(times)
+}
+
+fn one_run(exe: &Path, mib: u64, threads: usize, work: &Path) -> Result<Run> {
     let _ = fs::remove_dir_all(work);
     let wd = work.join("wd");
     let image = work.join("image");
     fs::create_dir_all(&wd)?;
     let mut cmd = Command::new(exe);
     cmd.args(["bench", "hold-memory", "--mib", &mib.to_string()])
+        .args(["--threads", &threads.to_string()])
         .current_dir(&wd)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -265,16 +312,24 @@ fn bench_checkpoint(args: BenchCheckpointArgs) -> Result<ExitCode> {
         .iter()
         .map(|s| parse_size(s))
         .collect::<Result<_>>()?;
+    if args.threads.iter().any(|&t| !(1..=1024).contains(&t)) {
+        bail!("--threads: each count must be 1 to 1024");
+    }
     let mut rows = Vec::new();
-    for &mib in &sizes {
+    for (&mib, &threads) in sizes
+        .iter()
+        .flat_map(|m| args.threads.iter().map(move |t| (m, t)))
+    {
         let limit = memcpy_bandwidth(mib);
+        let native = native_threads(threads);
         let mut runs = Vec::new();
         for i in 0..args.runs.max(1) {
-            let work: PathBuf = args.dir.join(format!("{mib}M-{i}"));
-            let r =
-                one_run(&exe, mib, &work).with_context(|| format!("{mib} MiB, run {}", i + 1))?;
+            let work: PathBuf = args.dir.join(format!("{mib}M-{threads}T-{i}"));
+            let r = one_run(&exe, mib, threads, &work)
+                .with_context(|| format!("{mib} MiB, {threads} threads, run {}", i + 1))?;
             eprintln!(
-                "  {mib} MiB run {}: checkpoint {:.1} ms (freeze {:.1} ms), restore {:.1} ms",
+                "  {mib} MiB, {threads} threads, run {}: checkpoint {:.1} ms (freeze {:.1} ms), \
+                 restore {:.1} ms",
                 i + 1,
                 ms(r.checkpoint),
                 ms(r.freeze),
@@ -297,6 +352,8 @@ fn bench_checkpoint(args: BenchCheckpointArgs) -> Result<ExitCode> {
         let memory_limit = fmedian(runs.iter().map(|r| r.memory_limit).collect());
         rows.push(json!({
             "resident_mib": mib,
+            "threads": threads,
+            "native_threads_ms": ms(native),
             "image_bytes": image_bytes,
             "runs": runs.len(),
             "checkpoint_ms": ms(ck),
@@ -321,6 +378,7 @@ fn bench_checkpoint(args: BenchCheckpointArgs) -> Result<ExitCode> {
     t.load_preset(UTF8_BORDERS_ONLY);
     t.set_header(vec![
         "resident",
+        "threads",
         "checkpoint",
         "freeze",
         "restore",
@@ -336,6 +394,11 @@ fn bench_checkpoint(args: BenchCheckpointArgs) -> Result<ExitCode> {
     for r in &rows {
         t.add_row(vec![
             bytes(r["resident_mib"].as_u64().unwrap_or(0) << 20),
+            format!(
+                "{} (native {:.2} ms)",
+                r["threads"].as_u64().unwrap_or(1),
+                f(r, "native_threads_ms")
+            ),
             format!("{:.1} ms", f(r, "checkpoint_ms")),
             format!("{:.1} ms", f(r, "freeze_ms")),
             format!("{:.1} ms", f(r, "restore_ms")),
@@ -350,7 +413,8 @@ fn bench_checkpoint(args: BenchCheckpointArgs) -> Result<ExitCode> {
     }
     println!(
         "checkpoint/restore, image on {} (medians of {} runs; GB = 10^9 bytes; limits measured \
-         in the same runs: fresh tmpfs pages written, fresh anonymous pages filled)\n{t}",
+         in the same runs: fresh tmpfs pages written, fresh anonymous pages filled; native: \
+         starting and joining the other threads without ferry)\n{t}",
         args.dir.display(),
         args.runs
     );

@@ -242,6 +242,9 @@ pub enum BenchCommand {
         /// Rewrite pages (same content) at this rate, MiB/s.
         #[arg(long, default_value_t = 0)]
         dirty_mib_s: u64,
+        /// Threads in all (the others each hold and check 64 KiB of their own).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
     /// (internal) accept TCP connections and discard their bytes.
     #[command(hide = true)]
@@ -362,6 +365,9 @@ pub struct BenchCheckpointArgs {
     /// Resident sizes to test, e.g. 64M,1G,4G.
     #[arg(long, default_value = "64M,1G,4G", value_delimiter = ',')]
     pub sizes: Vec<String>,
+    /// Thread counts to test for each size, e.g. 1,16.
+    #[arg(long, default_value = "1", value_delimiter = ',')]
+    pub threads: Vec<usize>,
     /// Runs per size (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
