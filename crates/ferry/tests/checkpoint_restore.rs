@@ -488,6 +488,47 @@ fn image_is_written(image: &Path) -> bool {
 /// the same output file, so that file is no longer the one the image recorded (its size and
 /// mtime changed) and ferry may rightly refuse it. `leave_running_then_restore_the_image`
 /// restores a --leave-running image after putting the file back.
+/// A multi-threaded process checkpointed three times with `--leave-running`: every thread is
+/// put back exactly as it was (the thread pool checks its results, names, alternate stack and
+/// `pthread_kill` on every worker, and finishes as an uninterrupted run does).
+#[test]
+fn leave_running_thread_pool_finishes_unharmed() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("leave-running-threads");
+    let sc = Scenario::new(
+        "leave-running-threads",
+        c_workload("thread_pool"),
+        Marker::Text("ready\n"),
+    )
+    .wake(Signal::SIGUSR1);
+    let reference = sc.reference(&scratch);
+    let dir = scratch.subdir("run");
+    let mut proc = sc.launch("run", &dir).spawn();
+    sc.wait_marker(&mut proc);
+    for i in 0..3 {
+        let image = scratch.join(&format!("image-{i}"));
+        let run = checkpoint(&scratch, &proc, &image, &["--leave-running"]);
+        assert_left_running(&proc, &run.describe());
+        std::thread::sleep(ms(50));
+    }
+    proc.signal(Signal::SIGUSR1);
+    let exit = proc.wait(TIMEOUT);
+    assert_eq!(
+        exit,
+        reference.exit,
+        "the process left running ended with {exit}\n{}",
+        proc.diagnostics()
+    );
+    assert_same(
+        "output of the threads left running",
+        &proc.output_bytes(),
+        &reference.stdout,
+        "",
+    );
+}
+
 #[test]
 fn leave_running_counter_finishes_unharmed() {
     if !needs_root() {
