@@ -209,14 +209,14 @@ fn classify_fd_to(
         return classify_link(pid, fd, link, &target).map(Some);
     }
     let unsupported = |what: &str| refuse(pid, format!("fd {n} is {what} ({target})"));
-    if target.starts_with("socket:") {
-        return Err(unsupported("a socket"));
-    }
     if fd.flags & libc::O_ASYNC != 0 {
         return Err(refuse(
             pid,
             format!("fd {n} ({target}) uses O_ASYNC signal I/O"),
         ));
+    }
+    if target.starts_with("socket:") {
+        return crate::objects::classify_socket(pid, fd, &target, depth);
     }
     if target.starts_with("pipe:") || target.starts_with("anon_inode:") {
         return crate::objects::classify(pid, fd, &target, depth);

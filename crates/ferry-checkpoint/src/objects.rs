@@ -109,7 +109,10 @@ pub fn classify(
             }
             Ok(Some(FdKind::Epoll { flags, watches }))
         }
-        other => Err(refuse(pid, format!("fd {n} is {other} (not supported yet)"))),
+        other => Err(refuse(
+            pid,
+            format!("fd {n} is {other} (not supported yet)"),
+        )),
     }
 }
 
@@ -280,6 +283,115 @@ fn carried_contents(
 }
 
 /// A copy of the process's fd `n` in ferry (`pidfd_getfd`).
+/// The state of fd `fd`, a `socket:[…]` fd that is no message link: one end of a unix stream
+/// socket pair whose other end the process holds too (`None` at [`Depth::Kind`]), with the
+/// bytes waiting at it; or the reason it pins the process. The bytes are read too: the caller
+/// must have frozen the process for them to be exact.
+pub fn classify_socket(
+    pid: Pid,
+    fd: &OpenFd,
+    target: &str,
+    depth: Depth,
+) -> Result<Option<FdKind>, CheckpointError> {
+    let n = fd.fd;
+    let socket = object_inode(target, "socket:[")
+        .ok_or_else(|| refuse(pid, format!("fd {n} is a socket ({target})")))?;
+    let all = ferry_sys::sockdiag::unix_sockets()
+        .map_err(CheckpointError::sys("listing unix sockets"))?;
+    let Some(s) = all.get(&socket) else {
+        return Err(refuse(
+            pid,
+            format!("fd {n} is a socket other than a unix socket pair ({target})"),
+        ));
+    };
+    if s.named {
+        return Err(refuse(
+            pid,
+            format!("fd {n} is a socket bound to a name ({target}); only unix socket pairs move"),
+        ));
+    }
+    if s.kind != libc::SOCK_STREAM as u8 {
+        return Err(refuse(
+            pid,
+            format!(
+                "fd {n} is a socket of a unix datagram or seqpacket pair ({target}); only stream pairs move"
+            ),
+        ));
+    }
+    let peer = s.peer.filter(|p| {
+        s.state == TCP_ESTABLISHED
+            && s.shutdown == 0
+            && all
+                .get(p)
+                .is_some_and(|q| q.shutdown == 0 && q.peer == Some(socket))
+    });
+    let Some(peer) = peer else {
+        return Err(refuse(
+            pid,
+            format!("fd {n} is a socket whose other end was closed or shut down ({target})"),
+        ));
+    };
+    let open = ferry_sys::proc::open_fds(pid).map_err(CheckpointError::sys("listing fds"))?;
+    let held = open
+        .iter()
+        .any(|o| object_inode(&String::from_utf8_lossy(&o.target), "socket:[") == Some(peer));
+    if !held {
+        let whom = match kobj::holders(&[Shared::Socket(peer)], pid)
+            .into_iter()
+            .next()
+        {
+            Some((_, other, comm)) => format!("pid {other} ({comm})"),
+            None => "a socket outside the process".into(),
+        };
+        return Err(refuse(
+            pid,
+            format!(
+                "fd {n} is a socket connected to {whom}; it moves only with every process that holds an end, and process trees are not migratable yet"
+            ),
+        ));
+    }
+    if depth == Depth::Kind {
+        return Ok(None);
+    }
+    let copy = copy_of_fd(pid, n)?;
+    let queue = kobj::peek_unix_stream(&copy, pid, s.rqueue as usize).map_err(
+        CheckpointError::sys(format!("reading the data queued at the socket of fd {n}")),
+    )?;
+    if queue.ancillary {
+        return Err(refuse(
+            pid,
+            format!("fd {n} is a socket with file descriptors or credentials in flight"),
+        ));
+    }
+    if queue.data.len() > ferry_image::MAX_CARRIED_BYTES {
+        return Err(refuse(
+            pid,
+            format!(
+                "fd {n} is a socket holding {} bytes (at most {} are carried)",
+                queue.data.len(),
+                ferry_image::MAX_CARRIED_BYTES
+            ),
+        ));
+    }
+    Ok(Some(FdKind::UnixStream {
+        socket,
+        peer,
+        flags: fd.flags & !libc::O_CLOEXEC,
+        data: queue.data,
+    }))
+}
+
+/// `TCP_ESTABLISHED`: the state of a connected unix stream socket.
+const TCP_ESTABLISHED: u8 = 1;
+
+/// The inode number of an fd target `PREFIX N]` (`pipe:[N]`, `socket:[N]`).
+fn object_inode(target: &str, prefix: &str) -> Option<u64> {
+    target
+        .strip_prefix(prefix)
+        .and_then(|t| t.strip_suffix(']'))
+        .and_then(|t| t.parse::<u64>().ok())
+}
+
 fn copy_of_fd(pid: Pid, n: i32) -> Result<std::os::fd::OwnedFd, CheckpointError> {
     let pidfd = pidfd::pidfd_open(pid).map_err(CheckpointError::sys("opening a pidfd"))?;
     pidfd::pidfd_getfd(&pidfd, pid, n)
@@ -296,6 +408,8 @@ pub fn check_shared_objects(pid: Pid, fds: &[OpenFd]) -> Result<(), CheckpointEr
         let target = String::from_utf8_lossy(&fd.target);
         if let Some(inode) = pipe_inode(&target) {
             objects.push((fd.fd, Shared::Pipe(inode)));
+        } else if let Some(inode) = object_inode(&target, "socket:[") {
+            objects.push((fd.fd, Shared::Socket(inode)));
         } else if (target.starts_with("/memfd:") || target.ends_with(" (deleted)"))
             && let Some(st) = fd.stat
         {
@@ -329,6 +443,7 @@ pub fn check_shared_objects(pid: Pid, fds: &[OpenFd]) -> Result<(), CheckpointEr
             let what = match object {
                 Shared::Pipe(_) => "a pipe",
                 Shared::File { .. } => "a file without a name (memfd or deleted)",
+                Shared::Socket(_) => "a socket",
             };
             Err(refuse(
                 pid,
@@ -343,10 +458,7 @@ pub fn check_shared_objects(pid: Pid, fds: &[OpenFd]) -> Result<(), CheckpointEr
 
 /// The inode number of a `pipe:[N]` fd target.
 fn pipe_inode(target: &str) -> Option<u64> {
-    target
-        .strip_prefix("pipe:[")
-        .and_then(|t| t.strip_suffix(']'))
-        .and_then(|t| t.parse::<u64>().ok())
+    object_inode(target, "pipe:[")
 }
 
 /// The value after `key` on the line that starts with it.

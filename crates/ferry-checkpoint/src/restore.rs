@@ -832,7 +832,7 @@ impl Builder {
         // Primaries first, then their duplicates.
         fds.sort_by_key(|f| (f.dup_of.is_some(), f.number));
         let mut q = self.queue("opening files");
-        let mut pipes_made = HashSet::new();
+        let mut made = HashSet::new();
         for fd in fds {
             let n = fd.number as u64;
             let cloexec = if fd.cloexec { libc::O_CLOEXEC } else { 0 };
@@ -853,7 +853,7 @@ impl Builder {
                 continue;
             }
             if !fd.kind.is_file() {
-                self.create_object(&mut q, fd, &image.files, &mut pipes_made)?;
+                self.create_object(&mut q, fd, &image.files, &mut made)?;
                 continue;
             }
             let p = q.batch.c_string(fd.kind.path());

@@ -473,6 +473,18 @@ pub enum FdKind {
         /// The file's bytes; its size is their length.
         data: Vec<u8>,
     },
+    /// One end of a connected pair of unix stream sockets (`socketpair`) whose other end the
+    /// process holds too. Restore makes one pair per two ends and puts each at its fds.
+    UnixStream {
+        /// The socket's inode number on the old host.
+        socket: u64,
+        /// The inode number of the other end (an end of this image).
+        peer: u64,
+        /// `O_*` status flags (`O_RDWR`, `O_NONBLOCK`), without `O_CLOEXEC`.
+        flags: i32,
+        /// The bytes waiting to be read at this end, in order (at most [`MAX_CARRIED_BYTES`]).
+        data: Vec<u8>,
+    },
 }
 
 /// Largest memfd or deleted file whose contents an image carries.
@@ -518,7 +530,8 @@ impl FdKind {
             | FdKind::SignalFd { flags, .. }
             | FdKind::Epoll { flags, .. }
             | FdKind::MemFd { flags, .. }
-            | FdKind::DeletedFile { flags, .. } => *flags,
+            | FdKind::DeletedFile { flags, .. }
+            | FdKind::UnixStream { flags, .. } => *flags,
             FdKind::Link { .. } => O_RDWR,
         }
     }

@@ -371,6 +371,7 @@ fn validate_files(f: &Files) -> Result<(), ValidationError> {
             fd.number
         );
     }
+    check_socket_pairs(f)?;
     for fd in &f.fds {
         if let Some(of) = fd.dup_of {
             let primary = f.fds.iter().find(|p| p.number == of);
@@ -472,10 +473,42 @@ fn check_kernel_object(
                 data.len()
             );
         }
+        FdKind::UnixStream {
+            socket, peer, data, ..
+        } => {
+            ensure!(socket != peer, "fd {n}: a socket paired with itself");
+            ensure!(
+                data.len() <= MAX_CARRIED_BYTES,
+                "fd {n}: {} bytes queued in a socket (at most {MAX_CARRIED_BYTES})",
+                data.len()
+            );
+        }
         FdKind::Regular { .. }
         | FdKind::Directory { .. }
         | FdKind::CharDevice { .. }
         | FdKind::Link { .. } => {}
+    }
+    Ok(())
+}
+
+/// Every unix socket pair end names a peer that is another end of the image naming it back,
+/// and each socket is one primary fd.
+fn check_socket_pairs(f: &Files) -> Result<(), ValidationError> {
+    let mut ends: HashMap<u64, (i32, u64)> = HashMap::new();
+    for fd in f.fds.iter().filter(|fd| fd.dup_of.is_none()) {
+        if let FdKind::UnixStream { socket, peer, .. } = &fd.kind {
+            ensure!(
+                ends.insert(*socket, (fd.number, *peer)).is_none(),
+                "fd {}: socket {socket} is held by two fds that are not duplicates",
+                fd.number
+            );
+        }
+    }
+    for (socket, &(n, peer)) in &ends {
+        ensure!(
+            ends.get(&peer).is_some_and(|&(_, back)| back == *socket),
+            "fd {n}: its socket's peer {peer} is not an end of this image paired with it"
+        );
     }
     Ok(())
 }
@@ -979,6 +1012,42 @@ mod tests {
     fn rejects_escalating_capabilities() {
         let e = invalid(|i| i.credentials.caps.effective = 1);
         assert!(e.contains("exceed permitted"), "{e}");
+    }
+
+    #[test]
+    fn socket_pairs() {
+        let end = |number, socket, peer, data: &[u8]| Fd {
+            number,
+            cloexec: true,
+            kind: FdKind::UnixStream {
+                socket,
+                peer,
+                flags: 0o4002,
+                data: data.to_vec(),
+            },
+            dup_of: None,
+        };
+        let mut ok = sample_image();
+        ok.files.fds.push(end(4, 100, 101, b"queued"));
+        ok.files.fds.push(end(5, 101, 100, b""));
+        let mut dup = end(6, 101, 100, b"");
+        dup.dup_of = Some(5);
+        ok.files.fds.push(dup);
+        validate(&ok).unwrap();
+        let bad = |f: &dyn Fn(&mut ProcessImage)| {
+            let mut i = ok.clone();
+            f(&mut i);
+            validate(&i).unwrap_err().to_string()
+        };
+        // The other end missing, or naming a third socket.
+        assert!(
+            bad(&|i| i.files.fds.retain(|f| f.number != 5 && f.number != 6)).contains("peer 101")
+        );
+        assert!(bad(&|i| i.files.fds[4] = end(5, 101, 102, b"")).contains("peer"));
+        assert!(bad(&|i| i.files.fds.push(end(7, 100, 101, b""))).contains("two fds"));
+        assert!(bad(&|i| i.files.fds.push(end(7, 103, 103, b""))).contains("paired with itself"));
+        let big = vec![0u8; MAX_CARRIED_BYTES + 1];
+        assert!(bad(&|i| i.files.fds[3] = end(4, 100, 101, &big)).contains("queued in a socket"));
     }
 
     fn with_thread(tid: i32) -> ProcessImage {

@@ -811,6 +811,8 @@ pub struct Pager {
     /// changing (`EAGAIN`: an unmap/remove/remap event waits to be read). Placed again once
     /// the events are read ([`Pager::place_deferred`]); a thread may be waiting for them.
     deferred: std::sync::Mutex<Vec<(u64, Vec<u8>)>>,
+    /// Zero pages (current addresses) refused likewise.
+    deferred_zero: std::sync::Mutex<Vec<u64>>,
 }
 
 /// A process whose memory is registered with a userfaultfd, ready for a pager.
@@ -858,6 +860,7 @@ impl Pager {
             finished: Notify::new(),
             is_finished: AtomicBool::new(false),
             deferred: std::sync::Mutex::new(Vec::new()),
+            deferred_zero: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -1048,9 +1051,35 @@ impl Pager {
         }
     }
 
+    /// Maps a zero page at `addr` for a thread that faulted on a page the image does not
+    /// hold; deferred when the address space is changing (the thread waits for it).
+    fn zero_fill(&self, addr: u64) {
+        match self.uffd.zeropage(addr, PAGE_SIZE, true) {
+            // Present already (a racing fault or copy): make sure nobody waits for it.
+            Ok(out) if out.is_complete() && out.already_present > 0 => {
+                let _ = self.uffd.wake(addr, PAGE_SIZE);
+            }
+            Ok(out) if out.is_complete() => {}
+            Ok(_) => {
+                debug!(addr, "zero page refused (address space changing): deferred");
+                if let Ok(mut z) = self.deferred_zero.lock() {
+                    z.push(addr);
+                }
+            }
+            Err(e) => debug!(addr, error = %e, "zero page not placed"),
+        }
+    }
+
     /// Places again what the kernel refused while the address space changed. Called after
     /// the uffd's events were read (which ends the change), and now and then.
     fn place_deferred(&self) {
+        let zeros = match self.deferred_zero.lock() {
+            Ok(mut z) if !z.is_empty() => std::mem::take(&mut *z),
+            _ => Vec::new(),
+        };
+        for addr in zeros {
+            self.zero_fill(addr);
+        }
         let list = match self.deferred.lock() {
             Ok(mut d) if !d.is_empty() => std::mem::take(&mut *d),
             _ => return,
@@ -1270,7 +1299,7 @@ impl Pager {
                             .and_then(|ia| self.map.stretch(ia, FETCH_PAGES).map(|s| (ia, s)));
                         let Some((page, (off, n))) = stretch else {
                             // Never touched at the source, or fresh since: a zero page.
-                            let _ = self.uffd.zeropage(here, PAGE_SIZE, true);
+                            self.zero_fill(here);
                             continue;
                         };
                         if self.is_present(off) {
@@ -1386,7 +1415,7 @@ impl Pager {
                     .and_then(|ia| self.map.stretch(ia, 16).map(|s| (ia, s)));
                 match image {
                     None => {
-                        let _ = self.uffd.zeropage(here, PAGE_SIZE, true);
+                        self.zero_fill(here);
                     }
                     Some((page, (off, n))) => {
                         if !self.place_from_store(page, off, n).await {

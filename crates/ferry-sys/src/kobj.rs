@@ -8,8 +8,10 @@
 //! - [`pipe_capacity`]: a pipe's size (`F_GETPIPE_SZ`).
 //! - [`epoll_watches_file`]: whether an epoll registration is of the file at an fd
 //!   (`kcmp(KCMP_EPOLL_TFD)`).
-//! - [`holders`]: which of a process's pipes, memfds and deleted files other processes hold
-//!   too.
+//! - [`peek_unix_stream`]: the bytes queued in a unix stream socket, left where they are
+//!   (`MSG_PEEK`).
+//! - [`holders`]: which of a process's pipes, sockets, memfds and deleted files other
+//!   processes hold too.
 
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -115,6 +117,92 @@ pub fn peek_pipe(read_end: &impl AsFd, pid: Pid) -> Result<Vec<u8>> {
     Ok(data)
 }
 
+/// What a unix stream socket holds for its reader, read without consuming it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamQueue {
+    pub data: Vec<u8>,
+    /// Some of the bytes carry file descriptors (`SCM_RIGHTS`) or credentials: none were
+    /// taken (no control buffer was offered), but the queue cannot be carried as bytes.
+    pub ancillary: bool,
+}
+
+/// The `len` bytes waiting in the unix stream socket behind `sock` (ferry's copy of a
+/// process's socket), in order, without consuming them (`MSG_PEEK`, which for a stream socket
+/// walks every queued buffer, stopping at one that carries fds). The process must be frozen
+/// and its peer may not be written by anyone else meanwhile. Refuses a socket whose peek
+/// offset is on (`SO_PEEK_OFF`: peeking would move it).
+pub fn peek_unix_stream(sock: &impl AsFd, pid: Pid, len: usize) -> Result<StreamQueue> {
+    if socket_option(sock, pid, libc::SOL_SOCKET, libc::SO_PEEK_OFF)? >= 0 {
+        return Err(SysError::UnexpectedStop {
+            pid: pid.as_raw(),
+            detail: "the socket uses a peek offset (SO_PEEK_OFF), which peeking would move".into(),
+        });
+    }
+    let mut data = vec![0u8; len];
+    if len == 0 {
+        return Ok(StreamQueue {
+            data,
+            ancillary: false,
+        });
+    }
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    // SAFETY: msghdr is plain old data; all-zero is a valid value (no name, no control).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    let got = loop {
+        // SAFETY: `msg` points to one iovec over `data`, which outlives the call; there is no
+        // control buffer, so the kernel installs no fd in ferry.
+        let r = unsafe {
+            libc::recvmsg(
+                sock.as_fd().as_raw_fd(),
+                &mut msg,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if r >= 0 {
+            break r as usize;
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EAGAIN => break 0,
+            e => return Err(SysError::syscall("recvmsg(MSG_PEEK)", pid, e)),
+        }
+    };
+    let ancillary = msg.msg_flags & libc::MSG_CTRUNC != 0;
+    if got != len && !ancillary {
+        return Err(SysError::UnexpectedStop {
+            pid: pid.as_raw(),
+            detail: format!("a socket holds {len} bytes but only {got} could be read"),
+        });
+    }
+    data.truncate(got);
+    Ok(StreamQueue { data, ancillary })
+}
+
+/// An integer socket option of the socket behind `sock`.
+pub fn socket_option(sock: &impl AsFd, pid: Pid, level: i32, name: i32) -> Result<i32> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid out-pointers sized for an int option.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(SysError::syscall("getsockopt", pid, Errno::last()));
+    }
+    Ok(value)
+}
+
 /// Whether the registration of fd number `tfd` in epoll instance `epfd` of process `pid` is
 /// of the same open file as the process's fd `fd` (`kcmp(KCMP_EPOLL_TFD)`). `Ok(false)` also
 /// when the instance holds no registration for `tfd` or the process has no fd `fd`.
@@ -162,6 +250,8 @@ pub enum Shared {
     /// A memfd or a deleted file (an fd whose target starts with `/memfd:` or ends with
     /// ` (deleted)`), by device and inode number.
     File { dev: u64, inode: u64 },
+    /// A socket, by inode number (`socket:[N]`).
+    Socket(u64),
 }
 
 /// Which of `objects` a process other than `except` holds an fd on (by `/proc/*/fd`): each
@@ -195,12 +285,16 @@ pub fn holders(objects: &[Shared], except: Pid) -> Vec<(Shared, Pid, String)> {
                 continue;
             };
             let target = target.as_os_str().as_encoded_bytes();
-            let object = if let Some(rest) = target.strip_prefix(b"pipe:[") {
+            let inode = |rest: &[u8]| {
                 std::str::from_utf8(rest)
                     .ok()
                     .and_then(|t| t.strip_suffix(']'))
                     .and_then(|t| t.parse::<u64>().ok())
-                    .map(Shared::Pipe)
+            };
+            let object = if let Some(rest) = target.strip_prefix(b"pipe:[") {
+                inode(rest).map(Shared::Pipe)
+            } else if let Some(rest) = target.strip_prefix(b"socket:[") {
+                inode(rest).map(Shared::Socket)
             } else if target.starts_with(b"/memfd:") || target.ends_with(b" (deleted)") {
                 fs::metadata(fd.path()).ok().map(|m| {
                     use std::os::unix::fs::MetadataExt;

@@ -6,7 +6,8 @@
 //! - [`ptrace`]: a traced process ([`ptrace::Tracee`]): seize, interrupt, stops, registers,
 //!   extended state, signal masks and queues, detach.
 //! - [`inject`]: running system calls inside a stopped tracee ([`inject::Injector`]).
-//! - [`kobj`]: pipes and epoll instances of a process, read without changing them.
+//! - [`kobj`]: pipes, sockets and epoll instances of a process, read without changing them.
+//! - [`sockdiag`]: unix sockets and their peers (`sock_diag`).
 //! - [`mem`]: bulk reads and writes of another process's memory (`process_vm_readv/writev`,
 //!   `/proc/PID/mem` for pages without read permission).
 //! - [`pagemap`]: which pages of a range hold data (`PAGEMAP_SCAN`, `/proc/PID/pagemap`).
@@ -34,6 +35,7 @@ pub mod pagemap;
 pub mod pidfd;
 pub mod proc;
 pub mod ptrace;
+pub mod sockdiag;
 pub mod spawn;
 pub mod uffd;
 

@@ -78,6 +78,7 @@ fn fd_kind(k: &FdKind) -> &'static str {
         FdKind::Epoll { .. } => "epoll",
         FdKind::MemFd { .. } => "memfd",
         FdKind::DeletedFile { .. } => "deleted",
+        FdKind::UnixStream { .. } => "socket",
     }
 }
 
@@ -133,6 +134,12 @@ fn fd_target(k: &FdKind) -> String {
         FdKind::DeletedFile { path, data, .. } => {
             format!("{path} (deleted), {} bytes carried", data.len())
         }
+        FdKind::UnixStream {
+            socket, peer, data, ..
+        } => format!(
+            "unix stream socket:[{socket}] paired with socket:[{peer}], {} bytes to read",
+            data.len()
+        ),
         other => other.path().to_string(),
     }
 }

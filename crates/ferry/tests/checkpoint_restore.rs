@@ -279,6 +279,24 @@ fn python3_threads() {
     .run();
 }
 
+/// Unmodified python3 running an asyncio event loop: its self-pipe is a unix socket pair
+/// (SIGUSR1 arrives through it), and a socket pair of its own holds 50 records in flight.
+#[test]
+fn python3_asyncio() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "python-asyncio",
+        system_program("python3"),
+        Marker::Text("ready\n"),
+    )
+    .args(&[lit(&python_workload("asyncio_loop.py").to_string_lossy())])
+    .settle(ms(100))
+    .wake(Signal::SIGUSR1)
+    .run();
+}
+
 /// Rust std threads: the main thread in `join` (a futex wait on the other thread's id), the
 /// other in a sleep.
 #[test]

@@ -120,13 +120,29 @@ fn thread_unlike_its_main_thread() {
     }
 }
 
-const PY_SOCKET: &str = "\
+const PY_TCP_SOCKET: &str = "\
 import socket, time
+s = socket.socket()
+s.bind(('127.0.0.1', 0))
+s.listen()
+print('ready', flush=True)
+time.sleep(3)
+print('done', flush=True)
+";
+
+/// A socket pair one end of which a child process holds too.
+const PY_SHARED_SOCKETPAIR: &str = "\
+import os, socket, time
 a, b = socket.socketpair()
+child = os.fork()
+if child == 0:
+    time.sleep(4)
+    os._exit(0)
 print('ready', flush=True)
 time.sleep(3)
 a.sendall(b'x')
 assert b.recv(1) == b'x'
+os.waitpid(child, 0)
 print('done', flush=True)
 ";
 
@@ -135,15 +151,28 @@ fn socket_fd() {
     if !needs_root() {
         return;
     }
-    let scratch = Scratch::new("immobile-socket");
-    let dir = scratch.subdir("run");
-    let mut proc = Launch::new("py-socket", python3(), &dir)
-        .args(["-c", PY_SOCKET])
-        .cwd(&dir)
-        .spawn();
-    wait_for_text(&mut proc, "ready\n");
-    let run = assert_refused(&scratch, &mut proc, &["socket"]);
-    assert_finishes(&mut proc, b"ready\ndone\n", &run);
+    for (label, program, cause) in [
+        (
+            "py-tcp",
+            PY_TCP_SOCKET,
+            "socket other than a unix socket pair",
+        ),
+        (
+            "py-shared-pair",
+            PY_SHARED_SOCKETPAIR,
+            "is a socket shared with pid",
+        ),
+    ] {
+        let scratch = Scratch::new(&format!("immobile-{label}"));
+        let dir = scratch.subdir("run");
+        let mut proc = Launch::new(label, python3(), &dir)
+            .args(["-c", program])
+            .cwd(&dir)
+            .spawn();
+        wait_for_text(&mut proc, "ready\n");
+        let run = assert_refused(&scratch, &mut proc, &[cause]);
+        assert_finishes(&mut proc, b"ready\ndone\n", &run);
+    }
 }
 
 /// An epoll registration made with fd 3 whose file lives on at fd 5 while fd 3 now refers to

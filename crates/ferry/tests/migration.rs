@@ -162,6 +162,25 @@ fn python3_threads_with_every_algorithm() {
     );
 }
 
+/// Unmodified python3 running an asyncio event loop over unix socket pairs (its self-pipe,
+/// through which SIGUSR1 arrives, and one holding 50 records in flight).
+#[test]
+fn python3_asyncio_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    with_every_algorithm(
+        Scenario::new(
+            "mig-python-asyncio",
+            system_program("python3"),
+            Marker::Text("ready\n"),
+        )
+        .args(&[lit(&python_workload("asyncio_loop.py").to_string_lossy())])
+        .settle(ms(100))
+        .wake(Signal::SIGUSR1),
+    );
+}
+
 #[test]
 fn heap_with_every_algorithm() {
     if !needs_root() {

@@ -1,10 +1,17 @@
-//! Kernel objects of an image created anew in the vessel: pipes (with the bytes that were in
-//! flight), eventfd, timerfd, signalfd, memfd (with its contents and seals), deleted files
+//! Kernel objects of an image created anew in the vessel: pipes and unix socket pairs (with
+//! the bytes that were in flight), eventfd, timerfd, signalfd, memfd (with its contents and seals), deleted files
 //! (unnamed `O_TMPFILE` files in their old directory, with their contents) and epoll
 //! instances (registrations added once every fd is in place). Their state was read by
 //! `crate::objects` at capture.
 
 use super::*;
+
+/// A pipe or socket already made (by the first of its fds that came up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Made {
+    Pipe(u64),
+    Socket(u64),
+}
 
 const EFD_SEMAPHORE: u64 = 1;
 /// `TFD_IOC_SET_TICKS` (`_IOW('T', 0, u64)`): sets a timerfd's count of unread expiries.
@@ -16,19 +23,27 @@ const WRITE_CHUNK: usize = 32 << 10;
 impl Builder {
     /// Creates the object of primary fd `fd` (not a file, not a link) at its number. The first
     /// end of a pipe that comes up creates the whole pipe (every end, see
-    /// [`Builder::create_pipe`]); `pipes_made` remembers which pipes exist.
+    /// [`Builder::create_pipe`]), and likewise the first end of a socket pair; `made`
+    /// remembers which pipes and sockets exist.
     pub(super) fn create_object(
         &mut self,
         q: &mut Queue,
         fd: &Fd,
         files: &Files,
-        pipes_made: &mut HashSet<u64>,
+        made: &mut HashSet<Made>,
     ) -> Result<(), RestoreError> {
         self.room(q, 6, 64)?;
         let opened = match &fd.kind {
             FdKind::Pipe { pipe, .. } => {
-                if pipes_made.insert(*pipe) {
+                if made.insert(Made::Pipe(*pipe)) {
                     self.create_pipe(q, *pipe, files)?;
+                }
+                return Ok(());
+            }
+            FdKind::UnixStream { socket, peer, .. } => {
+                if made.insert(Made::Socket(*socket)) {
+                    made.insert(Made::Socket(*peer));
+                    self.create_socket_pair(q, *socket, *peer, files)?;
                 }
                 return Ok(());
             }
@@ -295,26 +310,7 @@ impl Builder {
                 0,
             ],
         );
-        let mut high = [0u64; 2];
-        for (i, low) in [r0, w0].into_iter().enumerate() {
-            high[i] = self.fds.open_from(above);
-            self.push(
-                q,
-                Tag::Plain,
-                "fcntl(F_DUPFD_CLOEXEC)",
-                libc::SYS_fcntl,
-                [low, libc::F_DUPFD_CLOEXEC as u64, above, 0, 0, 0],
-            );
-            self.push(
-                q,
-                Tag::Plain,
-                "close",
-                libc::SYS_close,
-                [low, 0, 0, 0, 0, 0],
-            );
-            self.fds.close(low);
-        }
-        let [r, w] = high;
+        let [r, w] = self.move_above(q, [r0, w0], above);
         self.push(
             q,
             Tag::Plain,
@@ -326,37 +322,115 @@ impl Builder {
         self.write_all(q, w, data, None)?;
         for end in ends {
             let write = matches!(&end.kind, FdKind::Pipe { write: true, .. });
-            let cloexec = if end.cloexec { libc::O_CLOEXEC } else { 0 };
-            let n = end.number as u64;
-            self.room(q, 2, 0)?;
-            self.push(
-                q,
-                Tag::Plain,
-                "dup3",
-                libc::SYS_dup3,
-                [if write { w } else { r }, n, cloexec as u64, 0, 0, 0],
-            );
-            self.fds.place(n);
-            // Both ends were made non-blocking for the writes above.
-            let nonblock = end.kind.flags() & libc::O_NONBLOCK;
-            self.push(
-                q,
-                Tag::Plain,
-                "fcntl(F_SETFL)",
-                libc::SYS_fcntl,
-                [n, libc::F_SETFL as u64, nonblock as u64, 0, 0, 0],
-            );
+            self.place_end(q, if write { w } else { r }, end)?;
         }
-        self.room(q, 2, 0)?;
-        for end in [r, w] {
+        self.close_all(q, [r, w])
+    }
+
+    /// Unix socket pair `socket`–`peer`: made non-blocking, moved above every fd number of the
+    /// image, the bytes each end held written into it from the other end (every write
+    /// checked), then each end placed at its fd.
+    fn create_socket_pair(
+        &mut self,
+        q: &mut Queue,
+        socket: u64,
+        peer: u64,
+        files: &Files,
+    ) -> Result<(), RestoreError> {
+        let end_of = |s: u64| {
+            files.fds.iter().find(|f| {
+                f.dup_of.is_none()
+                    && matches!(&f.kind, FdKind::UnixStream { socket: x, .. } if *x == s)
+            })
+        };
+        // Validation guarantees both ends.
+        let (Some(a), Some(b)) = (end_of(socket), end_of(peer)) else {
+            return Err(no_room(
+                self.pid(),
+                "a socket pair's end is missing from the image",
+            ));
+        };
+        let queued = |f: &Fd| match &f.kind {
+            FdKind::UnixStream { data, .. } => data.clone(),
+            _ => Vec::new(),
+        };
+        let above = files.fds.iter().map(|f| f.number).max().unwrap_or(0) as u64 + 1;
+        self.room(q, 5, 8)?;
+        let pair = q.batch.out(8);
+        let (a0, b0) = (self.fds.open(), self.fds.open());
+        self.push(
+            q,
+            Tag::Plain,
+            "socketpair",
+            libc::SYS_socketpair,
+            [
+                libc::AF_UNIX as u64,
+                (libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) as u64,
+                0,
+                pair,
+                0,
+                0,
+            ],
+        );
+        let [sa, sb] = self.move_above(q, [a0, b0], above);
+        self.flush(q)?;
+        // What an end reads was written by the other.
+        self.write_all(q, sb, &queued(a), None)?;
+        self.write_all(q, sa, &queued(b), None)?;
+        self.place_end(q, sa, a)?;
+        self.place_end(q, sb, b)?;
+        self.close_all(q, [sa, sb])
+    }
+
+    /// Moves the two new fds `low` above every fd number of the image (so that placing one
+    /// never overwrites the other); returns their new numbers.
+    fn move_above(&mut self, q: &mut Queue, low: [u64; 2], above: u64) -> [u64; 2] {
+        let mut high = [0u64; 2];
+        for (i, fd) in low.into_iter().enumerate() {
+            high[i] = self.fds.open_from(above);
             self.push(
                 q,
                 Tag::Plain,
-                "close",
-                libc::SYS_close,
-                [end, 0, 0, 0, 0, 0],
+                "fcntl(F_DUPFD_CLOEXEC)",
+                libc::SYS_fcntl,
+                [fd, libc::F_DUPFD_CLOEXEC as u64, above, 0, 0, 0],
             );
-            self.fds.close(end);
+            self.push(q, Tag::Plain, "close", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
+            self.fds.close(fd);
+        }
+        high
+    }
+
+    /// Puts `from` at primary fd `end`'s number with its close-on-exec and `O_NONBLOCK` flags
+    /// (`from` was made non-blocking for the writes).
+    fn place_end(&mut self, q: &mut Queue, from: u64, end: &Fd) -> Result<(), RestoreError> {
+        let cloexec = if end.cloexec { libc::O_CLOEXEC } else { 0 };
+        let n = end.number as u64;
+        self.room(q, 2, 0)?;
+        self.push(
+            q,
+            Tag::Plain,
+            "dup3",
+            libc::SYS_dup3,
+            [from, n, cloexec as u64, 0, 0, 0],
+        );
+        self.fds.place(n);
+        let nonblock = end.kind.flags() & libc::O_NONBLOCK;
+        self.push(
+            q,
+            Tag::Plain,
+            "fcntl(F_SETFL)",
+            libc::SYS_fcntl,
+            [n, libc::F_SETFL as u64, nonblock as u64, 0, 0, 0],
+        );
+        Ok(())
+    }
+
+    fn close_all(&mut self, q: &mut Queue, fds: [u64; 2]) -> Result<(), RestoreError> {
+        self.room(q, 2, 0)?;
+        for fd in fds {
+            self.push(q, Tag::Plain, "close", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
+            self.fds.close(fd);
         }
         Ok(())
     }
