@@ -301,7 +301,9 @@ pub fn classify_socket(
     let Some(s) = all.get(&socket) else {
         return Err(refuse(
             pid,
-            format!("fd {n} is a socket other than a unix socket pair ({target})"),
+            format!(
+                "fd {n} is a socket other than a unix socket pair (of ferry's network namespace) ({target})"
+            ),
         ));
     };
     if s.named {
