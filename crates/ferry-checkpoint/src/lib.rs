@@ -1,7 +1,7 @@
 //! Capture a running process into a ferry image, and bring an image back to life.
 //!
 //! - [`mobility`]: decides whether a process can move at all, with a precise reason if not.
-//! - [`objects`]: pipes, eventfd, timerfd, signalfd and epoll fds: their state, read
+//! - [`objects`]: pipes, unix socket pairs, eventfd, timerfd, signalfd and epoll fds: their state, read
 //!   without changing it.
 //! - [`freeze`]: a process held still under ptrace ([`freeze::Frozen`]), and the single
 //!   resume path that every failure goes through, so that a failed checkpoint leaves the

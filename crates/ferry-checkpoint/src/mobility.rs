@@ -1,6 +1,6 @@
 //! Which processes ferry can move, and why not.
 //!
-//! Every refusal carries a reason a user can act on ("fd 1 is a pipe", "has 3 threads"). The
+//! Every refusal carries a reason a user can act on ("fd 1 is a pipe shared with pid 812"). The
 //! checks run twice: before the process is touched, and again once it is frozen (threads and
 //! files may appear in between).
 

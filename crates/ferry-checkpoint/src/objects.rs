@@ -1,10 +1,11 @@
-//! Fds that are kernel objects rather than files — pipes, eventfd, timerfd, signalfd, epoll,
-//! memfd, deleted files: their state, read from `/proc/PID/fdinfo` and from a copy of the fd
-//! (`pidfd_getfd`), without changing it. Restore creates each object anew
-//! (`restore::objects`).
+//! Fds that are kernel objects rather than files — pipes, unix socket pairs, eventfd, timerfd,
+//! signalfd, epoll, memfd, deleted files: their state, read from `/proc/PID/fdinfo`, from
+//! `sock_diag` and from a copy of the fd (`pidfd_getfd`), without changing it. Restore creates
+//! each object anew (`restore::objects`).
 //!
-//! A pipe moves only when no other process holds it: its other end would stay behind.
-//! `mobility::classify_fd` dispatches here after its common checks (sockets, `O_ASYNC`).
+//! A pipe or socket pair moves only when no other process holds it: its other end would stay
+//! behind. `mobility::classify_fd` dispatches here after its common checks (links,
+//! `O_ASYNC`).
 
 use std::os::unix::fs::FileExt;
 

@@ -172,15 +172,6 @@ pub fn exists(pid: Pid) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Number of threads (`/proc/PID/task` entries).
-pub fn thread_count(pid: Pid) -> Result<usize> {
-    let path = format!("/proc/{pid}/task");
-    Ok(fs::read_dir(&path)
-        .map_err(|e| SysError::io(&path, e))?
-        .filter_map(|e| e.ok())
-        .count())
-}
-
 /// The thread ids of a process (`/proc/PID/task`), the main thread first, then ascending.
 pub fn thread_ids(pid: Pid) -> Result<Vec<Pid>> {
     let path = format!("/proc/{pid}/task");
