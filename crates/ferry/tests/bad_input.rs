@@ -464,4 +464,37 @@ fn restore_hand_crafted_image_with_a_valid_checksum() {
         &image,
         "disposition for signal 9",
     );
+    // A thread that claims the main thread's id, and a socket pair end without its peer.
+    fs::write(image.join("core.img"), &original).expect("restoring core.img");
+    craft(&image, |m| {
+        m.threads.push(ferry_image::Thread {
+            tid: m.control.pid,
+            comm: "twin".into(),
+            execution: m.execution.clone(),
+            blocked: 0,
+            pending: Vec::new(),
+        })
+    });
+    assert_refused_image(&scratch, "ferry-crafted", &exe, &image, "twice");
+    fs::write(image.join("core.img"), &original).expect("restoring core.img");
+    craft(&image, |m| {
+        m.files.fds.push(ferry_image::Fd {
+            number: 9,
+            cloexec: false,
+            kind: ferry_image::FdKind::UnixStream {
+                socket: 7,
+                peer: 8,
+                flags: 2,
+                data: Vec::new(),
+            },
+            dup_of: None,
+        })
+    });
+    assert_refused_image(
+        &scratch,
+        "ferry-crafted",
+        &exe,
+        &image,
+        "is not an end of this image",
+    );
 }
