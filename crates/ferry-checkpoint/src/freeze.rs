@@ -488,14 +488,9 @@ pub fn enter_signal_path(tracee: &mut Tracee) -> Result<(), SysError> {
     }
 }
 
-/// [`enter_signal_path`], then detach (re-sending a signal met on the way, if any).
-pub fn enter_signal_path_and_detach(tracee: Tracee) -> Result<(), SysError> {
-    enter_signal_path_and_detach_all(tracee, Vec::new())
-}
-
-/// [`enter_signal_path_and_detach`] for a whole process: every thread is taken into its final
-/// stop first, then all are let go together (the other threads before the main one). A signal
-/// a thread met on the way is sent to that thread again once it runs.
+/// [`enter_signal_path`] for every thread of a process, then detach them all together (the
+/// other threads before the main one). A signal a thread met on the way is sent to that
+/// thread again once it runs.
 pub fn enter_signal_path_and_detach_all(
     mut main: Tracee,
     mut threads: Vec<Tracee>,

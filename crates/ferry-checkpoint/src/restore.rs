@@ -1500,13 +1500,12 @@ impl Builder {
     /// changed.
     fn rename_cached_tids(&self, threads: &[Tracee]) -> Result<(), RestoreError> {
         let image = &self.image;
+        // Runs are sorted by address: the one that could hold `addr` is the first ending
+        // after it.
+        let runs = &image.memory.pages.runs;
         let carried = |addr: u64| {
-            image
-                .memory
-                .pages
-                .runs
-                .iter()
-                .any(|r| r.addr <= addr && addr + 4 <= r.end())
+            runs.get(runs.partition_point(|r| r.end() <= addr))
+                .is_some_and(|r| r.addr <= addr && addr + 4 <= r.end())
         };
         let pid = self.pid();
         let mains = std::iter::once((image.control.pid, pid.as_raw(), &image.execution));

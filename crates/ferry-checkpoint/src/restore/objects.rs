@@ -345,10 +345,13 @@ impl Builder {
         };
         // Validation guarantees both ends.
         let (Some(a), Some(b)) = (end_of(socket), end_of(peer)) else {
-            return Err(no_room(
-                self.pid(),
-                "a socket pair's end is missing from the image",
-            ));
+            return Err(RestoreError::Sys {
+                step: q.step.clone(),
+                source: SysError::UnexpectedStop {
+                    pid: self.pid().as_raw(),
+                    detail: format!("socket {socket} or its peer {peer} has no fd in the image"),
+                },
+            });
         };
         let queued = |f: &Fd| match &f.kind {
             FdKind::UnixStream { data, .. } => data.clone(),
