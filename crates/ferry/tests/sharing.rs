@@ -335,11 +335,20 @@ fn automatic_migration_balances_without_ping_pong() {
                 "--",
                 "python3",
                 "-c",
-                "import socket\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen()\nwhile True: pass",
+                "import socket\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\ns.listen()\nopen('immobile.ready', 'w').close()\nwhile True: pass",
             ],
         ),
     );
     let immobile_id = immobile["id"].as_str().unwrap_or("").to_string();
+    // Its socket must exist before the host is loaded: a python3 still starting up on a
+    // starved host has no socket yet, and moving it then is right.
+    let ready = scratch.path().join("immobile.ready");
+    wait_until(
+        "the immobile job has its socket",
+        &cluster,
+        Duration::from_secs(30),
+        || ready.exists(),
+    );
     let mut ids: Vec<String> = (0..6)
         .map(|_| {
             run_spin(&cluster, "n1", scratch.path(), &["--on", "n1"], 1_000_000)["id"]
