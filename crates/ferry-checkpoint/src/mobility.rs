@@ -233,6 +233,9 @@ fn classify_fd_to(
     let path = utf8(pid, &format!("fd {n}"), &fd.target)?;
     // O_CLOEXEC is carried separately.
     let flags = fd.flags & !libc::O_CLOEXEC;
+    if let Some(below) = path.strip_prefix("/proc/") {
+        return proc_file(pid, n, below, flags, fd.pos, &st).map(Some);
+    }
     match st.file_type() {
         libc::S_IFREG => {
             if st.nlink == 0 || path.ends_with(" (deleted)") {
@@ -270,11 +273,65 @@ fn classify_fd_to(
                 Err(unsupported("a character device"))
             }
         }
-        libc::S_IFIFO => Err(unsupported("a FIFO")),
+        libc::S_IFIFO => crate::objects::classify_fifo(pid, fd, &path, depth),
         libc::S_IFSOCK => Err(unsupported("a socket")),
         libc::S_IFBLK => Err(unsupported("a block device")),
         _ => Err(unsupported("of an unknown kind")),
     }
+}
+
+/// Fd `n`, a file of `/proc` at `below` (the path after `/proc/`): a file of the process
+/// itself is carried as `self/…` (its pid changes), of its main thread as `thread-self/…`;
+/// one of another process or of another thread pins it (restore could not name it).
+fn proc_file(
+    pid: Pid,
+    n: i32,
+    below: &str,
+    flags: i32,
+    pos: u64,
+    st: &ferry_sys::proc::LinkStat,
+) -> Result<FdKind, CheckpointError> {
+    let (first, rest) = below.split_once('/').unwrap_or((below, ""));
+    let path = match first.parse::<i32>() {
+        Err(_) => below.to_string(),
+        Ok(p) if p != pid.as_raw() => {
+            let ours =
+                ferry_sys::proc::thread_ids(pid).is_ok_and(|tids| tids.contains(&Pid::from_raw(p)));
+            let whose = if ours {
+                format!("thread {p} of the process")
+            } else {
+                format!("process {p}")
+            };
+            return Err(refuse(
+                pid,
+                format!("fd {n} is a /proc file of {whose} (/proc/{below})"),
+            ));
+        }
+        Ok(_) => {
+            let main_thread = format!("task/{}", pid.as_raw());
+            match rest.strip_prefix(&main_thread) {
+                Some(t) if t.is_empty() || t.starts_with('/') => {
+                    format!("thread-self{t}")
+                }
+                _ if rest.starts_with("task/") => {
+                    return Err(refuse(
+                        pid,
+                        format!(
+                            "fd {n} is a /proc file of one of the process's threads (/proc/{below}); thread ids change"
+                        ),
+                    ));
+                }
+                _ if rest.is_empty() => "self".to_string(),
+                _ => format!("self/{rest}"),
+            }
+        }
+    };
+    Ok(FdKind::ProcFile {
+        path,
+        directory: st.file_type() == libc::S_IFDIR,
+        flags,
+        pos,
+    })
 }
 
 /// A listed link fd: the socket the daemon says it is, in a state restore can reproduce.

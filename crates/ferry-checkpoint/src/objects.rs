@@ -1,15 +1,16 @@
-//! Fds that are kernel objects rather than files — pipes, unix socket pairs, eventfd, timerfd,
-//! signalfd, epoll, memfd, deleted files: their state, read from `/proc/PID/fdinfo`, from
-//! `sock_diag` and from a copy of the fd (`pidfd_getfd`), without changing it. Restore creates
-//! each object anew (`restore::objects`).
+//! Fds that are kernel objects rather than files — pipes, FIFOs, unix socket pairs, eventfd,
+//! timerfd, signalfd, epoll, memfd, deleted files: their state, read from `/proc/PID/fdinfo`,
+//! from `sock_diag` and from a copy of the fd (`pidfd_getfd`), without changing it (a datagram
+//! socket's queue is taken out and put back). Restore creates each object anew
+//! (`restore::objects`).
 //!
-//! A pipe or socket pair moves only when no other process holds it: its other end would stay
-//! behind. `mobility::classify_fd` dispatches here after its common checks (links,
+//! A pipe, FIFO or socket pair moves only when no other process holds it: its other end would
+//! stay behind. `mobility::classify_fd` dispatches here after its common checks (links,
 //! `O_ASYNC`).
 
 use std::os::unix::fs::FileExt;
 
-use ferry_image::{EpollWatch, FdKind, MAX_CARRIED_BYTES};
+use ferry_image::{EpollWatch, FdKind, MAX_CARRIED_BYTES, SocketKind};
 use ferry_sys::kobj::{self, Shared};
 use ferry_sys::proc::{LinkStat, OpenFd};
 use ferry_sys::{Pid, libc, pidfd};
@@ -209,6 +210,44 @@ pub fn classify_memfd(
     }))
 }
 
+/// A FIFO at fd `fd` (`path` names it): reopened by its path at restore, with its capacity
+/// and, on an end that reads, the bytes in flight. Whether another process holds it too is
+/// [`check_shared_objects`]'s question.
+pub fn classify_fifo(
+    pid: Pid,
+    fd: &OpenFd,
+    path: &str,
+    depth: Depth,
+) -> Result<Option<FdKind>, CheckpointError> {
+    let n = fd.fd;
+    let flags = fd.flags & !libc::O_CLOEXEC;
+    if flags & libc::O_DIRECT != 0 {
+        return Err(refuse(
+            pid,
+            format!("fd {n} is a FIFO in packet mode (O_DIRECT), which ferry does not carry"),
+        ));
+    }
+    if depth == Depth::Kind {
+        return Ok(None);
+    }
+    let copy = copy_of_fd(pid, n)?;
+    let capacity =
+        kobj::pipe_capacity(&copy, pid).map_err(CheckpointError::sys("reading a FIFO's size"))?;
+    let data = if flags & libc::O_ACCMODE == libc::O_WRONLY {
+        Vec::new()
+    } else {
+        kobj::peek_pipe(&copy, pid).map_err(CheckpointError::sys(format!(
+            "reading the data in the FIFO of fd {n}"
+        )))?
+    };
+    Ok(Some(FdKind::Fifo {
+        path: path.to_string(),
+        flags,
+        capacity,
+        data,
+    }))
+}
+
 /// A regular file deleted while open at fd `fd` (`path` as `/proc` shows it, ending in
 /// ` (deleted)`): its former path, offset, mode and contents (at most [`MAX_CARRIED_BYTES`]).
 pub fn classify_deleted(
@@ -284,10 +323,11 @@ fn carried_contents(
 }
 
 /// A copy of the process's fd `n` in ferry (`pidfd_getfd`).
-/// The state of fd `fd`, a `socket:[…]` fd that is no message link: one end of a unix stream
-/// socket pair whose other end the process holds too (`None` at [`Depth::Kind`]), with the
-/// bytes waiting at it; or the reason it pins the process. The bytes are read too: the caller
-/// must have frozen the process for them to be exact.
+/// The state of fd `fd`, a `socket:[…]` fd that is no message link: one end of a unix socket
+/// pair (stream, datagram or seqpacket) whose other end the process holds too (`None` at
+/// [`Depth::Kind`]), with what waits at it; or the reason it pins the process. The queue is
+/// read too (a datagram or seqpacket queue taken out and put back, see
+/// `kobj::read_unix_messages`): the caller must have frozen the process.
 pub fn classify_socket(
     pid: Pid,
     fd: &OpenFd,
@@ -313,16 +353,16 @@ pub fn classify_socket(
             format!("fd {n} is a socket bound to a name ({target}); only unix socket pairs move"),
         ));
     }
-    if s.kind != libc::SOCK_STREAM as u8 {
+    let Some(kind) = SocketKind::from_number(i32::from(s.kind)) else {
         return Err(refuse(
             pid,
-            format!(
-                "fd {n} is a socket of a unix datagram or seqpacket pair ({target}); only stream pairs move"
-            ),
+            format!("fd {n} is a unix socket of type {} ({target})", s.kind),
         ));
-    }
+    };
+    // A socket pair's ends name each other; a datagram socket merely connected to another
+    // (which does not name it back) is no pair.
     let peer = s.peer.filter(|p| {
-        s.state == TCP_ESTABLISHED
+        (s.state == TCP_ESTABLISHED || kind == SocketKind::Datagram)
             && s.shutdown == 0
             && all
                 .get(p)
@@ -337,8 +377,9 @@ pub fn classify_socket(
     let open = ferry_sys::proc::open_fds(pid).map_err(CheckpointError::sys("listing fds"))?;
     let held = open
         .iter()
-        .any(|o| object_inode(&String::from_utf8_lossy(&o.target), "socket:[") == Some(peer));
-    if !held {
+        .find(|o| object_inode(&String::from_utf8_lossy(&o.target), "socket:[") == Some(peer))
+        .map(|o| o.fd);
+    let Some(peer_fd) = held else {
         let whom = match kobj::holders(&[Shared::Socket(peer)], pid)
             .into_iter()
             .next()
@@ -352,39 +393,70 @@ pub fn classify_socket(
                 "fd {n} is a socket connected to {whom}; it moves only with every process that holds an end, and process trees are not migratable yet"
             ),
         ));
-    }
+    };
     if depth == Depth::Kind {
         return Ok(None);
     }
     let copy = copy_of_fd(pid, n)?;
-    let queue = kobj::peek_unix_stream(&copy, pid, s.rqueue as usize).map_err(
-        CheckpointError::sys(format!("reading the data queued at the socket of fd {n}")),
-    )?;
-    if queue.ancillary {
-        return Err(refuse(
-            pid,
-            format!("fd {n} is a socket with file descriptors or credentials in flight"),
-        ));
-    }
-    if queue.data.len() > ferry_image::MAX_CARRIED_BYTES {
-        return Err(refuse(
+    let reading = || format!("reading the data queued at the socket of fd {n}");
+    let too_much = |bytes: String| {
+        refuse(
             pid,
             format!(
-                "fd {n} is a socket holding {} bytes (at most {} are carried)",
-                queue.data.len(),
-                ferry_image::MAX_CARRIED_BYTES
+                "fd {n} is a socket holding {bytes} bytes (at most {} are carried)",
+                MAX_CARRIED_BYTES
             ),
-        ));
-    }
-    Ok(Some(FdKind::UnixStream {
+        )
+    };
+    let in_flight = || {
+        refuse(
+            pid,
+            format!("fd {n} is a socket with file descriptors or credentials in flight"),
+        )
+    };
+    let messages = if kind == SocketKind::Stream {
+        let queue = kobj::peek_unix_stream(&copy, pid, s.rqueue as usize)
+            .map_err(CheckpointError::sys(reading()))?;
+        if queue.ancillary {
+            return Err(in_flight());
+        }
+        if queue.data.len() > MAX_CARRIED_BYTES {
+            return Err(too_much(queue.data.len().to_string()));
+        }
+        if queue.data.is_empty() {
+            Vec::new()
+        } else {
+            vec![queue.data]
+        }
+    } else {
+        let peer_copy = copy_of_fd(pid, peer_fd)?;
+        let queue = kobj::read_unix_messages(&copy, &peer_copy, pid, MAX_CARRIED_BYTES)
+            .map_err(CheckpointError::sys(reading()))?;
+        if queue.ancillary {
+            return Err(in_flight());
+        }
+        if queue.over_budget {
+            return Err(too_much("more than that".into()));
+        }
+        queue.messages
+    };
+    let option = |name: i32, what: &str| {
+        kobj::socket_option(&copy, pid, libc::SOL_SOCKET, name).map_err(CheckpointError::sys(
+            format!("reading {what} of the socket of fd {n}"),
+        ))
+    };
+    Ok(Some(FdKind::UnixPair {
         socket,
         peer,
+        kind,
         flags: fd.flags & !libc::O_CLOEXEC,
-        data: queue.data,
+        pass_credentials: option(libc::SO_PASSCRED, "SO_PASSCRED")? != 0,
+        send_buffer: option(libc::SO_SNDBUF, "SO_SNDBUF")?.max(0) as u32,
+        messages,
     }))
 }
 
-/// `TCP_ESTABLISHED`: the state of a connected unix stream socket.
+/// `TCP_ESTABLISHED`: the state of a connected unix stream or seqpacket socket.
 const TCP_ESTABLISHED: u8 = 1;
 
 /// The inode number of an fd target `PREFIX N]` (`pipe:[N]`, `socket:[N]`).
@@ -413,6 +485,14 @@ pub fn check_shared_objects(pid: Pid, fds: &[OpenFd]) -> Result<(), CheckpointEr
             objects.push((fd.fd, Shared::Pipe(inode)));
         } else if let Some(inode) = object_inode(&target, "socket:[") {
             objects.push((fd.fd, Shared::Socket(inode)));
+        } else if let Some(st) = fd.stat.filter(|st| st.file_type() == libc::S_IFIFO) {
+            objects.push((
+                fd.fd,
+                Shared::Fifo {
+                    dev: st.dev,
+                    inode: st.inode,
+                },
+            ));
         } else if (target.starts_with("/memfd:") || target.ends_with(" (deleted)"))
             && let Some(st) = fd.stat
         {
@@ -447,6 +527,7 @@ pub fn check_shared_objects(pid: Pid, fds: &[OpenFd]) -> Result<(), CheckpointEr
                 Shared::Pipe(_) => "a pipe",
                 Shared::File { .. } => "a file without a name (memfd or deleted)",
                 Shared::Socket(_) => "a socket",
+                Shared::Fifo { .. } => "a FIFO",
             };
             Err(refuse(
                 pid,

@@ -160,6 +160,16 @@ fn precheck_files(image: &ProcessImage) -> Result<(), RestoreError> {
         }
     }
     for fd in &image.files.fds {
+        if let FdKind::Fifo { path, .. } = &fd.kind {
+            let what = format!("fd {}", fd.number);
+            if stat(&what, path)?.file_type() != libc::S_IFIFO {
+                return Err(RestoreError::FileChanged {
+                    what,
+                    path: path.clone(),
+                    detail: "it is no longer a FIFO".into(),
+                });
+            }
+        }
         if let FdKind::DeletedFile { path, .. } = &fd.kind {
             let dir = objects::deleted_file_dir(path);
             let what = format!("fd {} (a deleted file's directory)", fd.number);
@@ -852,11 +862,16 @@ impl Builder {
                 self.connect_link(&mut q, fd, socket, hello)?;
                 continue;
             }
-            if !fd.kind.is_file() {
-                self.create_object(&mut q, fd, &image.files, &mut made)?;
-                continue;
-            }
-            let p = q.batch.c_string(fd.kind.path());
+            let path = match &fd.kind {
+                FdKind::ProcFile { path, .. } => format!("/proc/{path}"),
+                kind if kind.is_file() => kind.path().to_string(),
+                _ => {
+                    self.create_object(&mut q, fd, &image.files, &mut made)?;
+                    continue;
+                }
+            };
+            self.room(&mut q, 4, path.len() + 8)?;
+            let p = q.batch.c_string(&path);
             let opened = self.fds.open();
             self.push(
                 &mut q,
@@ -874,7 +889,9 @@ impl Builder {
             );
             self.settle(&mut q, opened, fd);
             let pos = match &fd.kind {
-                FdKind::Regular { pos, .. } | FdKind::Directory { pos, .. } => *pos,
+                FdKind::Regular { pos, .. }
+                | FdKind::Directory { pos, .. }
+                | FdKind::ProcFile { pos, .. } => *pos,
                 _ => 0,
             };
             if pos != 0 && fd.kind.flags() & libc::O_PATH == 0 {

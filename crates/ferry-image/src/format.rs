@@ -8,7 +8,7 @@
 use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::model::{PAGE_SIZE, ProcessImage};
+use crate::model::{FdKind, PAGE_SIZE, ProcessImage, SocketKind};
 
 /// Magic of `core.img`.
 pub const CORE_MAGIC: [u8; 8] = *b"FERRYIMG";
@@ -17,9 +17,11 @@ pub const PAGES_MAGIC: [u8; 8] = *b"FERRYPGS";
 /// Version of the image format. Bump minor for additions old readers may ignore, major for
 /// anything else.
 pub const FORMAT_MAJOR: u16 = 1;
-pub const FORMAT_MINOR: u16 = 2;
+pub const FORMAT_MINOR: u16 = 3;
 /// The first minor version whose images list threads ([`ProcessImage::threads`]).
 const FIRST_MINOR_WITH_THREADS: u16 = 2;
+/// The first minor version whose socket pairs are [`FdKind::UnixPair`]s.
+const FIRST_MINOR_WITH_UNIX_PAIRS: u16 = 3;
 /// Size of the `pages.img` header; page data starts page-aligned right after it.
 pub const PAGES_HEADER_LEN: u64 = PAGE_SIZE;
 /// Largest `core.img` payload ferry accepts (the model of a process with the maximum number of
@@ -191,7 +193,7 @@ pub fn decode_core(bytes: &[u8]) -> Result<ProcessImage, FormatError> {
         // lacks it, and postcard encodes an empty list as one zero byte.
         payload.to_mut().push(0);
     }
-    let (image, rest) = postcard::take_from_bytes::<ProcessImage>(&payload)
+    let (mut image, rest) = postcard::take_from_bytes::<ProcessImage>(&payload)
         .map_err(|e| FormatError::Decode(e.to_string()))?;
     if !rest.is_empty() {
         return Err(FormatError::Decode(format!(
@@ -199,7 +201,39 @@ pub fn decode_core(bytes: &[u8]) -> Result<ProcessImage, FormatError> {
             rest.len()
         )));
     }
+    if le_u16(bytes, 10) < FIRST_MINOR_WITH_UNIX_PAIRS {
+        upgrade_unix_streams(&mut image);
+    }
     Ok(image)
+}
+
+/// Turns the stream socket pairs of a 1.1/1.2 image into [`FdKind::UnixPair`]s, the one form
+/// the rest of ferry knows.
+fn upgrade_unix_streams(image: &mut ProcessImage) {
+    for fd in &mut image.files.fds {
+        if let FdKind::UnixStream {
+            socket,
+            peer,
+            flags,
+            data,
+        } = &mut fd.kind
+        {
+            let messages = if data.is_empty() {
+                Vec::new()
+            } else {
+                vec![std::mem::take(data)]
+            };
+            fd.kind = FdKind::UnixPair {
+                socket: *socket,
+                peer: *peer,
+                kind: SocketKind::Stream,
+                flags: *flags,
+                pass_credentials: false,
+                send_buffer: 0,
+                messages,
+            };
+        }
+    }
 }
 
 /// The header of `pages.img`. The page data follows at [`PAGES_HEADER_LEN`].
@@ -459,6 +493,70 @@ mod tests {
             }),
             10
         );
+        assert_eq!(
+            tag(&FdKind::UnixStream {
+                socket: 1,
+                peer: 2,
+                flags: 0,
+                data: Vec::new()
+            }),
+            11
+        );
+        assert_eq!(
+            tag(&FdKind::UnixPair {
+                socket: 1,
+                peer: 2,
+                kind: crate::model::SocketKind::Datagram,
+                flags: 0,
+                pass_credentials: false,
+                send_buffer: 212992,
+                messages: Vec::new()
+            }),
+            12
+        );
+    }
+
+    #[test]
+    fn stream_pairs_of_1_2_images_load_as_unix_pairs() {
+        use crate::model::{Fd, FdKind, SocketKind};
+        let mut image = sample_image();
+        let end = |number, socket, peer, data: &[u8]| Fd {
+            number,
+            cloexec: false,
+            dup_of: None,
+            kind: FdKind::UnixStream {
+                socket,
+                peer,
+                flags: 2,
+                data: data.to_vec(),
+            },
+        };
+        image.files.fds.push(end(5, 10, 11, b"queued"));
+        image.files.fds.push(end(6, 11, 10, b""));
+        let mut bytes = encode_core(&image).unwrap();
+        bytes[10..12].copy_from_slice(&2u16.to_le_bytes());
+        let body = bytes.len() - 8;
+        let sum = xxh3_64(&bytes[..body]);
+        bytes[body..].copy_from_slice(&sum.to_le_bytes());
+        let back = decode_core(&bytes).unwrap();
+        let n = back.files.fds.len();
+        assert_eq!(
+            back.files.fds[n - 2].kind,
+            FdKind::UnixPair {
+                socket: 10,
+                peer: 11,
+                kind: SocketKind::Stream,
+                flags: 2,
+                pass_credentials: false,
+                send_buffer: 0,
+                messages: vec![b"queued".to_vec()],
+            }
+        );
+        assert!(matches!(
+            &back.files.fds[n - 1].kind,
+            FdKind::UnixPair { messages, .. } if messages.is_empty()
+        ));
+        crate::validate(&back).unwrap();
     }
 
     #[test]
@@ -476,7 +574,7 @@ mod tests {
         let err = decode_core(&bytes).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "core.img: image format 2.2 is not supported (this ferry reads 1.0 to 1.2)"
+            "core.img: image format 2.3 is not supported (this ferry reads 1.0 to 1.3)"
         );
         let mut bytes = encode_core(&sample_image()).unwrap();
         bytes[10..12].copy_from_slice(&(FORMAT_MINOR + 1).to_le_bytes());

@@ -473,8 +473,9 @@ pub enum FdKind {
         /// The file's bytes; its size is their length.
         data: Vec<u8>,
     },
-    /// One end of a connected pair of unix stream sockets (`socketpair`) whose other end the
-    /// process holds too. Restore makes one pair per two ends and puts each at its fds.
+    /// One end of a connected pair of unix stream sockets, as images of format 1.1 and 1.2
+    /// hold it. The reader turns it into a [`FdKind::UnixPair`] of [`SocketKind::Stream`]:
+    /// no loaded image holds one.
     UnixStream {
         /// The socket's inode number on the old host.
         socket: u64,
@@ -485,6 +486,89 @@ pub enum FdKind {
         /// The bytes waiting to be read at this end, in order (at most [`MAX_CARRIED_BYTES`]).
         data: Vec<u8>,
     },
+    /// One end of a connected pair of unix sockets (`socketpair`) — stream, datagram or
+    /// seqpacket — whose other end the process holds too. Restore makes one pair per two ends,
+    /// writes each end's queued messages into it from the other end, and puts each at its fds.
+    UnixPair {
+        /// The socket's inode number on the old host.
+        socket: u64,
+        /// The inode number of the other end (an end of this image).
+        peer: u64,
+        kind: SocketKind,
+        /// `O_*` status flags (`O_RDWR`, `O_NONBLOCK`), without `O_CLOEXEC`.
+        flags: i32,
+        /// `SO_PASSCRED`: the socket asks for its senders' credentials.
+        pass_credentials: bool,
+        /// `SO_SNDBUF` as the kernel reports it (twice what was asked for): what the socket
+        /// may have in flight towards its peer; 0: not recorded (left as the kernel makes it).
+        send_buffer: u32,
+        /// What waits to be read at this end, in order: each datagram or seqpacket record with
+        /// its boundaries; a stream's bytes as one message. At most [`MAX_CARRIED_BYTES`] in
+        /// all.
+        messages: Vec<Vec<u8>>,
+    },
+    /// A FIFO (named pipe) reopened by its path, every holder of which is this process. Restore
+    /// reopens it without blocking, writes the bytes that were in flight once (with the first
+    /// end of it that comes up), then gives each fd its flags back.
+    Fifo {
+        path: String,
+        /// `O_*` status and access flags, without `O_CLOEXEC`.
+        flags: i32,
+        /// The FIFO's capacity in bytes (`F_GETPIPE_SZ`).
+        capacity: u32,
+        /// The bytes in flight, in order; carried by one end only.
+        data: Vec<u8>,
+    },
+    /// A file of `/proc` (a file or directory, e.g. `/proc/self/status`, `/proc/meminfo`):
+    /// `/proc` files have no identity across hosts or boots, so restore opens the same name
+    /// in the new host's `/proc`, the process's own files under its new pid.
+    ProcFile {
+        /// Path below `/proc/`; a file of the process itself starts with `self/`.
+        path: String,
+        directory: bool,
+        flags: i32,
+        pos: u64,
+    },
+}
+
+/// The type of a unix socket pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SocketKind {
+    /// `SOCK_STREAM`: bytes.
+    Stream,
+    /// `SOCK_DGRAM`: datagrams, boundaries kept.
+    Datagram,
+    /// `SOCK_SEQPACKET`: records, boundaries kept.
+    SeqPacket,
+}
+
+impl SocketKind {
+    /// Its `SOCK_*` number.
+    pub fn number(self) -> i32 {
+        match self {
+            SocketKind::Stream => 1,
+            SocketKind::Datagram => 2,
+            SocketKind::SeqPacket => 5,
+        }
+    }
+
+    /// Its kind from a `SOCK_*` number.
+    pub fn from_number(n: i32) -> Option<SocketKind> {
+        match n {
+            1 => Some(SocketKind::Stream),
+            2 => Some(SocketKind::Datagram),
+            5 => Some(SocketKind::SeqPacket),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SocketKind::Stream => "stream",
+            SocketKind::Datagram => "datagram",
+            SocketKind::SeqPacket => "seqpacket",
+        }
+    }
 }
 
 /// Largest memfd or deleted file whose contents an image carries.
@@ -513,7 +597,8 @@ impl FdKind {
         match self {
             FdKind::Regular { path, .. }
             | FdKind::Directory { path, .. }
-            | FdKind::CharDevice { path, .. } => path,
+            | FdKind::CharDevice { path, .. }
+            | FdKind::Fifo { path, .. } => path,
             _ => "",
         }
     }
@@ -531,7 +616,10 @@ impl FdKind {
             | FdKind::Epoll { flags, .. }
             | FdKind::MemFd { flags, .. }
             | FdKind::DeletedFile { flags, .. }
-            | FdKind::UnixStream { flags, .. } => *flags,
+            | FdKind::UnixStream { flags, .. }
+            | FdKind::UnixPair { flags, .. }
+            | FdKind::Fifo { flags, .. }
+            | FdKind::ProcFile { flags, .. } => *flags,
             FdKind::Link { .. } => O_RDWR,
         }
     }

@@ -473,14 +473,63 @@ fn check_kernel_object(
                 data.len()
             );
         }
-        FdKind::UnixStream {
-            socket, peer, data, ..
+        FdKind::UnixStream { .. } => {
+            // The reader turns these into `UnixPair`s; a loaded image holds none.
+            return Err(ValidationError(format!(
+                "fd {n}: a socket pair in the form of format 1.2"
+            )));
+        }
+        FdKind::UnixPair {
+            socket,
+            peer,
+            kind,
+            messages,
+            ..
         } => {
             ensure!(socket != peer, "fd {n}: a socket paired with itself");
+            let bytes: usize = messages.iter().map(Vec::len).sum();
             ensure!(
-                data.len() <= MAX_CARRIED_BYTES,
-                "fd {n}: {} bytes queued in a socket (at most {MAX_CARRIED_BYTES})",
+                bytes <= MAX_CARRIED_BYTES,
+                "fd {n}: {bytes} bytes queued in a socket (at most {MAX_CARRIED_BYTES})"
+            );
+            ensure!(
+                *kind != SocketKind::Stream
+                    || (messages.len() <= 1 && messages.iter().all(|m| !m.is_empty())),
+                "fd {n}: a stream socket's bytes as {} messages",
+                messages.len()
+            );
+        }
+        FdKind::Fifo {
+            path,
+            flags,
+            capacity,
+            data,
+        } => {
+            check_path(&format!("fd {n}"), path)?;
+            ensure!(
+                (4096..=MAX_PIPE_CAPACITY).contains(capacity),
+                "fd {n}: FIFO capacity of {capacity} bytes"
+            );
+            ensure!(
+                data.len() as u64 <= u64::from(*capacity),
+                "fd {n}: {} bytes in a FIFO of {capacity}",
                 data.len()
+            );
+            ensure!(
+                data.is_empty() || flags & 0o3 != 0o1, // O_ACCMODE, O_WRONLY
+                "fd {n}: data carried on a FIFO's write-only end"
+            );
+        }
+        FdKind::ProcFile { path, .. } => {
+            ensure!(
+                !path.is_empty()
+                    && !path.starts_with('/')
+                    && !path.contains('\0')
+                    && path.len() < 4096
+                    && path
+                        .split('/')
+                        .all(|c| !c.is_empty() && c != "." && c != ".."),
+                "fd {n}: /proc path {path:?}"
             );
         }
         FdKind::Regular { .. }
@@ -494,19 +543,23 @@ fn check_kernel_object(
 /// Every unix socket pair end names a peer that is another end of the image naming it back,
 /// and each socket is one primary fd.
 fn check_socket_pairs(f: &Files) -> Result<(), ValidationError> {
-    let mut ends: HashMap<u64, (i32, u64)> = HashMap::new();
+    let mut ends: HashMap<u64, (i32, u64, SocketKind)> = HashMap::new();
     for fd in f.fds.iter().filter(|fd| fd.dup_of.is_none()) {
-        if let FdKind::UnixStream { socket, peer, .. } = &fd.kind {
+        if let FdKind::UnixPair {
+            socket, peer, kind, ..
+        } = &fd.kind
+        {
             ensure!(
-                ends.insert(*socket, (fd.number, *peer)).is_none(),
+                ends.insert(*socket, (fd.number, *peer, *kind)).is_none(),
                 "fd {}: socket {socket} is held by two fds that are not duplicates",
                 fd.number
             );
         }
     }
-    for (socket, &(n, peer)) in &ends {
+    for (socket, &(n, peer, kind)) in &ends {
         ensure!(
-            ends.get(&peer).is_some_and(|&(_, back)| back == *socket),
+            ends.get(&peer)
+                .is_some_and(|&(_, back, k)| back == *socket && k == kind),
             "fd {n}: its socket's peer {peer} is not an end of this image paired with it"
         );
     }
@@ -1019,11 +1072,18 @@ mod tests {
         let end = |number, socket, peer, data: &[u8]| Fd {
             number,
             cloexec: true,
-            kind: FdKind::UnixStream {
+            kind: FdKind::UnixPair {
                 socket,
                 peer,
+                kind: SocketKind::Stream,
                 flags: 0o4002,
-                data: data.to_vec(),
+                pass_credentials: false,
+                send_buffer: 212992,
+                messages: if data.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![data.to_vec()]
+                },
             },
             dup_of: None,
         };
@@ -1048,6 +1108,84 @@ mod tests {
         assert!(bad(&|i| i.files.fds.push(end(7, 103, 103, b""))).contains("paired with itself"));
         let big = vec![0u8; MAX_CARRIED_BYTES + 1];
         assert!(bad(&|i| i.files.fds[3] = end(4, 100, 101, &big)).contains("queued in a socket"));
+        // A stream's bytes are one message; the two ends are of one type.
+        let set = |i: &mut ProcessImage, n: usize, k: SocketKind, m: Vec<Vec<u8>>| {
+            if let FdKind::UnixPair { kind, messages, .. } = &mut i.files.fds[n].kind {
+                *kind = k;
+                *messages = m;
+            }
+        };
+        let two = vec![b"a".to_vec(), b"b".to_vec()];
+        assert!(bad(&|i| set(i, 3, SocketKind::Stream, two.clone())).contains("as 2 messages"));
+        assert!(bad(&|i| set(i, 3, SocketKind::Datagram, two.clone())).contains("peer"));
+        let mut dgram = ok.clone();
+        for n in 3..=5 {
+            set(&mut dgram, n, SocketKind::Datagram, Vec::new());
+        }
+        set(
+            &mut dgram,
+            3,
+            SocketKind::Datagram,
+            vec![Vec::new(), b"x".to_vec()],
+        );
+        validate(&dgram).unwrap();
+        // The old form never reaches validation.
+        assert!(
+            bad(&|i| i.files.fds[3].kind = FdKind::UnixStream {
+                socket: 100,
+                peer: 101,
+                flags: 2,
+                data: Vec::new()
+            })
+            .contains("format 1.2")
+        );
+    }
+
+    #[test]
+    fn fifos_and_proc_files() {
+        let mut ok = sample_image();
+        let fd = |number, kind| Fd {
+            number,
+            cloexec: false,
+            kind,
+            dup_of: None,
+        };
+        let fifo = |flags, data: &[u8]| FdKind::Fifo {
+            path: "/tmp/f".into(),
+            flags,
+            capacity: 65536,
+            data: data.to_vec(),
+        };
+        let proc_file = |path: &str| FdKind::ProcFile {
+            path: path.into(),
+            directory: false,
+            flags: 0,
+            pos: 0,
+        };
+        ok.files.fds.push(fd(4, fifo(0, b"in flight")));
+        ok.files.fds.push(fd(5, proc_file("self/status")));
+        validate(&ok).unwrap();
+        let bad = |n: usize, kind: FdKind| {
+            let mut i = ok.clone();
+            i.files.fds[n].kind = kind;
+            validate(&i).unwrap_err().to_string()
+        };
+        assert!(bad(3, fifo(1, b"x")).contains("write-only end"));
+        assert!(
+            bad(
+                3,
+                FdKind::Fifo {
+                    path: "/tmp/f".into(),
+                    flags: 0,
+                    capacity: 4096,
+                    data: vec![0; 4097]
+                }
+            )
+            .contains("bytes in a FIFO")
+        );
+        for p in ["", "/etc/passwd", "self/../../etc", "self//x", "./x"] {
+            assert!(bad(4, proc_file(p)).contains("/proc path"), "{p}");
+        }
     }
 
     fn with_thread(tid: i32) -> ProcessImage {

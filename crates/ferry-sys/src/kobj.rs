@@ -9,8 +9,9 @@
 //! - [`epoll_watches_file`]: whether an epoll registration is of the file at an fd
 //!   (`kcmp(KCMP_EPOLL_TFD)`).
 //! - [`peek_unix_stream`]: the bytes queued in a unix stream socket, left where they are
-//!   (`MSG_PEEK`).
-//! - [`holders`]: which of a process's pipes, sockets, memfds and deleted files other
+//!   (`MSG_PEEK`); [`peek_unix_messages`]: the messages queued in a unix datagram or
+//!   seqpacket socket, boundaries kept (`MSG_PEEK` at a peek offset).
+//! - [`holders`]: which of a process's pipes, FIFOs, sockets, memfds and deleted files other
 //!   processes hold too.
 
 use std::fs;
@@ -145,34 +146,9 @@ pub fn peek_unix_stream(sock: &impl AsFd, pid: Pid, len: usize) -> Result<Stream
             ancillary: false,
         });
     }
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: len,
-    };
-    // SAFETY: msghdr is plain old data; all-zero is a valid value (no name, no control).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    let got = loop {
-        // SAFETY: `msg` points to one iovec over `data`, which outlives the call; there is no
-        // control buffer, so the kernel installs no fd in ferry.
-        let r = unsafe {
-            libc::recvmsg(
-                sock.as_fd().as_raw_fd(),
-                &mut msg,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        if r >= 0 {
-            break r as usize;
-        }
-        match Errno::last() {
-            Errno::EINTR => continue,
-            Errno::EAGAIN => break 0,
-            e => return Err(SysError::syscall("recvmsg(MSG_PEEK)", pid, e)),
-        }
-    };
-    let ancillary = msg.msg_flags & libc::MSG_CTRUNC != 0;
+    // A stream peek walks every queued buffer, stopping at one that carries fds.
+    let (got, flags) = recv_once(sock, pid, &mut data, libc::MSG_PEEK)?.unwrap_or((0, 0));
+    let ancillary = flags & libc::MSG_CTRUNC != 0;
     if got != len && !ancillary {
         return Err(SysError::UnexpectedStop {
             pid: pid.as_raw(),
@@ -181,6 +157,233 @@ pub fn peek_unix_stream(sock: &impl AsFd, pid: Pid, len: usize) -> Result<Stream
     }
     data.truncate(got);
     Ok(StreamQueue { data, ancillary })
+}
+
+/// What a unix datagram or seqpacket socket holds for its reader, read without consuming it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageQueue {
+    /// Each message, in order, boundaries kept.
+    pub messages: Vec<Vec<u8>>,
+    /// The next message carries file descriptors (`SCM_RIGHTS`) or credentials: the queue
+    /// cannot be carried as bytes (`messages` stops before it).
+    pub ancillary: bool,
+    /// More than the budget waits (`messages` stops before the message that would exceed it).
+    pub over_budget: bool,
+}
+
+/// The messages waiting in the unix datagram or seqpacket socket behind `sock` (ferry's copy
+/// of a process's socket), in order, without consuming them: at most `budget` bytes in all.
+/// Each is peeked at the socket's peek offset (`SO_PEEK_OFF`, set to 0 for the walk and
+/// switched off after), first with no room to learn its length (`MSG_TRUNC`), then whole. The
+/// process must be frozen and nobody may write to its peer meanwhile. Refuses a socket whose
+/// peek offset is on already.
+fn peek_unix_messages(sock: &impl AsFd, pid: Pid, budget: usize) -> Result<MessageQueue> {
+    if socket_option(sock, pid, libc::SOL_SOCKET, libc::SO_PEEK_OFF)? >= 0 {
+        return Err(SysError::UnexpectedStop {
+            pid: pid.as_raw(),
+            detail: "the socket uses a peek offset (SO_PEEK_OFF), which peeking would move".into(),
+        });
+    }
+    set_socket_option(sock, pid, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+    let walked = walk_messages(sock, pid, budget);
+    let off = set_socket_option(sock, pid, libc::SOL_SOCKET, libc::SO_PEEK_OFF, -1);
+    let queue = walked?;
+    off.map(|()| queue)
+}
+
+/// The messages waiting in the unix datagram or seqpacket socket behind `sock`, exactly: as
+/// [`peek_unix_messages`] sees them first (nothing taken if it finds fds, credentials or more
+/// than `budget` bytes), then taken out one by one and sent back, in order, from `peer`
+/// (ferry's copy of the other end of the pair, so that the same socket is charged for them).
+/// A walk at a peek offset cannot see a zero-length message that was peeked before (the
+/// kernel then passes over it); taking the queue out can. The process must be frozen and hold
+/// both ends. Between the two steps the messages exist only in ferry (microseconds).
+pub fn read_unix_messages(
+    sock: &impl AsFd,
+    peer: &impl AsFd,
+    pid: Pid,
+    budget: usize,
+) -> Result<MessageQueue> {
+    let seen = peek_unix_messages(sock, pid, budget)?;
+    if seen.ancillary || seen.over_budget {
+        return Ok(seen);
+    }
+    let mut taken: Vec<Vec<u8>> = Vec::with_capacity(seen.messages.len());
+    let mut stopped = None;
+    let mut total = 0usize;
+    // The peek offset is off again: a peek sees the head, whatever was peeked before.
+    while let Some((len, flags)) = recv_once(sock, pid, &mut [], libc::MSG_PEEK | libc::MSG_TRUNC)?
+    {
+        if flags & libc::MSG_CTRUNC != 0 || total + len > budget {
+            stopped = Some(
+                "a message the walk could not see carries fds or credentials, or exceeds the budget",
+            );
+            break;
+        }
+        let mut data = vec![0u8; len];
+        // Taken for real now (no control buffer: the peek showed it carries nothing).
+        let (got, f) =
+            recv_once(sock, pid, &mut data, 0)?.ok_or_else(|| SysError::UnexpectedStop {
+                pid: pid.as_raw(),
+                detail: "a socket's peeked message was gone".into(),
+            })?;
+        if got != len || f & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+            stopped = Some("a message changed between its peek and its read");
+            taken.push(data);
+            break;
+        }
+        total += len;
+        taken.push(data);
+    }
+    for m in &taken {
+        send_message(peer, pid, m)?;
+    }
+    match stopped {
+        Some(why) => Err(SysError::UnexpectedStop {
+            pid: pid.as_raw(),
+            detail: format!(
+                "reading a socket's queue: {why}; the {} messages read were put back at its end",
+                taken.len()
+            ),
+        }),
+        None => Ok(MessageQueue {
+            messages: taken,
+            ancillary: false,
+            over_budget: false,
+        }),
+    }
+}
+
+/// Sends `data` as one message on `sock`, never blocking.
+fn send_message(sock: &impl AsFd, pid: Pid, data: &[u8]) -> Result<()> {
+    loop {
+        // SAFETY: `data` is valid for reads of its length for the duration of the call; no
+        // address is given (the socket is connected).
+        let r = unsafe {
+            libc::send(
+                sock.as_fd().as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if r >= 0 && r as usize == data.len() {
+            return Ok(());
+        }
+        if r >= 0 {
+            return Err(SysError::UnexpectedStop {
+                pid: pid.as_raw(),
+                detail: format!("a message of {} bytes was sent as {r}", data.len()),
+            });
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            e => return Err(SysError::syscall("send", pid, e)),
+        }
+    }
+}
+
+fn walk_messages(sock: &impl AsFd, pid: Pid, budget: usize) -> Result<MessageQueue> {
+    let mut queue = MessageQueue {
+        messages: Vec::new(),
+        ancillary: false,
+        over_budget: false,
+    };
+    let mut total = 0usize;
+    loop {
+        // The next message's length: nothing is copied, so the offset does not move (a
+        // zero-length message is marked peeked, and the walk passes it next time).
+        let (len, flags) = match recv_once(sock, pid, &mut [], libc::MSG_PEEK | libc::MSG_TRUNC)? {
+            Some(r) => r,
+            None => return Ok(queue),
+        };
+        if flags & libc::MSG_CTRUNC != 0 {
+            queue.ancillary = true;
+            return Ok(queue);
+        }
+        if total + len > budget {
+            queue.over_budget = true;
+            return Ok(queue);
+        }
+        let mut data = vec![0u8; len];
+        if len > 0 {
+            match recv_once(sock, pid, &mut data, libc::MSG_PEEK)? {
+                Some((got, f)) if got == len && f & (libc::MSG_TRUNC | libc::MSG_CTRUNC) == 0 => {}
+                other => {
+                    return Err(SysError::UnexpectedStop {
+                        pid: pid.as_raw(),
+                        detail: format!(
+                            "a socket's message of {len} bytes read back as {other:?} (length, flags)"
+                        ),
+                    });
+                }
+            }
+        }
+        total += len;
+        queue.messages.push(data);
+    }
+}
+
+/// One `recvmsg(MSG_DONTWAIT | flags)` into `buf`, with no control buffer (so no fd is ever
+/// installed in ferry): the length the kernel returned and the message flags, or `None` when
+/// nothing waits.
+fn recv_once(
+    sock: &impl AsFd,
+    pid: Pid,
+    buf: &mut [u8],
+    flags: i32,
+) -> Result<Option<(usize, i32)>> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is a valid value (no name, no control).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    loop {
+        // SAFETY: `msg` points to one iovec over `buf`, which outlives the call; there is no
+        // control buffer, so the kernel installs no fd in ferry.
+        let r = unsafe {
+            libc::recvmsg(
+                sock.as_fd().as_raw_fd(),
+                &mut msg,
+                libc::MSG_DONTWAIT | flags,
+            )
+        };
+        if r >= 0 {
+            return Ok(Some((r as usize, msg.msg_flags)));
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            Errno::EAGAIN => return Ok(None),
+            e => return Err(SysError::syscall("recvmsg", pid, e)),
+        }
+    }
+}
+
+/// Sets an integer socket option of the socket behind `sock`.
+pub fn set_socket_option(
+    sock: &impl AsFd,
+    pid: Pid,
+    level: i32,
+    name: i32,
+    value: i32,
+) -> Result<()> {
+    // SAFETY: `value` is a valid int for the duration of the call, its size passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_fd().as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(SysError::syscall("setsockopt", pid, Errno::last()));
+    }
+    Ok(())
 }
 
 /// An integer socket option of the socket behind `sock`.
@@ -252,6 +455,8 @@ pub enum Shared {
     File { dev: u64, inode: u64 },
     /// A socket, by inode number (`socket:[N]`).
     Socket(u64),
+    /// A FIFO (an fd whose target is a path naming a FIFO), by device and inode number.
+    Fifo { dev: u64, inode: u64 },
 }
 
 /// Which of `objects` a process other than `except` holds an fd on (by `/proc/*/fd`): each
@@ -265,6 +470,8 @@ pub fn holders(objects: &[Shared], except: Pid) -> Vec<(Shared, Pid, String)> {
     let Ok(procs) = fs::read_dir("/proc") else {
         return found;
     };
+    // Only when a FIFO is asked for is every path an fd names examined.
+    let fifos = objects.iter().any(|o| matches!(o, Shared::Fifo { .. }));
     for entry in procs.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -303,6 +510,14 @@ pub fn holders(objects: &[Shared], except: Pid) -> Vec<(Shared, Pid, String)> {
                         inode: m.ino(),
                     }
                 })
+            } else if fifos && target.starts_with(b"/") {
+                fs::metadata(fd.path()).ok().and_then(|m| {
+                    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+                    m.file_type().is_fifo().then(|| Shared::Fifo {
+                        dev: m.dev(),
+                        inode: m.ino(),
+                    })
+                })
             } else {
                 None
             };
@@ -336,6 +551,45 @@ mod tests {
         assert_eq!(&buf[..n], b"first second");
         assert_eq!(peek_pipe(&r, me).unwrap(), b"");
         assert_eq!(pipe_capacity(&r, me).unwrap(), 65536);
+    }
+
+    #[test]
+    fn peeking_datagrams_keeps_boundaries_and_leaves_them() {
+        use std::os::unix::net::UnixDatagram;
+        let me = nix::unistd::getpid();
+        let (a, b) = UnixDatagram::pair().unwrap();
+        for m in [&b"one"[..], b"", b"three", b""] {
+            a.send(m).unwrap();
+        }
+        let q = peek_unix_messages(&b, me, 1 << 20).unwrap();
+        assert_eq!(
+            q.messages,
+            vec![b"one".to_vec(), Vec::new(), b"three".to_vec(), Vec::new()]
+        );
+        assert!(!q.ancillary && !q.over_budget);
+        // Left in place, and the peek offset off again.
+        assert_eq!(
+            socket_option(&b, me, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap(),
+            -1
+        );
+        // A second walk passes over the zero-length messages the first one peeked (the
+        // kernel's rule): taking the queue out and putting it back sees them all.
+        let q2 = peek_unix_messages(&b, me, 1 << 20).unwrap();
+        assert_eq!(q2.messages.len(), 2);
+        let q3 = read_unix_messages(&b, &a, me, 1 << 20).unwrap();
+        assert_eq!(q3.messages, q.messages);
+        let q4 = read_unix_messages(&b, &a, me, 1 << 20).unwrap();
+        assert_eq!(q4.messages, q.messages);
+        let mut buf = [0u8; 16];
+        for want in [&b"one"[..], b"", b"three", b""] {
+            let n = b.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], want);
+        }
+        // A budget stops the walk before the message that exceeds it.
+        a.send(b"12345").unwrap();
+        let q5 = read_unix_messages(&b, &a, me, 4).unwrap();
+        assert!(q5.messages.is_empty() && q5.over_budget);
+        assert_eq!(b.recv(&mut buf).unwrap(), 5);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use ferry_checkpoint::LoadedImage;
-use ferry_image::{Backing, FdKind, PAGE_SIZE, ProcessImage, Registers, Vma};
+use ferry_image::{Backing, FdKind, PAGE_SIZE, ProcessImage, Registers, SocketKind, Vma};
 use serde_json::{Value, json};
 
 use crate::units::bytes;
@@ -78,15 +78,18 @@ fn fd_kind(k: &FdKind) -> &'static str {
         FdKind::Epoll { .. } => "epoll",
         FdKind::MemFd { .. } => "memfd",
         FdKind::DeletedFile { .. } => "deleted",
-        FdKind::UnixStream { .. } => "socket",
+        FdKind::UnixStream { .. } | FdKind::UnixPair { .. } => "socket",
+        FdKind::Fifo { .. } => "fifo",
+        FdKind::ProcFile { .. } => "proc",
     }
 }
 
 fn fd_pos(k: &FdKind) -> Option<u64> {
     match k {
-        FdKind::Regular { pos, .. } | FdKind::Directory { pos, .. } | FdKind::MemFd { pos, .. } => {
-            Some(*pos)
-        }
+        FdKind::Regular { pos, .. }
+        | FdKind::Directory { pos, .. }
+        | FdKind::MemFd { pos, .. }
+        | FdKind::ProcFile { pos, .. } => Some(*pos),
         _ => None,
     }
 }
@@ -140,6 +143,37 @@ fn fd_target(k: &FdKind) -> String {
             "unix stream socket:[{socket}] paired with socket:[{peer}], {} bytes to read",
             data.len()
         ),
+        FdKind::UnixPair {
+            socket,
+            peer,
+            kind,
+            pass_credentials,
+            messages,
+            ..
+        } => {
+            let bytes: usize = messages.iter().map(Vec::len).sum();
+            let queued = match kind {
+                SocketKind::Stream => format!("{bytes} bytes to read"),
+                _ => format!("{} messages ({bytes} bytes) to read", messages.len()),
+            };
+            let cred = if *pass_credentials {
+                ", SO_PASSCRED"
+            } else {
+                ""
+            };
+            format!(
+                "unix {} socket:[{socket}] paired with socket:[{peer}], {queued}{cred}",
+                kind.name()
+            )
+        }
+        FdKind::Fifo { path, data, .. } => {
+            if data.is_empty() {
+                format!("{path} (FIFO)")
+            } else {
+                format!("{path} (FIFO), {} bytes in flight", data.len())
+            }
+        }
+        FdKind::ProcFile { path, .. } => format!("/proc/{path}"),
         other => other.path().to_string(),
     }
 }

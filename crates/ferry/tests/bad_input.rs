@@ -481,11 +481,14 @@ fn restore_hand_crafted_image_with_a_valid_checksum() {
         m.files.fds.push(ferry_image::Fd {
             number: 9,
             cloexec: false,
-            kind: ferry_image::FdKind::UnixStream {
+            kind: ferry_image::FdKind::UnixPair {
                 socket: 7,
                 peer: 8,
+                kind: ferry_image::SocketKind::Datagram,
                 flags: 2,
-                data: Vec::new(),
+                pass_credentials: false,
+                send_buffer: 0,
+                messages: vec![b"queued".to_vec()],
             },
             dup_of: None,
         })
@@ -497,4 +500,20 @@ fn restore_hand_crafted_image_with_a_valid_checksum() {
         &image,
         "is not an end of this image",
     );
+    // A /proc file whose path climbs out of /proc.
+    fs::write(image.join("core.img"), &original).expect("restoring core.img");
+    craft(&image, |m| {
+        m.files.fds.push(ferry_image::Fd {
+            number: 9,
+            cloexec: false,
+            kind: ferry_image::FdKind::ProcFile {
+                path: "self/../../etc/shadow".into(),
+                directory: false,
+                flags: 0,
+                pos: 0,
+            },
+            dup_of: None,
+        })
+    });
+    assert_refused_image(&scratch, "ferry-crafted", &exe, &image, "/proc path");
 }

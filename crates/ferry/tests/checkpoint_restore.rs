@@ -225,6 +225,21 @@ fn event_loop_objects() {
     .run();
 }
 
+/// Datagram and seqpacket socket pairs with 50 messages each in flight (empty ones among
+/// them), a FIFO with 4000 bytes in flight, socket options, and /proc files of the process
+/// itself (`workloads/c/channels.c`): the restored copy reads every message with its
+/// boundaries, and its /proc files name its new pid.
+#[test]
+fn channels_and_proc_files() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new("channels", c_workload("channels"), Marker::Text("ready\n"))
+        .settle(ms(100))
+        .wake(Signal::SIGUSR1)
+        .run();
+}
+
 // --- threads ---------------------------------------------------------------------------------------
 
 /// A thread pool fed by an epoll loop: 11 threads caught in a condition variable wait, a

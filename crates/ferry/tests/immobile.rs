@@ -146,6 +146,88 @@ os.waitpid(child, 0)
 print('done', flush=True)
 ";
 
+/// Runs python3 PROGRAM (which prints "ready", then "done" seconds later), requires ferry to
+/// refuse it with CAUSE, and the program to finish untouched.
+fn refused_python(label: &str, program: &str, cause: &str) {
+    let scratch = Scratch::new(&format!("immobile-{label}"));
+    let dir = scratch.subdir("run");
+    let mut proc = Launch::new(label, python3(), &dir)
+        .args(["-c", program])
+        .cwd(&dir)
+        .spawn();
+    wait_for_text(&mut proc, "ready\n");
+    let run = assert_refused(&scratch, &mut proc, &[cause]);
+    assert_finishes(&mut proc, b"ready\ndone\n", &run);
+}
+
+/// A datagram socket pair with a file descriptor in flight (`SCM_RIGHTS`): the queue cannot
+/// be carried as bytes.
+const PY_DGRAM_WITH_FD: &str = "\
+import os, socket, time
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+a.send(b'first')
+socket.send_fds(a, [b'with an fd'], [0])
+print('ready', flush=True)
+time.sleep(3)
+assert b.recv(64) == b'first'
+msg, fds, _, _ = socket.recv_fds(b, 64, 1)
+assert msg == b'with an fd' and len(fds) == 1
+print('done', flush=True)
+";
+
+/// A FIFO whose write end a child process holds.
+const PY_SHARED_FIFO: &str = "\
+import os, time
+os.mkfifo('shared.fifo')
+r = os.open('shared.fifo', os.O_RDONLY | os.O_NONBLOCK)
+child = os.fork()
+if child == 0:
+    w = os.open('shared.fifo', os.O_WRONLY)
+    time.sleep(4)
+    os._exit(0)
+time.sleep(0.5)
+print('ready', flush=True)
+time.sleep(3)
+os.waitpid(child, 0)
+os.unlink('shared.fifo')
+print('done', flush=True)
+";
+
+/// A /proc file of another process (its parent's status).
+const PY_OTHERS_PROC_FILE: &str = "\
+import os, time
+f = open('/proc/%d/status' % os.getppid())
+print('ready', flush=True)
+time.sleep(3)
+print('done', flush=True)
+";
+
+#[test]
+fn channel_shared_or_carrying_fds() {
+    if !needs_root() {
+        return;
+    }
+    for (label, program, cause) in [
+        (
+            "py-dgram-fd",
+            PY_DGRAM_WITH_FD,
+            "file descriptors or credentials in flight",
+        ),
+        (
+            "py-shared-fifo",
+            PY_SHARED_FIFO,
+            "is a fifo shared with pid",
+        ),
+        (
+            "py-others-proc",
+            PY_OTHERS_PROC_FILE,
+            "is a /proc file of process",
+        ),
+    ] {
+        refused_python(label, program, cause);
+    }
+}
+
 #[test]
 fn socket_fd() {
     if !needs_root() {
@@ -163,15 +245,7 @@ fn socket_fd() {
             "is a socket shared with pid",
         ),
     ] {
-        let scratch = Scratch::new(&format!("immobile-{label}"));
-        let dir = scratch.subdir("run");
-        let mut proc = Launch::new(label, python3(), &dir)
-            .args(["-c", program])
-            .cwd(&dir)
-            .spawn();
-        wait_for_text(&mut proc, "ready\n");
-        let run = assert_refused(&scratch, &mut proc, &[cause]);
-        assert_finishes(&mut proc, b"ready\ndone\n", &run);
+        refused_python(label, program, cause);
     }
 }
 
@@ -250,15 +324,7 @@ fn kernel_objects_restore_cannot_rebuild() {
             "two separate openings of one file without a name",
         ),
     ] {
-        let scratch = Scratch::new(&format!("immobile-{label}"));
-        let dir = scratch.subdir("run");
-        let mut proc = Launch::new(label, python3(), &dir)
-            .args(["-c", script])
-            .cwd(&dir)
-            .spawn();
-        wait_for_text(&mut proc, "ready\n");
-        let run = assert_refused(&scratch, &mut proc, &[cause]);
-        assert_finishes(&mut proc, b"ready\ndone\n", &run);
+        refused_python(label, script, cause);
     }
 }
 

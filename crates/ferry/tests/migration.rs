@@ -123,6 +123,24 @@ fn event_loop_with_every_algorithm() {
     );
 }
 
+/// Datagram and seqpacket socket pairs, a FIFO with data in flight and /proc files
+/// (`workloads/c/channels.c`), moved mid-run with each algorithm.
+#[test]
+fn channels_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    with_every_algorithm(
+        Scenario::new(
+            "mig-channels",
+            c_workload("channels"),
+            Marker::Text("ready\n"),
+        )
+        .settle(ms(100))
+        .wake(Signal::SIGUSR1),
+    );
+}
+
 /// A thread pool fed by an epoll loop (`workloads/c/thread_pool.c`: 8 workers on a mutex and
 /// condition variable, a thread in `sigwaitinfo` with its own alternate stack, a sleeper in
 /// `clock_nanosleep`; 11 threads), moved mid-run with each algorithm. The workload checks

@@ -1,22 +1,26 @@
-//! Kernel objects of an image created anew in the vessel: pipes and unix socket pairs (with
-//! the bytes that were in flight), eventfd, timerfd, signalfd, memfd (with its contents and seals), deleted files
-//! (unnamed `O_TMPFILE` files in their old directory, with their contents) and epoll
-//! instances (registrations added once every fd is in place). Their state was read by
-//! `crate::objects` at capture.
+//! Kernel objects of an image created anew in the vessel: pipes, FIFOs (reopened by path) and
+//! unix socket pairs (with the bytes or messages that were in flight), eventfd, timerfd,
+//! signalfd, memfd (with its contents and seals), deleted files (unnamed `O_TMPFILE` files in
+//! their old directory, with their contents) and epoll instances (registrations added once
+//! every fd is in place). Their state was read by `crate::objects` at capture.
 
 use super::*;
 
-/// A pipe or socket already made (by the first of its fds that came up).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A pipe, socket or FIFO already made or opened (by the first of its fds that came up).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) enum Made {
     Pipe(u64),
     Socket(u64),
+    Fifo(String),
 }
 
 const EFD_SEMAPHORE: u64 = 1;
 /// `TFD_IOC_SET_TICKS` (`_IOW('T', 0, u64)`): sets a timerfd's count of unread expiries.
 const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;
 const EPOLL_CTL_ADD: u64 = 1;
+/// `SO_SNDBUFFORCE`: `SO_SNDBUF` beyond `net.core.wmem_max` (`CAP_NET_ADMIN`; the vessel is
+/// still root when objects are made).
+const SO_SNDBUFFORCE: i32 = 32;
 /// Bytes of pipe or memfd data written per call.
 const WRITE_CHUNK: usize = 32 << 10;
 
@@ -40,7 +44,13 @@ impl Builder {
                 }
                 return Ok(());
             }
-            FdKind::UnixStream { socket, peer, .. } => {
+            FdKind::Fifo { path, .. } => {
+                if made.insert(Made::Fifo(path.clone())) {
+                    self.open_fifo(q, path, files)?;
+                }
+                return Ok(());
+            }
+            FdKind::UnixPair { socket, peer, .. } => {
                 if made.insert(Made::Socket(*socket)) {
                     made.insert(Made::Socket(*peer));
                     self.create_socket_pair(q, *socket, *peer, files)?;
@@ -239,8 +249,12 @@ impl Builder {
             FdKind::Regular { .. }
             | FdKind::Directory { .. }
             | FdKind::CharDevice { .. }
+            | FdKind::ProcFile { .. }
             | FdKind::Link { .. } => {
                 unreachable!("files and links are opened by their own paths")
+            }
+            FdKind::UnixStream { .. } => {
+                unreachable!("the image reader turns stream pairs into UnixPairs")
             }
         };
         self.room(q, 3, 0)?;
@@ -270,29 +284,11 @@ impl Builder {
     /// checked), then each of its primary fds placed. The new ends are first moved above every
     /// fd number of the image, so that placing one end never overwrites the other.
     fn create_pipe(&mut self, q: &mut Queue, pipe: u64, files: &Files) -> Result<(), RestoreError> {
-        let ends: Vec<&Fd> = files
-            .fds
-            .iter()
-            .filter(|f| {
-                f.dup_of.is_none() && matches!(&f.kind, FdKind::Pipe { pipe: p, .. } if *p == pipe)
-            })
-            .collect();
-        let mut capacity = 0;
-        let mut data: &[u8] = &[];
-        for end in &ends {
-            if let FdKind::Pipe {
-                capacity: c,
-                data: d,
-                ..
-            } = &end.kind
-            {
-                capacity = *c;
-                if !d.is_empty() {
-                    data = d;
-                }
-            }
-        }
-        let above = files.fds.iter().map(|f| f.number).max().unwrap_or(0) as u64 + 1;
+        let (ends, capacity, data) = pipe_ends(
+            files,
+            |k| matches!(k, FdKind::Pipe { pipe: p, .. } if *p == pipe),
+        );
+        let above = above_every_fd(files);
         self.room(q, 8, 8)?;
         let pair = q.batch.out(8);
         let (r0, w0) = (self.fds.open(), self.fds.open());
@@ -328,8 +324,9 @@ impl Builder {
     }
 
     /// Unix socket pair `socket`–`peer`: made non-blocking, moved above every fd number of the
-    /// image, the bytes each end held written into it from the other end (every write
-    /// checked), then each end placed at its fd.
+    /// image, its send buffers and `SO_PASSCRED` set, what each end held written into it from
+    /// the other end (every write checked; a datagram or record per message), then each end
+    /// placed at its fd.
     fn create_socket_pair(
         &mut self,
         q: &mut Queue,
@@ -340,7 +337,7 @@ impl Builder {
         let end_of = |s: u64| {
             files.fds.iter().find(|f| {
                 f.dup_of.is_none()
-                    && matches!(&f.kind, FdKind::UnixStream { socket: x, .. } if *x == s)
+                    && matches!(&f.kind, FdKind::UnixPair { socket: x, .. } if *x == s)
             })
         };
         // Validation guarantees both ends.
@@ -353,11 +350,10 @@ impl Builder {
                 },
             });
         };
-        let queued = |f: &Fd| match &f.kind {
-            FdKind::UnixStream { data, .. } => data.clone(),
-            _ => Vec::new(),
+        let FdKind::UnixPair { kind, .. } = a.kind else {
+            return Ok(());
         };
-        let above = files.fds.iter().map(|f| f.number).max().unwrap_or(0) as u64 + 1;
+        let above = above_every_fd(files);
         self.room(q, 5, 8)?;
         let pair = q.batch.out(8);
         let (a0, b0) = (self.fds.open(), self.fds.open());
@@ -368,7 +364,7 @@ impl Builder {
             libc::SYS_socketpair,
             [
                 libc::AF_UNIX as u64,
-                (libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) as u64,
+                (kind.number() | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK) as u64,
                 0,
                 pair,
                 0,
@@ -376,19 +372,292 @@ impl Builder {
             ],
         );
         let [sa, sb] = self.move_above(q, [a0, b0], above);
+        for (end, fd) in [(sa, a), (sb, b)] {
+            let FdKind::UnixPair {
+                pass_credentials,
+                send_buffer,
+                ..
+            } = fd.kind
+            else {
+                continue;
+            };
+            if send_buffer > 0 {
+                // The kernel doubles what it is given (and reported the doubled value).
+                self.set_socket_option(q, end, SO_SNDBUFFORCE, send_buffer / 2)?;
+            }
+            if pass_credentials {
+                self.set_socket_option(q, end, libc::SO_PASSCRED, 1)?;
+            }
+        }
         self.flush(q)?;
         // What an end reads was written by the other.
-        self.write_all(q, sb, &queued(a), None)?;
-        self.write_all(q, sa, &queued(b), None)?;
+        for (to, from) in [(a, sb), (b, sa)] {
+            let FdKind::UnixPair { messages, .. } = &to.kind else {
+                continue;
+            };
+            match kind {
+                SocketKind::Stream => {
+                    for m in messages {
+                        self.write_all(q, from, m, None)?;
+                    }
+                }
+                _ => self.send_messages(q, from, messages)?,
+            }
+        }
         self.place_end(q, sa, a)?;
         self.place_end(q, sb, b)?;
         self.close_all(q, [sa, sb])
     }
 
-    /// Moves the two new fds `low` above every fd number of the image (so that placing one
-    /// never overwrites the other); returns their new numbers.
-    fn move_above(&mut self, q: &mut Queue, low: [u64; 2], above: u64) -> [u64; 2] {
-        let mut high = [0u64; 2];
+    /// Queues `setsockopt(fd, SOL_SOCKET, name, &value)`.
+    fn set_socket_option(
+        &mut self,
+        q: &mut Queue,
+        fd: u64,
+        name: i32,
+        value: u32,
+    ) -> Result<(), RestoreError> {
+        self.room(q, 1, 4)?;
+        let at = q.batch.bytes(&value.to_le_bytes());
+        self.push(
+            q,
+            Tag::Plain,
+            "setsockopt",
+            libc::SYS_setsockopt,
+            [fd, libc::SOL_SOCKET as u64, name as u64, at, 4, 0],
+        );
+        Ok(())
+    }
+
+    /// Sends each of `messages` as one datagram or record on socket `to`, as many per batch
+    /// as fit, every send checked to have taken the whole message.
+    fn send_messages(
+        &mut self,
+        q: &Queue,
+        to: u64,
+        messages: &[Vec<u8>],
+    ) -> Result<(), RestoreError> {
+        let mut next = 0;
+        while next < messages.len() {
+            let mut batch = Batch::new(self.vessel.area);
+            let first = next;
+            while next < messages.len() && batch.fits(1, messages[next].len()) {
+                let m = &messages[next];
+                let at = batch.bytes(m);
+                batch.push(
+                    "sendto",
+                    libc::SYS_sendto,
+                    [
+                        to,
+                        at,
+                        m.len() as u64,
+                        (libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) as u64,
+                        0,
+                        0,
+                    ],
+                );
+                next += 1;
+            }
+            if next == first {
+                return Err(no_room(
+                    self.pid(),
+                    &format!(
+                        "a queued message of {} bytes is larger than the restorer's data area",
+                        messages[next].len()
+                    ),
+                ));
+            }
+            let r = self.vessel.batch(&q.step, &batch)?;
+            if let Some((_, call, errno)) = r.failure() {
+                return Err(injected(&q.step, self.pid(), call, errno));
+            }
+            for (i, m) in messages[first..next].iter().enumerate() {
+                let sent = r.result(i).unwrap_or(-1);
+                if sent != m.len() as i64 {
+                    return Err(RestoreError::Sys {
+                        step: q.step.clone(),
+                        source: SysError::UnexpectedStop {
+                            pid: self.pid().as_raw(),
+                            detail: format!(
+                                "socket fd {to} sent {sent} of a {}-byte message",
+                                m.len()
+                            ),
+                        },
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// FIFO `path`, every primary fd of it: opened without blocking (read ends first, so that
+    /// opening a write end finds a reader; a reader of its own while only write ends are
+    /// opened), given its capacity and the bytes that were in flight (through a write end, or
+    /// one of its own), then each fd given its flags back.
+    fn open_fifo(&mut self, q: &mut Queue, path: &str, files: &Files) -> Result<(), RestoreError> {
+        let (mut ends, capacity, data) = pipe_ends(
+            files,
+            |k| matches!(k, FdKind::Fifo { path: p, .. } if p == path),
+        );
+        let writes_only = |f: &Fd| f.kind.flags() & libc::O_ACCMODE == libc::O_WRONLY;
+        ends.sort_by_key(|f| (writes_only(f), f.number));
+        let above = above_every_fd(files);
+        let mut helpers = Vec::new();
+        if ends.iter().all(|f| writes_only(f)) {
+            helpers.push(self.open_fifo_helper(q, path, libc::O_RDONLY, above)?);
+        }
+        for end in &ends {
+            self.room(q, 3, path.len() + 8)?;
+            let at = q.batch.c_string(path);
+            let opened = self.fds.open();
+            let cloexec = if end.cloexec { libc::O_CLOEXEC } else { 0 };
+            self.push(
+                q,
+                Tag::OwnerOpen,
+                "open(FIFO)",
+                libc::SYS_openat,
+                [
+                    libc::AT_FDCWD as u64,
+                    at,
+                    (end.kind.flags() | libc::O_NONBLOCK | cloexec) as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            );
+            self.settle(q, opened, end);
+        }
+        let first = ends.first().map_or(0, |f| f.number as u64);
+        self.room(q, 1, 0)?;
+        self.push(
+            q,
+            Tag::Plain,
+            "fcntl(F_SETPIPE_SZ)",
+            libc::SYS_fcntl,
+            [
+                first,
+                libc::F_SETPIPE_SZ as u64,
+                u64::from(capacity),
+                0,
+                0,
+                0,
+            ],
+        );
+        if !data.is_empty() && self.fifo_is_empty(q, first, data.len())? {
+            let writer = match ends.iter().find(|f| f.kind.flags() & libc::O_ACCMODE != 0) {
+                Some(f) => f.number as u64,
+                None => {
+                    let w = self.open_fifo_helper(q, path, libc::O_WRONLY, above)?;
+                    helpers.push(w);
+                    w
+                }
+            };
+            self.flush(q)?;
+            self.write_all(q, writer, data, None)?;
+        }
+        for end in &ends {
+            let status = end.kind.flags() & (libc::O_NONBLOCK | libc::O_APPEND);
+            self.room(q, 1, 0)?;
+            self.push(
+                q,
+                Tag::Plain,
+                "fcntl(F_SETFL)",
+                libc::SYS_fcntl,
+                [
+                    end.number as u64,
+                    libc::F_SETFL as u64,
+                    status as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            );
+        }
+        for h in helpers {
+            self.room(q, 1, 0)?;
+            self.push(q, Tag::Plain, "close", libc::SYS_close, [h, 0, 0, 0, 0, 0]);
+            self.fds.close(h);
+        }
+        Ok(())
+    }
+
+    /// Whether the FIFO at fd `fd` is empty, so that the `carried` bytes in flight must be
+    /// written into it; false if it holds them already. A FIFO is one pipe per kernel for as
+    /// long as anyone holds it open: restored on the kernel the process was frozen on (a
+    /// migration between hosts that share one, or a checkpoint that left the process
+    /// running), the process joins the pipe its frozen original still holds, bytes included.
+    fn fifo_is_empty(
+        &mut self,
+        q: &mut Queue,
+        fd: u64,
+        carried: usize,
+    ) -> Result<bool, RestoreError> {
+        self.flush(q)?;
+        let mut batch = Batch::new(self.vessel.area);
+        let out = batch.out(4);
+        batch.push(
+            "ioctl(FIONREAD)",
+            libc::SYS_ioctl,
+            [fd, libc::FIONREAD, out, 0, 0, 0],
+        );
+        let r = self.vessel.batch(&q.step, &batch)?;
+        if let Some((_, call, errno)) = r.failure() {
+            return Err(injected(&q.step, self.pid(), call, errno));
+        }
+        let held = r
+            .read(out, 4)
+            .try_into()
+            .map(|b: [u8; 4]| i32::from_le_bytes(b).max(0) as usize)
+            .unwrap_or(0);
+        match held {
+            0 => Ok(true),
+            n if n == carried => Ok(false),
+            n => Err(RestoreError::Sys {
+                step: q.step.clone(),
+                source: SysError::UnexpectedStop {
+                    pid: self.pid().as_raw(),
+                    detail: format!(
+                        "the FIFO at fd {fd} holds {n} bytes already, not the {carried} the image carries (another process writes to it)"
+                    ),
+                },
+            }),
+        }
+    }
+
+    /// A non-blocking opening of FIFO `path` for `access` that is no fd of the image, moved
+    /// above every fd number of the image.
+    fn open_fifo_helper(
+        &mut self,
+        q: &mut Queue,
+        path: &str,
+        access: i32,
+        above: u64,
+    ) -> Result<u64, RestoreError> {
+        self.room(q, 3, path.len() + 8)?;
+        let at = q.batch.c_string(path);
+        let opened = self.fds.open();
+        self.push(
+            q,
+            Tag::OwnerOpen,
+            "open(FIFO)",
+            libc::SYS_openat,
+            [
+                libc::AT_FDCWD as u64,
+                at,
+                (access | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64,
+                0,
+                0,
+                0,
+            ],
+        );
+        let [high] = self.move_above(q, [opened], above);
+        Ok(high)
+    }
+
+    /// Moves the new fds `low` above every fd number of the image (so that placing one never
+    /// overwrites another); returns their new numbers.
+    fn move_above<const N: usize>(&mut self, q: &mut Queue, low: [u64; N], above: u64) -> [u64; N] {
+        let mut high = [0u64; N];
         for (i, fd) in low.into_iter().enumerate() {
             high[i] = self.fds.open_from(above);
             self.push(
@@ -536,6 +805,41 @@ impl Builder {
         }
         Ok(())
     }
+}
+
+/// The primary fds of one pipe or FIFO (those whose kind `same` picks), its capacity, and the
+/// bytes in flight (carried by its read ends).
+fn pipe_ends(files: &Files, same: impl Fn(&FdKind) -> bool) -> (Vec<&Fd>, u32, &[u8]) {
+    let ends: Vec<&Fd> = files
+        .fds
+        .iter()
+        .filter(|f| f.dup_of.is_none() && same(&f.kind))
+        .collect();
+    let (mut capacity, mut data): (u32, &[u8]) = (0, &[]);
+    for end in &ends {
+        if let FdKind::Pipe {
+            capacity: c,
+            data: d,
+            ..
+        }
+        | FdKind::Fifo {
+            capacity: c,
+            data: d,
+            ..
+        } = &end.kind
+        {
+            capacity = *c;
+            if !d.is_empty() {
+                data = d;
+            }
+        }
+    }
+    (ends, capacity, data)
+}
+
+/// The lowest fd number above every fd of the image: where new objects wait to be placed.
+fn above_every_fd(files: &Files) -> u64 {
+    files.fds.iter().map(|f| f.number).max().unwrap_or(0) as u64 + 1
 }
 
 /// The directory a deleted file was in (validation guarantees an absolute path with a name).
