@@ -9,8 +9,9 @@
 //! - [`epoll_watches_file`]: whether an epoll registration is of the file at an fd
 //!   (`kcmp(KCMP_EPOLL_TFD)`).
 //! - [`peek_unix_stream`]: the bytes queued in a unix stream socket, left where they are
-//!   (`MSG_PEEK`); [`peek_unix_messages`]: the messages queued in a unix datagram or
-//!   seqpacket socket, boundaries kept (`MSG_PEEK` at a peek offset).
+//!   (`MSG_PEEK`); [`read_unix_messages`]: the messages queued in a unix datagram or
+//!   seqpacket socket, boundaries kept (`MSG_PEEK` at a peek offset, then taken out and put
+//!   back).
 //! - [`holders`]: which of a process's pipes, FIFOs, sockets, memfds and deleted files other
 //!   processes hold too.
 
@@ -209,49 +210,61 @@ pub fn read_unix_messages(
         return Ok(seen);
     }
     let mut taken: Vec<Vec<u8>> = Vec::with_capacity(seen.messages.len());
-    let mut stopped = None;
-    let mut total = 0usize;
-    // The peek offset is off again: a peek sees the head, whatever was peeked before.
-    while let Some((len, flags)) = recv_once(sock, pid, &mut [], libc::MSG_PEEK | libc::MSG_TRUNC)?
-    {
-        if flags & libc::MSG_CTRUNC != 0 || total + len > budget {
-            stopped = Some(
-                "a message the walk could not see carries fds or credentials, or exceeds the budget",
-            );
-            break;
-        }
-        let mut data = vec![0u8; len];
-        // Taken for real now (no control buffer: the peek showed it carries nothing).
-        let (got, f) =
-            recv_once(sock, pid, &mut data, 0)?.ok_or_else(|| SysError::UnexpectedStop {
-                pid: pid.as_raw(),
-                detail: "a socket's peeked message was gone".into(),
-            })?;
-        if got != len || f & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
-            stopped = Some("a message changed between its peek and its read");
-            taken.push(data);
-            break;
-        }
-        total += len;
-        taken.push(data);
-    }
+    let drained = take_messages(sock, pid, budget, &mut taken);
+    // Whatever happened, what was taken goes back, in order.
     for m in &taken {
         send_message(peer, pid, m)?;
     }
-    match stopped {
-        Some(why) => Err(SysError::UnexpectedStop {
-            pid: pid.as_raw(),
-            detail: format!(
-                "reading a socket's queue: {why}; the {} messages read were put back at its end",
-                taken.len()
-            ),
-        }),
-        None => Ok(MessageQueue {
+    match drained {
+        Ok(()) => Ok(MessageQueue {
             messages: taken,
             ancillary: false,
             over_budget: false,
         }),
+        Err(e) => Err(SysError::UnexpectedStop {
+            pid: pid.as_raw(),
+            detail: format!(
+                "reading a socket's queue: {e}; the {} messages read were put back at its end",
+                taken.len()
+            ),
+        }),
     }
+}
+
+/// Takes every message out of `sock` into `taken`, each peeked at the head first (the peek
+/// offset is off: the head is seen whatever was peeked before) so that one with fds or
+/// credentials, or beyond `budget`, stops the walk untaken.
+fn take_messages(
+    sock: &impl AsFd,
+    pid: Pid,
+    budget: usize,
+    taken: &mut Vec<Vec<u8>>,
+) -> Result<()> {
+    let mut total = 0usize;
+    let stop = |detail: &str| SysError::UnexpectedStop {
+        pid: pid.as_raw(),
+        detail: detail.into(),
+    };
+    while let Some((len, flags)) = recv_once(sock, pid, &mut [], libc::MSG_PEEK | libc::MSG_TRUNC)?
+    {
+        if flags & libc::MSG_CTRUNC != 0 || total + len > budget {
+            return Err(stop(
+                "a message the walk could not see carries fds or credentials, or exceeds the budget",
+            ));
+        }
+        let mut data = vec![0u8; len];
+        // Taken for real now (no control buffer: the peek showed it carries nothing).
+        let Some((n, f)) = recv_once(sock, pid, &mut data, 0)? else {
+            return Err(stop("a message was gone between its peek and its read"));
+        };
+        data.truncate(n);
+        taken.push(data);
+        if n != len || f & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+            return Err(stop("a message changed between its peek and its read"));
+        }
+        total += len;
+    }
+    Ok(())
 }
 
 /// Sends `data` as one message on `sock`, never blocking.
