@@ -399,12 +399,12 @@ pub fn classify_socket(
     }
     let copy = copy_of_fd(pid, n)?;
     let reading = || format!("reading the data queued at the socket of fd {n}");
-    let too_much = |bytes: String| {
+    let too_much = |held: String| {
         refuse(
             pid,
             format!(
-                "fd {n} is a socket holding {bytes} bytes (at most {} are carried)",
-                MAX_CARRIED_BYTES
+                "fd {n} is a socket holding {held} (at most {} MiB are carried)",
+                MAX_CARRIED_BYTES >> 20
             ),
         )
     };
@@ -421,7 +421,7 @@ pub fn classify_socket(
             return Err(in_flight());
         }
         if queue.data.len() > MAX_CARRIED_BYTES {
-            return Err(too_much(queue.data.len().to_string()));
+            return Err(too_much(format!("{} bytes", queue.data.len())));
         }
         if queue.data.is_empty() {
             Vec::new()
@@ -436,7 +436,10 @@ pub fn classify_socket(
             return Err(in_flight());
         }
         if queue.over_budget {
-            return Err(too_much("more than that".into()));
+            return Err(too_much(format!(
+                "more than {} MiB of messages",
+                MAX_CARRIED_BYTES >> 20
+            )));
         }
         queue.messages
     };
