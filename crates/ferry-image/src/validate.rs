@@ -410,15 +410,7 @@ fn check_kernel_object(
             data,
             ..
         } => {
-            ensure!(
-                (4096..=MAX_PIPE_CAPACITY).contains(capacity),
-                "fd {n}: pipe capacity of {capacity} bytes"
-            );
-            ensure!(
-                data.len() as u64 <= u64::from(*capacity),
-                "fd {n}: {} bytes in a pipe of {capacity}",
-                data.len()
-            );
+            check_pipe_buffer(n, "pipe", *capacity, data)?;
             ensure!(
                 !*write || data.is_empty(),
                 "fd {n}: data carried on a pipe's write end"
@@ -506,15 +498,7 @@ fn check_kernel_object(
             data,
         } => {
             check_path(&format!("fd {n}"), path)?;
-            ensure!(
-                (4096..=MAX_PIPE_CAPACITY).contains(capacity),
-                "fd {n}: FIFO capacity of {capacity} bytes"
-            );
-            ensure!(
-                data.len() as u64 <= u64::from(*capacity),
-                "fd {n}: {} bytes in a FIFO of {capacity}",
-                data.len()
-            );
+            check_pipe_buffer(n, "FIFO", *capacity, data)?;
             ensure!(
                 data.is_empty() || flags & 0o3 != 0o1, // O_ACCMODE, O_WRONLY
                 "fd {n}: data carried on a FIFO's write-only end"
@@ -537,6 +521,26 @@ fn check_kernel_object(
         | FdKind::CharDevice { .. }
         | FdKind::Link { .. } => {}
     }
+    Ok(())
+}
+
+/// A pipe's or FIFO's capacity (what restore may set) and the bytes carried in it (which must
+/// fit).
+fn check_pipe_buffer(
+    n: i32,
+    what: &str,
+    capacity: u32,
+    data: &[u8],
+) -> Result<(), ValidationError> {
+    ensure!(
+        (4096..=MAX_PIPE_CAPACITY).contains(&capacity),
+        "fd {n}: {what} capacity of {capacity} bytes"
+    );
+    ensure!(
+        data.len() as u64 <= u64::from(capacity),
+        "fd {n}: {} bytes in a {what} of {capacity}",
+        data.len()
+    );
     Ok(())
 }
 

@@ -507,24 +507,8 @@ impl Builder {
             helpers.push(self.open_fifo_helper(q, path, libc::O_RDONLY, above)?);
         }
         for end in &ends {
-            self.room(q, 3, path.len() + 8)?;
-            let at = q.batch.c_string(path);
-            let opened = self.fds.open();
             let cloexec = if end.cloexec { libc::O_CLOEXEC } else { 0 };
-            self.push(
-                q,
-                Tag::OwnerOpen,
-                "open(FIFO)",
-                libc::SYS_openat,
-                [
-                    libc::AT_FDCWD as u64,
-                    at,
-                    (end.kind.flags() | libc::O_NONBLOCK | cloexec) as u64,
-                    0,
-                    0,
-                    0,
-                ],
-            );
+            let opened = self.open_fifo_end(q, path, end.kind.flags() | cloexec)?;
             self.settle(q, opened, end);
         }
         let first = ends.first().map_or(0, |f| f.number as u64);
@@ -633,6 +617,19 @@ impl Builder {
         access: i32,
         above: u64,
     ) -> Result<u64, RestoreError> {
+        let opened = self.open_fifo_end(q, path, access | libc::O_CLOEXEC)?;
+        let [high] = self.move_above(q, [opened], above);
+        Ok(high)
+    }
+
+    /// Queues a non-blocking opening of FIFO `path` with `flags`, as the image's owner, with
+    /// room for two more calls (to move it); returns the fd it will get.
+    fn open_fifo_end(
+        &mut self,
+        q: &mut Queue,
+        path: &str,
+        flags: i32,
+    ) -> Result<u64, RestoreError> {
         self.room(q, 3, path.len() + 8)?;
         let at = q.batch.c_string(path);
         let opened = self.fds.open();
@@ -644,14 +641,13 @@ impl Builder {
             [
                 libc::AT_FDCWD as u64,
                 at,
-                (access | libc::O_NONBLOCK | libc::O_CLOEXEC) as u64,
+                (flags | libc::O_NONBLOCK) as u64,
                 0,
                 0,
                 0,
             ],
         );
-        let [high] = self.move_above(q, [opened], above);
-        Ok(high)
+        Ok(opened)
     }
 
     /// Moves the new fds `low` above every fd number of the image (so that placing one never
