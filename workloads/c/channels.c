@@ -12,7 +12,9 @@
  *     ("channels.fifo"), read back through a non-blocking read end, 40 left in flight.
  * The datagram pair's sending end has a larger send buffer; one end of an idle stream pair asks
  * for credentials (SO_PASSCRED). The process holds /proc/self/status, /proc/meminfo (read
- * 9 bytes into) and the directory /proc/self open.
+ * 9 bytes into) and the directory /proc/self open, and a blocking inotify instance watching
+ * the working directory (IN_CREATE, descriptor 2) and a file in it (IN_MODIFY, descriptor 3;
+ * descriptor 1 was used and removed first).
  *
  * Output (stdout, one write(2) per line):
  *   "channels start"
@@ -23,6 +25,7 @@
  *   "fifo: records in order, flags kept"
  *   "socket options kept"
  *   "proc: own status, own directory, meminfo"
+ *   "inotify: events at their watch descriptors"
  *   "done"
  * Exit status 0; on any inconsistency "FAIL: ..." and exit status 1. Runs until SIGUSR1.
  */
@@ -35,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/inotify.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -236,6 +240,21 @@ int main(void)
 	if (read(meminfo, head, sizeof head) != sizeof head)
 		fail("reading /proc/meminfo");
 
+	/* inotify: descriptor 1 taken and given back (its IN_IGNORED event read), then the
+	 * directory (2) and a file made before the directory was watched (3). */
+	char events[4096] __attribute__((aligned(8)));
+	int watched = open("watched.txt", O_CREAT | O_WRONLY | O_TRUNC, 0600);
+	int ino = inotify_init1(IN_CLOEXEC);
+	if (watched < 0 || close(watched) != 0 || ino < 0)
+		fail("inotify setup");
+	int gone = inotify_add_watch(ino, "/", IN_DELETE_SELF);
+	if (gone != 1 || inotify_rm_watch(ino, gone) != 0 || read(ino, events, sizeof events) <= 0)
+		fail("inotify: first descriptor %d", gone);
+	int wd_dir = inotify_add_watch(ino, ".", IN_CREATE);
+	int wd_file = inotify_add_watch(ino, "watched.txt", IN_MODIFY);
+	if (wd_dir != 2 || wd_file != 3)
+		fail("inotify: descriptors %d and %d", wd_dir, wd_file);
+
 	memset(&sa, 0, sizeof sa);
 	sa.sa_handler = on_usr1;
 	if (sigaction(SIGUSR1, &sa, NULL) != 0)
@@ -289,6 +308,33 @@ int main(void)
 	    pread(meminfo, head, sizeof head, 0) != sizeof head || memcmp(head, "MemTotal:", 9) != 0)
 		fail("proc: /proc/meminfo");
 	out("proc: own status, own directory, meminfo\n");
+
+	if (fcntl(ino, F_GETFL) & O_NONBLOCK)
+		fail("inotify: no longer blocking");
+	int made = open("created.txt", O_CREAT | O_WRONLY, 0600);
+	int touch = open("watched.txt", O_WRONLY | O_APPEND);
+	if (made < 0 || close(made) != 0 || touch < 0 || write(touch, "x", 1) != 1 || close(touch) != 0)
+		fail("inotify: making events");
+	int seen_create = 0, seen_modify = 0;
+	while (!(seen_create && seen_modify)) {
+		ssize_t n = read(ino, events, sizeof events);
+		if (n <= 0)
+			fail("inotify: reading events");
+		for (char *p = events; p < events + n;) {
+			struct inotify_event *e = (struct inotify_event *)p;
+			if (e->wd == wd_dir && (e->mask & IN_CREATE) && e->len > 0 &&
+			    strcmp(e->name, "created.txt") == 0)
+				seen_create = 1;
+			else if (e->wd == wd_file && (e->mask & IN_MODIFY))
+				seen_modify = 1;
+			else
+				fail("inotify: event wd %d mask %#x", e->wd, e->mask);
+			p += sizeof *e + e->len;
+		}
+	}
+	unlink("created.txt");
+	unlink("watched.txt");
+	out("inotify: events at their watch descriptors\n");
 
 	unlink(FIFO_NAME);
 	out("done\n");

@@ -1,5 +1,5 @@
 //! Fds that are kernel objects rather than files — pipes, FIFOs, unix socket pairs, eventfd,
-//! timerfd, signalfd, epoll, memfd, deleted files: their state, read from `/proc/PID/fdinfo`,
+//! timerfd, signalfd, epoll, inotify, memfd, deleted files: their state, read from `/proc/PID/fdinfo`,
 //! from `sock_diag` and from a copy of the fd (`pidfd_getfd`), without changing it (a datagram
 //! socket's queue is taken out and put back). Restore creates each object anew
 //! (`restore::objects`).
@@ -10,7 +10,7 @@
 
 use std::os::unix::fs::FileExt;
 
-use ferry_image::{EpollWatch, FdKind, MAX_CARRIED_BYTES, SocketKind};
+use ferry_image::{EpollWatch, FdKind, InotifyWatch, MAX_CARRIED_BYTES, SocketKind};
 use ferry_sys::kobj::{self, Shared};
 use ferry_sys::proc::{LinkStat, OpenFd};
 use ferry_sys::{Pid, libc, pidfd};
@@ -19,7 +19,7 @@ use crate::CheckpointError;
 use crate::mobility::refuse;
 
 /// The anonymous-inode kinds ferry carries (as `/proc/PID/fd` names them).
-const SUPPORTED_ANON: [&str; 4] = ["eventfd", "timerfd", "signalfd", "eventpoll"];
+const SUPPORTED_ANON: [&str; 5] = ["eventfd", "timerfd", "signalfd", "eventpoll", "inotify"];
 
 /// How much of a kernel object behind an fd to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +111,7 @@ pub fn classify(
             }
             Ok(Some(FdKind::Epoll { flags, watches }))
         }
+        "inotify" => classify_inotify(pid, n, flags, &info).map(Some),
         other => Err(refuse(
             pid,
             format!("fd {n} is {other} (not supported yet)"),
@@ -580,6 +581,96 @@ fn parse_timerfd(info: &str) -> Option<TimerState> {
 }
 
 /// The `tfd: N events: X data: Y …` lines of an epoll instance's fdinfo.
+/// An inotify instance at fd `n` (its fdinfo `info`): each watch by the path its file handle
+/// resolves to. Refused while events wait unread (they cannot be carried) and for a watch
+/// whose file has no name any more.
+fn classify_inotify(pid: Pid, n: i32, flags: i32, info: &str) -> Result<FdKind, CheckpointError> {
+    let marks = parse_inotify(info).ok_or_else(|| {
+        refuse(
+            pid,
+            format!("fd {n} (inotify): the kernel's fdinfo has no usable watch list"),
+        )
+    })?;
+    let copy = copy_of_fd(pid, n)?;
+    let unread = kobj::pending_bytes(&copy, pid)
+        .map_err(CheckpointError::sys("reading an inotify queue's length"))?;
+    if unread > 0 {
+        return Err(refuse(
+            pid,
+            format!("fd {n} (inotify) holds {unread} bytes of unread events"),
+        ));
+    }
+    let mut watches = Vec::with_capacity(marks.len());
+    for m in marks {
+        if m.wd > ferry_image::validate::MAX_INOTIFY_WD {
+            return Err(refuse(
+                pid,
+                format!(
+                    "fd {n} (inotify) has watch descriptor {}, beyond what restore recreates",
+                    m.wd
+                ),
+            ));
+        }
+        let path = kobj::path_of_handle(pid, m.sdev, m.handle_type, &m.handle)
+            .map_err(CheckpointError::sys("resolving an inotify watch"))?
+            .ok_or_else(|| {
+                refuse(
+                    pid,
+                    format!(
+                        "fd {n} (inotify) watches inode {} of device {:#x}, which has no name ferry can reach",
+                        m.inode, m.sdev
+                    ),
+                )
+            })?;
+        watches.push(InotifyWatch {
+            wd: m.wd,
+            path,
+            mask: m.mask,
+        });
+    }
+    watches.sort_by_key(|w| w.wd);
+    Ok(FdKind::Inotify { flags, watches })
+}
+
+/// One line of an inotify instance's fdinfo.
+#[derive(Debug, PartialEq, Eq)]
+struct InotifyMark {
+    wd: i32,
+    inode: u64,
+    sdev: u32,
+    mask: u32,
+    handle_type: i32,
+    handle: Vec<u8>,
+}
+
+fn parse_inotify(info: &str) -> Option<Vec<InotifyMark>> {
+    let mut marks = Vec::new();
+    for line in info.lines().filter(|l| l.starts_with("inotify ")) {
+        let value = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix(':'))
+        };
+        let hex = |key: &str| u64::from_str_radix(value(key)?, 16).ok();
+        let handle_hex = value("f_handle")?;
+        let handle = (0..handle_hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(handle_hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        if hex("fhandle-bytes")? != handle.len() as u64 {
+            return None;
+        }
+        marks.push(InotifyMark {
+            wd: i32::try_from(hex("wd")?).ok()?,
+            inode: hex("ino")?,
+            sdev: u32::try_from(hex("sdev")?).ok()?,
+            mask: u32::try_from(hex("mask")?).ok()?,
+            handle_type: i32::try_from(hex("fhandle-type")?).ok()?,
+            handle,
+        });
+    }
+    Some(marks)
+}
+
 fn parse_epoll(info: &str) -> Option<Vec<EpollWatch>> {
     let mut watches = Vec::new();
     for line in info.lines().filter(|l| l.starts_with("tfd:")) {
@@ -599,6 +690,30 @@ fn parse_epoll(info: &str) -> Option<Vec<EpollWatch>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inotify_fdinfo_is_read() {
+        let info = "pos:\t0\nflags:\t02000000\nmnt_id:\t15\nino:\t1057\ninotify wd:3 ino:1a2b sdev:800001 mask:300 ignored_mask:0 fhandle-bytes:8 fhandle-type:1 f_handle:2b1a00000f00aa01\n";
+        let marks = parse_inotify(info).unwrap();
+        assert_eq!(
+            marks,
+            vec![InotifyMark {
+                wd: 3,
+                inode: 0x1a2b,
+                sdev: 0x80_0001,
+                mask: 0x300,
+                handle_type: 1,
+                handle: vec![0x2b, 0x1a, 0, 0, 0x0f, 0, 0xaa, 1],
+            }]
+        );
+        assert!(
+            parse_inotify(
+                "inotify wd:1 ino:2 sdev:3 mask:4 fhandle-bytes:8 fhandle-type:1 f_handle:00"
+            )
+            .is_none()
+        );
+        assert_eq!(parse_inotify("pos:\t0\n").unwrap(), Vec::new());
+    }
 
     #[test]
     fn timerfd_fdinfo_is_read() {

@@ -514,6 +514,31 @@ mod tests {
             }),
             12
         );
+        assert_eq!(
+            tag(&FdKind::Fifo {
+                path: String::new(),
+                flags: 0,
+                capacity: 4096,
+                data: Vec::new()
+            }),
+            13
+        );
+        assert_eq!(
+            tag(&FdKind::ProcFile {
+                path: String::new(),
+                directory: false,
+                flags: 0,
+                pos: 0
+            }),
+            14
+        );
+        assert_eq!(
+            tag(&FdKind::Inotify {
+                flags: 0,
+                watches: Vec::new()
+            }),
+            15
+        );
     }
 
     #[test]

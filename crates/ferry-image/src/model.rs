@@ -529,6 +529,24 @@ pub enum FdKind {
         flags: i32,
         pos: u64,
     },
+    /// An inotify instance with its watches (by path, at their watch descriptors). Its queue
+    /// was empty when the process was frozen.
+    Inotify {
+        flags: i32,
+        /// In ascending order of watch descriptor.
+        watches: Vec<InotifyWatch>,
+    },
+}
+
+/// One watch of an inotify instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InotifyWatch {
+    /// Its watch descriptor, which events name: restore gives it back exactly.
+    pub wd: i32,
+    /// The watched file or directory.
+    pub path: String,
+    /// Its `IN_*` event bits and flags (`IN_ONESHOT`, `IN_EXCL_UNLINK`, …).
+    pub mask: u32,
 }
 
 /// The type of a unix socket pair.
@@ -619,7 +637,8 @@ impl FdKind {
             | FdKind::UnixStream { flags, .. }
             | FdKind::UnixPair { flags, .. }
             | FdKind::Fifo { flags, .. }
-            | FdKind::ProcFile { flags, .. } => *flags,
+            | FdKind::ProcFile { flags, .. }
+            | FdKind::Inotify { flags, .. } => *flags,
             FdKind::Link { .. } => O_RDWR,
         }
     }

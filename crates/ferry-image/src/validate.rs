@@ -389,6 +389,11 @@ fn validate_files(f: &Files) -> Result<(), ValidationError> {
 
 /// Largest pipe capacity restore will set (`/proc/sys/fs/pipe-max-size` cannot exceed 2 GiB).
 pub const MAX_PIPE_CAPACITY: u32 = 1 << 31;
+/// Most watches of one inotify instance.
+pub const MAX_INOTIFY_WATCHES: usize = MAX_FDS;
+/// Highest watch descriptor restore will recreate (each one below it that the image lacks
+/// costs a watch added and removed).
+pub const MAX_INOTIFY_WD: i32 = 1 << 16;
 /// Most registrations of one epoll instance.
 pub const MAX_EPOLL_WATCHES: usize = MAX_FDS;
 /// Clocks a timerfd can use: `CLOCK_REALTIME`, `CLOCK_MONOTONIC`, `CLOCK_BOOTTIME`,
@@ -503,6 +508,24 @@ fn check_kernel_object(
                 data.is_empty() || flags & 0o3 != 0o1, // O_ACCMODE, O_WRONLY
                 "fd {n}: data carried on a FIFO's write-only end"
             );
+        }
+        FdKind::Inotify { watches, .. } => {
+            ensure!(
+                watches.len() <= MAX_INOTIFY_WATCHES,
+                "fd {n}: {} inotify watches",
+                watches.len()
+            );
+            let mut last = 0;
+            for w in watches {
+                ensure!(
+                    w.wd > last && w.wd <= MAX_INOTIFY_WD,
+                    "fd {n}: inotify watch descriptor {} after {last}",
+                    w.wd
+                );
+                ensure!(w.mask != 0, "fd {n}: inotify watch {} with no events", w.wd);
+                check_path(&format!("fd {n} (inotify watch {})", w.wd), &w.path)?;
+                last = w.wd;
+            }
         }
         FdKind::ProcFile { path, .. } => {
             ensure!(
@@ -1143,6 +1166,41 @@ mod tests {
             })
             .contains("format 1.2")
         );
+    }
+
+    #[test]
+    fn inotify_watches() {
+        let watch = |wd, path: &str| InotifyWatch {
+            wd,
+            path: path.into(),
+            mask: 0x100,
+        };
+        let mut ok = sample_image();
+        ok.files.fds.push(Fd {
+            number: 4,
+            cloexec: true,
+            kind: FdKind::Inotify {
+                flags: 0,
+                watches: vec![watch(2, "/tmp"), watch(3, "/tmp/x")],
+            },
+            dup_of: None,
+        });
+        validate(&ok).unwrap();
+        let bad = |w: Vec<InotifyWatch>| {
+            let mut i = ok.clone();
+            i.files.fds[3].kind = FdKind::Inotify {
+                flags: 0,
+                watches: w,
+            };
+            validate(&i).unwrap_err().to_string()
+        };
+        assert!(bad(vec![watch(3, "/a"), watch(2, "/b")]).contains("after 3"));
+        assert!(bad(vec![watch(0, "/a")]).contains("descriptor 0"));
+        assert!(bad(vec![watch(MAX_INOTIFY_WD + 1, "/a")]).contains("descriptor"));
+        assert!(bad(vec![watch(1, "a")]).contains("not absolute"));
+        let mut none = watch(1, "/a");
+        none.mask = 0;
+        assert!(bad(vec![none]).contains("no events"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   (`MSG_PEEK`); [`read_unix_messages`]: the messages queued in a unix datagram or
 //!   seqpacket socket, boundaries kept (`MSG_PEEK` at a peek offset, then taken out and put
 //!   back).
+//! - [`path_of_handle`]: the path of the file an inotify watch names by file handle.
 //! - [`holders`]: which of a process's pipes, FIFOs, sockets, memfds and deleted files other
 //!   processes hold too.
 
@@ -44,8 +45,8 @@ pub fn memfd_seals(fd: &impl AsFd, pid: Pid) -> Result<u32> {
     Ok(r as u32)
 }
 
-/// Bytes waiting to be read from the pipe behind `fd` (`FIONREAD`).
-fn pipe_pending(fd: &impl AsFd, pid: Pid) -> Result<usize> {
+/// Bytes waiting to be read from the pipe or inotify instance behind `fd` (`FIONREAD`).
+pub fn pending_bytes(fd: &impl AsFd, pid: Pid) -> Result<usize> {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int to the valid pointer we pass, on a valid borrowed fd.
     let r = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::FIONREAD, &mut n) };
@@ -71,7 +72,7 @@ fn own_pipe(pid: Pid) -> Result<(OwnedFd, OwnedFd)> {
 /// The process must be frozen, and no other process may hold the pipe's write end, or the
 /// bytes could change meanwhile.
 pub fn peek_pipe(read_end: &impl AsFd, pid: Pid) -> Result<Vec<u8>> {
-    let pending = pipe_pending(read_end, pid)?;
+    let pending = pending_bytes(read_end, pid)?;
     if pending == 0 {
         return Ok(Vec::new());
     }
@@ -417,6 +418,58 @@ pub fn socket_option(sock: &impl AsFd, pid: Pid, level: i32, name: i32) -> Resul
         return Err(SysError::syscall("getsockopt", pid, Errno::last()));
     }
     Ok(value)
+}
+
+/// The path of the file that an inotify watch of process `pid` names by file handle
+/// (`fhandle-type`, `f_handle` in fdinfo) on the filesystem of device `sdev` (the kernel's
+/// encoding, as fdinfo shows it): the handle opened with `open_by_handle_at` against each of
+/// the process's mounts of that device until one resolves it, its path read back from
+/// `/proc/self/fd`. `None` when no mount resolves it or the file has no name any more.
+pub fn path_of_handle(
+    pid: Pid,
+    sdev: u32,
+    handle_type: i32,
+    handle: &[u8],
+) -> Result<Option<String>> {
+    let majmin = format!("{}:{}", sdev >> 20, sdev & 0xf_ffff);
+    let mounts = procfs::process::Process::new(pid.as_raw())
+        .and_then(|p| p.mountinfo())
+        .map_err(|e| SysError::Parse {
+            path: format!("/proc/{pid}/mountinfo"),
+            detail: e.to_string(),
+        })?;
+    // struct file_handle: u32 handle_bytes, i32 handle_type, then the bytes.
+    let mut fh = Vec::with_capacity(8 + handle.len());
+    fh.extend_from_slice(&(handle.len() as u32).to_ne_bytes());
+    fh.extend_from_slice(&handle_type.to_ne_bytes());
+    fh.extend_from_slice(handle);
+    for m in mounts.into_iter().filter(|m| m.majmin == majmin) {
+        let at = format!("/proc/{pid}/root{}", m.mount_point.display());
+        let Ok(dir) = fs::File::open(&at) else {
+            continue;
+        };
+        // SAFETY: `fh` is a complete `struct file_handle` (header and `handle_bytes` bytes)
+        // that outlives the call; `dir` is a valid fd; the returned fd is owned below.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_open_by_handle_at,
+                dir.as_raw_fd(),
+                fh.as_ptr(),
+                libc::O_PATH | libc::O_CLOEXEC,
+            )
+        };
+        if r < 0 {
+            continue;
+        }
+        // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+        let file = unsafe { OwnedFd::from_raw_fd(r as RawFd) };
+        let link = fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(|e| SysError::io("/proc/self/fd", e))?;
+        let path = link.to_string_lossy().into_owned();
+        let nameless = !path.starts_with('/') || path.ends_with(" (deleted)");
+        return Ok((!nameless).then_some(path));
+    }
+    Ok(None)
 }
 
 /// Whether the registration of fd number `tfd` in epoll instance `epfd` of process `pid` is

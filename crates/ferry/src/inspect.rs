@@ -81,6 +81,7 @@ fn fd_kind(k: &FdKind) -> &'static str {
         FdKind::UnixStream { .. } | FdKind::UnixPair { .. } => "socket",
         FdKind::Fifo { .. } => "fifo",
         FdKind::ProcFile { .. } => "proc",
+        FdKind::Inotify { .. } => "inotify",
     }
 }
 
@@ -174,6 +175,13 @@ fn fd_target(k: &FdKind) -> String {
             }
         }
         FdKind::ProcFile { path, .. } => format!("/proc/{path}"),
+        FdKind::Inotify { watches, .. } => {
+            let w: Vec<String> = watches
+                .iter()
+                .map(|w| format!("{}={}", w.wd, w.path))
+                .collect();
+            format!("watches {}", w.join(", "))
+        }
         other => other.path().to_string(),
     }
 }

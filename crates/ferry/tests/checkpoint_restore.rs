@@ -226,9 +226,10 @@ fn event_loop_objects() {
 }
 
 /// Datagram and seqpacket socket pairs with 50 messages each in flight (empty ones among
-/// them), a FIFO with 4000 bytes in flight, socket options, and /proc files of the process
-/// itself (`workloads/c/channels.c`): the restored copy reads every message with its
-/// boundaries, and its /proc files name its new pid.
+/// them), a FIFO with 4000 bytes in flight, socket options, /proc files of the process itself
+/// and an inotify instance whose first watch descriptor was given back
+/// (`workloads/c/channels.c`): the restored copy reads every message with its boundaries, its
+/// /proc files name its new pid, and its inotify events carry the old watch descriptors.
 #[test]
 fn channels_and_proc_files() {
     if !needs_root() {

@@ -193,6 +193,19 @@ os.unlink('shared.fifo')
 print('done', flush=True)
 ";
 
+/// An inotify instance with an event not yet read.
+const PY_INOTIFY_UNREAD: &str = "\
+import ctypes, os, time
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.inotify_init1(0)
+assert fd >= 0 and libc.inotify_add_watch(fd, b'.', 0x100) == 1
+open('made', 'w').close()
+print('ready', flush=True)
+time.sleep(3)
+assert len(os.read(fd, 4096)) > 16
+print('done', flush=True)
+";
+
 /// A /proc file of another process (its parent's status).
 const PY_OTHERS_PROC_FILE: &str = "\
 import os, time
@@ -203,7 +216,7 @@ print('done', flush=True)
 ";
 
 #[test]
-fn channel_shared_or_carrying_fds() {
+fn channel_shared_or_holding_what_cannot_move() {
     if !needs_root() {
         return;
     }
@@ -222,6 +235,11 @@ fn channel_shared_or_carrying_fds() {
             "py-others-proc",
             PY_OTHERS_PROC_FILE,
             "is a /proc file of process",
+        ),
+        (
+            "py-inotify-unread",
+            PY_INOTIFY_UNREAD,
+            "bytes of unread events",
         ),
     ] {
         refused_python(label, program, cause);

@@ -123,8 +123,8 @@ fn event_loop_with_every_algorithm() {
     );
 }
 
-/// Datagram and seqpacket socket pairs, a FIFO with data in flight and /proc files
-/// (`workloads/c/channels.c`), moved mid-run with each algorithm.
+/// Datagram and seqpacket socket pairs, a FIFO with data in flight, /proc files and inotify
+/// watches (`workloads/c/channels.c`), moved mid-run with each algorithm.
 #[test]
 fn channels_with_every_algorithm() {
     if !needs_root() {

@@ -1,8 +1,9 @@
 //! Kernel objects of an image created anew in the vessel: pipes, FIFOs (reopened by path) and
 //! unix socket pairs (with the bytes or messages that were in flight), eventfd, timerfd,
-//! signalfd, memfd (with its contents and seals), deleted files (unnamed `O_TMPFILE` files in
-//! their old directory, with their contents) and epoll instances (registrations added once
-//! every fd is in place). Their state was read by `crate::objects` at capture.
+//! signalfd, inotify (its watches at their descriptors), memfd (with its contents and seals),
+//! deleted files (unnamed `O_TMPFILE` files in their old directory, with their contents) and
+//! epoll instances (registrations added once every fd is in place). Their state was read by
+//! `crate::objects` at capture.
 
 use super::*;
 
@@ -128,6 +129,35 @@ impl Builder {
                     "signalfd4",
                     libc::SYS_signalfd4,
                     [u64::MAX, at, 8, libc::SFD_CLOEXEC as u64, 0, 0],
+                );
+                t
+            }
+            FdKind::Inotify { flags, watches } => {
+                let t = self.fds.open();
+                self.push(
+                    q,
+                    Tag::Plain,
+                    "inotify_init1",
+                    libc::SYS_inotify_init1,
+                    [(libc::IN_CLOEXEC | libc::IN_NONBLOCK) as u64, 0, 0, 0, 0, 0],
+                );
+                self.flush(q)?;
+                self.add_inotify_watches(q, t, watches)?;
+                // Made non-blocking to be drained: its own status flags back.
+                self.room(q, 1, 0)?;
+                self.push(
+                    q,
+                    Tag::Plain,
+                    "fcntl(F_SETFL)",
+                    libc::SYS_fcntl,
+                    [
+                        t,
+                        libc::F_SETFL as u64,
+                        (flags & libc::O_NONBLOCK) as u64,
+                        0,
+                        0,
+                        0,
+                    ],
                 );
                 t
             }
@@ -561,6 +591,92 @@ impl Builder {
             self.room(q, 1, 0)?;
             self.push(q, Tag::Plain, "close", libc::SYS_close, [h, 0, 0, 0, 0, 0]);
             self.fds.close(h);
+        }
+        Ok(())
+    }
+
+    /// The watches of the inotify instance at fd `fd` (non-blocking), each at its watch
+    /// descriptor: the kernel numbers watches upwards from 1, so each number the image lacks is
+    /// taken by a watch of a filler path that is removed at once; the `IN_IGNORED` events those
+    /// removals queue are read away after. Every number the kernel hands out is checked.
+    fn add_inotify_watches(
+        &mut self,
+        q: &Queue,
+        fd: u64,
+        watches: &[InotifyWatch],
+    ) -> Result<(), RestoreError> {
+        const IN_DELETE_SELF: u64 = 0x400;
+        let filler = ["/", "/proc", "/dev", "/tmp"]
+            .into_iter()
+            .find(|f| watches.iter().all(|w| w.path != *f))
+            .unwrap_or("/");
+        // (path, mask, descriptor): a watch added, which must get that descriptor; with no
+        // path, that descriptor's removal.
+        let mut calls: Vec<(&str, u64, i32)> = Vec::new();
+        let mut next = 1;
+        for w in watches {
+            while next < w.wd {
+                calls.push((filler, IN_DELETE_SELF, next));
+                calls.push(("", 0, next));
+                next += 1;
+            }
+            calls.push((&w.path, u64::from(w.mask), w.wd));
+            next = w.wd + 1;
+        }
+        let mut at = 0;
+        while at < calls.len() {
+            let mut batch = Batch::new(self.vessel.area);
+            let first = at;
+            while at < calls.len() && batch.fits(1, calls[at].0.len() + 1) {
+                let (path, mask, wd) = calls[at];
+                if path.is_empty() {
+                    batch.push(
+                        "inotify_rm_watch",
+                        libc::SYS_inotify_rm_watch,
+                        [fd, wd as u64, 0, 0, 0, 0],
+                    );
+                } else {
+                    let p = batch.c_string(path);
+                    batch.push(
+                        "inotify_add_watch",
+                        libc::SYS_inotify_add_watch,
+                        [fd, p, mask, 0, 0, 0],
+                    );
+                }
+                at += 1;
+            }
+            let r = self.vessel.batch(&q.step, &batch)?;
+            if let Some((_, call, errno)) = r.failure() {
+                return Err(injected(&q.step, self.pid(), call, errno));
+            }
+            for (i, &(path, _, wd)) in calls[first..at].iter().enumerate() {
+                let got = r.result(i).unwrap_or(-1);
+                if !path.is_empty() && got != i64::from(wd) {
+                    return Err(RestoreError::Sys {
+                        step: q.step.clone(),
+                        source: SysError::UnexpectedStop {
+                            pid: self.pid().as_raw(),
+                            detail: format!(
+                                "the inotify watch of {path} came back as descriptor {got}, not {wd}"
+                            ),
+                        },
+                    });
+                }
+            }
+        }
+        // Read away the fillers' IN_IGNORED events (16 bytes each; non-blocking: EAGAIN once
+        // empty). Bounded: a watched directory busy meanwhile cannot keep this going.
+        let fillers = calls.iter().filter(|c| c.0.is_empty()).count();
+        for _ in 0..fillers * 16 / 4096 + 2 {
+            let mut batch = Batch::new(self.vessel.area);
+            let out = batch.out(4096);
+            batch.push("read", libc::SYS_read, [fd, out, 4096, 0, 0, 0]);
+            let r = self.vessel.batch(&q.step, &batch)?;
+            match r.failure() {
+                None => continue,
+                Some((_, _, Errno::EAGAIN)) => return Ok(()),
+                Some((_, call, errno)) => return Err(injected(&q.step, self.pid(), call, errno)),
+            }
         }
         Ok(())
     }
