@@ -346,8 +346,9 @@ fn capture_frozen(
     let mut fds: Vec<Fd> = Vec::new();
     let open = proc::open_fds(pid).map_err(sys("listing fds"))?;
     crate::objects::check_shared_objects(pid, &open)?;
-    for fd in open {
-        let kind = mobility::classify_fd(pid, &fd, opts)?;
+    let scan = crate::objects::FdScan::new(&open);
+    for fd in &open {
+        let kind = mobility::classify_fd(pid, fd, opts, &scan)?;
         mobility::check_locks(pid, fd.fd)?;
         let mut dup_of = None;
         for earlier in fds.iter().filter(|e| {

@@ -12,7 +12,7 @@ use ferry_sys::proc::{self, Mapping, OpenFd};
 use ferry_sys::{Pid, host};
 
 use crate::CheckpointError;
-use crate::objects::Depth;
+use crate::objects::{Depth, FdScan};
 
 pub(crate) fn refuse(pid: Pid, reason: impl Into<String>) -> CheckpointError {
     CheckpointError::NotMigratable {
@@ -181,8 +181,13 @@ const DEVICES: [(&str, u32, u32); 4] = [
 /// Classifies an open fd of a frozen process with its whole state: a supported kind, or the
 /// reason it pins the process. An fd that `opts.links` names is a link to the ferry message
 /// service ([`FdKind::Link`]) if it is a socket, and refused if it is not.
-pub fn classify_fd(pid: Pid, fd: &OpenFd, opts: &Options) -> Result<FdKind, CheckpointError> {
-    classify_fd_to(pid, fd, opts, Depth::State)?.ok_or_else(|| CheckpointError::Sys {
+pub fn classify_fd(
+    pid: Pid,
+    fd: &OpenFd,
+    opts: &Options,
+    scan: &FdScan<'_>,
+) -> Result<FdKind, CheckpointError> {
+    classify_fd_to(pid, fd, opts, Depth::State, scan)?.ok_or_else(|| CheckpointError::Sys {
         step: format!("reading fd {}", fd.fd),
         source: ferry_sys::SysError::UnexpectedStop {
             pid: pid.as_raw(),
@@ -193,8 +198,13 @@ pub fn classify_fd(pid: Pid, fd: &OpenFd, opts: &Options) -> Result<FdKind, Chec
 
 /// The checks of [`classify_fd`] on a running process: kernel objects are judged by their
 /// kind only (`None`), since reading their state takes locks the process may hold.
-fn check_fd(pid: Pid, fd: &OpenFd, opts: &Options) -> Result<(), CheckpointError> {
-    classify_fd_to(pid, fd, opts, Depth::Kind).map(|_| ())
+fn check_fd(
+    pid: Pid,
+    fd: &OpenFd,
+    opts: &Options,
+    scan: &FdScan<'_>,
+) -> Result<(), CheckpointError> {
+    classify_fd_to(pid, fd, opts, Depth::Kind, scan).map(|_| ())
 }
 
 fn classify_fd_to(
@@ -202,6 +212,7 @@ fn classify_fd_to(
     fd: &OpenFd,
     opts: &Options,
     depth: Depth,
+    scan: &FdScan<'_>,
 ) -> Result<Option<FdKind>, CheckpointError> {
     let n = fd.fd;
     let target = String::from_utf8_lossy(&fd.target).into_owned();
@@ -216,7 +227,7 @@ fn classify_fd_to(
         ));
     }
     if target.starts_with("socket:") {
-        return crate::objects::classify_socket(pid, fd, &target, depth);
+        return crate::objects::classify_socket(pid, fd, &target, depth, scan);
     }
     if target.starts_with("pipe:") || target.starts_with("anon_inode:") {
         return crate::objects::classify(pid, fd, &target, depth);
@@ -552,8 +563,9 @@ pub fn check_resources(pid: Pid, opts: &Options) -> Result<(), CheckpointError> 
         classify_mapping(pid, m, opts)?;
     }
     let fds = proc::open_fds(pid).map_err(CheckpointError::sys("listing fds"))?;
+    let scan = FdScan::new(&fds);
     for fd in &fds {
-        check_fd(pid, fd, opts)?;
+        check_fd(pid, fd, opts, &scan)?;
         check_locks(pid, fd.fd)?;
     }
     crate::objects::check_shared_objects(pid, &fds)

@@ -8,11 +8,14 @@
 //! stay behind. `mobility::classify_fd` dispatches here after its common checks (links,
 //! `O_ASYNC`).
 
+use std::cell::OnceCell;
+use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 
 use ferry_image::{EpollWatch, FdKind, InotifyWatch, MAX_CARRIED_BYTES, SocketKind};
 use ferry_sys::kobj::{self, Shared};
 use ferry_sys::proc::{LinkStat, OpenFd};
+use ferry_sys::sockdiag::UnixSocket;
 use ferry_sys::{Pid, libc, pidfd};
 
 use crate::CheckpointError;
@@ -20,6 +23,32 @@ use crate::mobility::refuse;
 
 /// The anonymous-inode kinds ferry carries (as `/proc/PID/fd` names them).
 const SUPPORTED_ANON: [&str; 5] = ["eventfd", "timerfd", "signalfd", "eventpoll", "inotify"];
+
+/// What judging one process's fds needs once rather than per fd: its fd list, and the unix
+/// sockets of ferry's network namespace (one `sock_diag` dump, taken when the first socket
+/// fd needs it).
+pub struct FdScan<'a> {
+    pub open: &'a [OpenFd],
+    sockets: OnceCell<HashMap<u64, UnixSocket>>,
+}
+
+impl<'a> FdScan<'a> {
+    pub fn new(open: &'a [OpenFd]) -> FdScan<'a> {
+        FdScan {
+            open,
+            sockets: OnceCell::new(),
+        }
+    }
+
+    fn sockets(&self) -> Result<&HashMap<u64, UnixSocket>, CheckpointError> {
+        if let Some(all) = self.sockets.get() {
+            return Ok(all);
+        }
+        let all = ferry_sys::sockdiag::unix_sockets()
+            .map_err(CheckpointError::sys("listing unix sockets"))?;
+        Ok(self.sockets.get_or_init(|| all))
+    }
+}
 
 /// How much of a kernel object behind an fd to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,12 +363,12 @@ pub fn classify_socket(
     fd: &OpenFd,
     target: &str,
     depth: Depth,
+    scan: &FdScan<'_>,
 ) -> Result<Option<FdKind>, CheckpointError> {
     let n = fd.fd;
     let socket = object_inode(target, "socket:[")
         .ok_or_else(|| refuse(pid, format!("fd {n} is a socket ({target})")))?;
-    let all = ferry_sys::sockdiag::unix_sockets()
-        .map_err(CheckpointError::sys("listing unix sockets"))?;
+    let all = scan.sockets()?;
     let Some(s) = all.get(&socket) else {
         return Err(refuse(
             pid,
@@ -375,8 +404,8 @@ pub fn classify_socket(
             format!("fd {n} is a socket whose other end was closed or shut down ({target})"),
         ));
     };
-    let open = ferry_sys::proc::open_fds(pid).map_err(CheckpointError::sys("listing fds"))?;
-    let held = open
+    let held = scan
+        .open
         .iter()
         .find(|o| object_inode(&String::from_utf8_lossy(&o.target), "socket:[") == Some(peer))
         .map(|o| o.fd);
