@@ -53,9 +53,12 @@ pub struct CheckpointReport {
     pub interrupted: String,
     /// Whether PAGEMAP_SCAN found the pages (else /proc/PID/pagemap).
     pub pagemap_scan: bool,
+    /// The descendants checkpointed with the process, in tree order: pid, and whether it was
+    /// a zombie (ended, not yet reaped).
+    pub children: Vec<(i32, bool)>,
 }
 
-/// Checkpoints `pid` into `dir`.
+/// Checkpoints `pid` (and its descendants, if it has any: a process tree) into `dir`.
 pub fn checkpoint(
     pid: Pid,
     dir: &Path,
@@ -74,9 +77,16 @@ pub fn checkpoint_with(
 ) -> Result<CheckpointReport, CheckpointError> {
     let started = Instant::now();
     mobility::preflight(pid)?;
-    mobility::check_resources(pid, &rules)?;
     let platform =
         platform::host_platform().map_err(CheckpointError::sys("fingerprinting this host"))?;
+    if !proc::children(pid)
+        .map_err(CheckpointError::sys("listing children"))?
+        .is_empty()
+    {
+        // What the members share is judged once the whole tree is held.
+        return crate::tree::checkpoint_tree(pid, dir, opts, rules, platform, started);
+    }
+    mobility::check_resources(pid, &rules)?;
     // Room for the pages, allocated while the process still runs: the freeze then only copies.
     let expected = proc::status(pid)
         .map(|s| (s.rssanon.unwrap_or(0) + s.rssshmem.unwrap_or(0)) * 1024)
@@ -118,6 +128,7 @@ pub fn checkpoint_with(
         injected_calls,
         interrupted,
         pagemap_scan: stats.pagemap_scan,
+        children: Vec::new(),
     };
     info!(?report, "checkpoint done");
     Ok(report)
@@ -171,8 +182,11 @@ fn excise_checked(
     opts: &mobility::Options,
 ) -> Result<Excised, CheckpointError> {
     let mut frozen = Frozen::freeze(pid)?;
-    // Threads or files may have appeared between the preflight and the stop.
+    // Threads, children or files may have appeared between the preflight and the stop.
     mobility::frozen_checks(pid)?;
+    if opts.tree.is_empty() {
+        mobility::check_no_children(pid)?;
+    }
     let (image, segments, pagemap_scan) = capture_frozen(&mut frozen, platform, opts)?;
     Ok(Excised {
         stats: ExcisionStats {
@@ -185,7 +199,7 @@ fn excise_checked(
     })
 }
 
-fn capture_frozen(
+pub(crate) fn capture_frozen(
     frozen: &mut Frozen,
     platform: Platform,
     opts: &mobility::Options,
@@ -345,7 +359,7 @@ fn capture_frozen(
     // of another fd of the same link, never of a file.
     let mut fds: Vec<Fd> = Vec::new();
     let open = proc::open_fds(pid).map_err(sys("listing fds"))?;
-    crate::objects::check_shared_objects(pid, &open)?;
+    crate::objects::check_shared_objects(pid, &open, &opts.tree)?;
     let scan = crate::objects::FdScan::new(&open);
     for fd in &open {
         let kind = mobility::classify_fd(pid, fd, opts, &scan)?;

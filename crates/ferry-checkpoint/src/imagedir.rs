@@ -7,7 +7,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ferry_image::format::{PAGES_HEADER_LEN, PageHasher, verify_pages};
-use ferry_image::{PagesHeader, ProcessImage, decode_core, encode_core, validate};
+use ferry_image::{
+    PagesHeader, ProcessImage, TreeImage, decode_core, decode_tree, encode_core, encode_tree,
+    validate, validate_tree,
+};
 use ferry_sys::file::MappedFile;
 
 use crate::pagecopy::PageSink;
@@ -15,6 +18,45 @@ use crate::{CheckpointError, ImageError};
 
 pub const CORE_FILE: &str = "core.img";
 pub const PAGES_FILE: &str = "pages.img";
+/// The manifest of a process tree; its root's image is the directory's own.
+pub const TREE_FILE: &str = "tree.img";
+
+/// Where the image of tree member `pid` (not the root) lives.
+pub fn member_dir(dir: &Path, pid: i32) -> PathBuf {
+    dir.join(format!("pid-{pid}"))
+}
+
+/// Writes `tree.img` (to a temporary name, synced, renamed).
+pub fn write_tree(dir: &Path, tree: &TreeImage) -> Result<(), CheckpointError> {
+    let fail = |detail: String| CheckpointError::ImageDir {
+        path: dir.to_path_buf(),
+        detail: format!("{TREE_FILE}: {detail}"),
+    };
+    let bytes = encode_tree(tree).map_err(|e| fail(e.to_string()))?;
+    let tmp = dir.join(format!("{TREE_FILE}.tmp"));
+    let mut f = File::create(&tmp).map_err(|e| fail(e.to_string()))?;
+    f.write_all(&bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| fail(e.to_string()))?;
+    fs::rename(&tmp, dir.join(TREE_FILE)).map_err(|e| fail(e.to_string()))
+}
+
+/// The tree manifest of an image directory, decoded and validated; `None` for the image of
+/// a single process.
+pub fn load_tree(dir: &Path) -> Result<Option<TreeImage>, ImageError> {
+    let path = dir.join(TREE_FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    let tree = decode_tree(&bytes).map_err(|e| ImageError::Format {
+        error: e,
+        path: path.clone(),
+    })?;
+    validate_tree(&tree).map_err(|e| ImageError::Invalid { error: e, path })?;
+    Ok(Some(tree))
+}
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
     move |source| ImageError::Io {

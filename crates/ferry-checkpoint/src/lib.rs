@@ -11,6 +11,8 @@
 //! - [`pagecopy`]: the page pipeline out of a process into a sink (file, later socket).
 //! - [`restart`]: what an interrupted system call must do when the process continues.
 //! - [`restore`]: rebuilds the process in a fresh vessel by syscall injection.
+//! - [`tree`]: a process and its descendants frozen and captured together (their restore is
+//!   `restore::tree`).
 //! - [`imagedir`]: the image directory (`core.img`, `pages.img`): atomic writing, verified
 //!   loading.
 //! - [`platform`]: this host's kernel and CPU fingerprint.
@@ -25,6 +27,7 @@ pub mod pagecopy;
 pub mod platform;
 pub mod restart;
 pub mod restore;
+pub mod tree;
 
 use std::path::PathBuf;
 

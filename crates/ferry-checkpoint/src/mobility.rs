@@ -104,6 +104,26 @@ pub fn preflight(pid: Pid) -> Result<(), CheckpointError> {
     check_threads(pid, &status)
 }
 
+/// Refuses a process with children (living or not yet reaped): a migration moves one
+/// process, and children left behind would lose their parent (and it them).
+/// `ferry checkpoint` takes them along instead ([`crate::tree`]).
+pub fn check_no_children(pid: Pid) -> Result<(), CheckpointError> {
+    let children = proc::children(pid).map_err(CheckpointError::sys("listing children"))?;
+    let Some(&child) = children.first() else {
+        return Ok(());
+    };
+    let comm = proc::read_text(child, "comm").unwrap_or_default();
+    Err(refuse(
+        pid,
+        format!(
+            "it has {} child process{} (pid {child} {comm}{}); process trees move with ferry checkpoint and restore, not yet by migration",
+            children.len(),
+            if children.len() == 1 { "" } else { "es" },
+            if children.len() > 1 { ", …" } else { "" }
+        ),
+    ))
+}
+
 /// Checks that must hold while the process is frozen (threads may have appeared since the
 /// preflight).
 pub fn frozen_checks(pid: Pid) -> Result<(), CheckpointError> {
@@ -529,6 +549,10 @@ pub struct Options {
     /// The process's connections to the local daemon's message service (the daemon knows
     /// them): captured as [`FdKind::Link`], where any other socket is refused.
     pub links: Vec<LinkFd>,
+    /// The other processes of the tree being captured with this one (its parent, children,
+    /// siblings): pipes, open files, memfds and deleted files they share with it move with
+    /// them.
+    pub tree: Vec<Pid>,
 }
 
 impl Options {
@@ -568,5 +592,5 @@ pub fn check_resources(pid: Pid, opts: &Options) -> Result<(), CheckpointError> 
         check_fd(pid, fd, opts, &scan)?;
         check_locks(pid, fd.fd)?;
     }
-    crate::objects::check_shared_objects(pid, &fds)
+    crate::objects::check_shared_objects(pid, &fds, &opts.tree)
 }

@@ -410,7 +410,7 @@ pub fn classify_socket(
         .find(|o| object_inode(&String::from_utf8_lossy(&o.target), "socket:[") == Some(peer))
         .map(|o| o.fd);
     let Some(peer_fd) = held else {
-        let whom = match kobj::holders(&[Shared::Socket(peer)], pid)
+        let whom = match kobj::holders(&[Shared::Socket(peer)], &[pid])
             .into_iter()
             .next()
         {
@@ -420,7 +420,7 @@ pub fn classify_socket(
         return Err(refuse(
             pid,
             format!(
-                "fd {n} is a socket connected to {whom}; it moves only with every process that holds an end, and process trees are not migratable yet"
+                "fd {n} is a socket connected to {whom}; it moves only with every process that holds an end, and socket pairs between processes do not move yet"
             ),
         ));
     };
@@ -506,11 +506,13 @@ fn copy_of_fd(pid: Pid, n: i32) -> Result<std::os::fd::OwnedFd, CheckpointError>
         .map_err(CheckpointError::sys(format!("taking a copy of fd {n}")))
 }
 
-/// Fails if another process holds one of the pipes, memfds or deleted files among `fds` (the
-/// process's fds): its end or view would stay behind. Also fails if one memfd or deleted file
-/// is open in the process through two open file descriptions (restore would make them two
-/// files). One pass over `/proc`.
-pub fn check_shared_objects(pid: Pid, fds: &[OpenFd]) -> Result<(), CheckpointError> {
+/// Fails if a process outside `tree` (the processes moving with `pid`, possibly none) holds
+/// one of the pipes, sockets, FIFOs, memfds or deleted files among `fds` (the process's fds):
+/// its end or view would stay behind. Sockets and FIFOs are refused even when only the tree
+/// shares them. Also fails if one memfd or deleted file is open in the process through two
+/// open file descriptions (restore would make them two files). One pass over `/proc`, two
+/// when a tree shares a socket or FIFO.
+pub fn check_shared_objects(pid: Pid, fds: &[OpenFd], tree: &[Pid]) -> Result<(), CheckpointError> {
     let mut objects: Vec<(i32, Shared)> = Vec::new();
     for fd in fds {
         let target = String::from_utf8_lossy(&fd.target);
@@ -550,7 +552,18 @@ pub fn check_shared_objects(pid: Pid, fds: &[OpenFd]) -> Result<(), CheckpointEr
         }
     }
     let list: Vec<Shared> = objects.iter().map(|&(_, o)| o).collect();
-    match kobj::holders(&list, pid).into_iter().next() {
+    let mut except = tree.to_vec();
+    except.push(pid);
+    let mut found = kobj::holders(&list, &except).into_iter().next();
+    let within: Vec<Shared> = list
+        .iter()
+        .copied()
+        .filter(|o| matches!(o, Shared::Socket(_) | Shared::Fifo { .. }))
+        .collect();
+    if found.is_none() && !tree.is_empty() && !within.is_empty() {
+        found = kobj::holders(&within, &[pid]).into_iter().next();
+    }
+    match found {
         Some((object, other, comm)) => {
             let n = objects
                 .iter()
@@ -565,7 +578,12 @@ pub fn check_shared_objects(pid: Pid, fds: &[OpenFd]) -> Result<(), CheckpointEr
             Err(refuse(
                 pid,
                 format!(
-                    "fd {n} is {what} shared with pid {other} ({comm}); it moves only with every process that holds it, and process trees are not migratable yet"
+                    "fd {n} is {what} shared with pid {other} ({comm}){}",
+                    if tree.contains(&other) {
+                        ", another process of the tree: sockets and FIFOs shared between processes do not move yet"
+                    } else {
+                        "; it moves only with every process that holds it"
+                    }
                 ),
             ))
         }

@@ -27,7 +27,7 @@
 //! limits and nice values are applied after the credentials, so the kernel refuses any that
 //! exceed the owner's privilege. Dropping a [`Builder`] that was not started kills the vessel.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,6 +46,7 @@ use crate::imagedir::LoadedImage;
 use crate::{RestoreError, platform};
 
 mod objects;
+pub mod tree;
 
 /// Pages of the restorer area: code page, call table, data.
 const RESTORER_PAGES: u64 = 64;
@@ -56,7 +57,11 @@ const CAP_LAST_CAP_MAX: u64 = 63;
 #[derive(Debug)]
 pub struct RestoredProcess {
     pub pid: Pid,
+    /// For a process tree, the sums over its processes (`old_pid`, `threads`: the root's).
     pub report: RestoreReport,
+    /// The descendants restored with it (a process tree), in tree order: pid (the one they
+    /// had), and whether it is a zombie.
+    pub children: Vec<(i32, bool)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -80,9 +85,39 @@ pub struct RestoreReport {
     pub privileged_opens: u32,
 }
 
-/// Loads, verifies and restores the image in `dir`.
+/// Loads, verifies and restores the image in `dir`: one process, or a process tree (with
+/// the pids it had, see [`tree`]).
 pub fn restore(dir: &Path) -> Result<RestoredProcess, RestoreError> {
     let started = Instant::now();
+    if let Some(manifest) = crate::imagedir::load_tree(dir)? {
+        let t = tree::restore_tree(dir, &manifest, started)?;
+        let mut report = RestoreReport {
+            total: t.total,
+            load: t.load,
+            ..RestoreReport::default()
+        };
+        for (i, (_, r)) in t.members.iter().enumerate() {
+            let Some(r) = r else { continue };
+            if i == 0 {
+                report.old_pid = r.old_pid;
+                report.threads = r.threads.clone();
+            }
+            report.memory_copy += r.memory_copy;
+            report.memory_bytes += r.memory_bytes;
+            report.mappings += r.mappings;
+            report.injected_calls += r.injected_calls;
+            report.round_trips += r.round_trips;
+            report.privileged_opens += r.privileged_opens;
+        }
+        return Ok(RestoredProcess {
+            pid: t.root,
+            report,
+            children: t.members[1..]
+                .iter()
+                .map(|(pid, r)| (pid.as_raw(), r.is_none()))
+                .collect(),
+        });
+    }
     let loaded = LoadedImage::open(dir)?;
     let load = started.elapsed();
     restore_loaded(&loaded, started, load)
@@ -94,7 +129,14 @@ pub fn restore_loaded(
     started: Instant,
     load: Duration,
 ) -> Result<RestoredProcess, RestoreError> {
-    let mut builder = Builder::new(Vessel::prepare()?, Arc::new(loaded.image.clone()))?;
+    // The pid it had, if no process holds it here; else any.
+    let vessel = match Vessel::prepare_at(Some(Pid::from_raw(loaded.image.control.pid))) {
+        Err(RestoreError::Sys { source, .. }) if source.errno() == Some(Errno::EEXIST) => {
+            Vessel::prepare()?
+        }
+        other => other?,
+    };
+    let mut builder = Builder::new(vessel, Arc::new(loaded.image.clone()))?;
     let segments: Vec<(u64, &[u8])> = loaded.runs().collect();
     builder.write_pages(&segments)?;
     builder.finish()?;
@@ -102,7 +144,11 @@ pub fn restore_loaded(
     report.total = started.elapsed();
     report.load = load;
     info!(pid = pid.as_raw(), ?report, "restored");
-    Ok(RestoredProcess { pid, report })
+    Ok(RestoredProcess {
+        pid,
+        report,
+        children: Vec::new(),
+    })
 }
 
 /// Checks that an image may be restored on this host at all: root, platform, files.
@@ -218,7 +264,12 @@ impl Vessel {
     /// Forks a vessel and maps the restorer area in it. Can be done before a migration
     /// arrives (a warm vessel).
     pub fn prepare() -> Result<Vessel, RestoreError> {
-        let tracee = spawn::vessel().map_err(RestoreError::sys("creating the process"))?;
+        Vessel::prepare_at(None)
+    }
+
+    /// [`Vessel::prepare`] with process id `pid` (see [`spawn::vessel_at`]).
+    pub fn prepare_at(pid: Option<Pid>) -> Result<Vessel, RestoreError> {
+        let tracee = spawn::vessel_at(pid).map_err(RestoreError::sys("creating the process"))?;
         let mut vessel = Vessel {
             tracee: Some(tracee),
             area: BatchArea::within(&Scratch { addr: 0, len: 0 }),
@@ -418,6 +469,9 @@ struct Queue {
 pub struct Builder {
     vessel: Vessel,
     image: Arc<ProcessImage>,
+    /// Fds taken from another process of a tree rather than made (see `tree`): fd number →
+    /// (pid, fd) where the open file description is.
+    imports: HashMap<i32, (i32, i32)>,
     fds: FdTable,
     copy_time: Duration,
     privileged_opens: u32,
@@ -435,6 +489,7 @@ impl Builder {
         let mut b = Builder {
             vessel,
             image,
+            imports: HashMap::new(),
             fds: FdTable::default(),
             copy_time: Duration::ZERO,
             privileged_opens: 0,
@@ -858,6 +913,10 @@ impl Builder {
                 self.fds.place(n);
                 continue;
             }
+            if let Some(&(from, from_fd)) = self.imports.get(&fd.number) {
+                self.import_fd(&mut q, fd, from, from_fd)?;
+                continue;
+            }
             if let FdKind::Link { socket, hello } = &fd.kind {
                 self.connect_link(&mut q, fd, socket, hello)?;
                 continue;
@@ -919,6 +978,55 @@ impl Builder {
         self.push(&mut q, Tag::Plain, "setfsuid", libc::SYS_setfsuid, [0; 6]);
         self.push(&mut q, Tag::Plain, "setfsgid", libc::SYS_setfsgid, [0; 6]);
         self.flush(&mut q)
+    }
+
+    /// Puts at `fd`'s number the open file description that fd `from_fd` of process `from`
+    /// holds (`pidfd_getfd`, as `fork` would have shared it), with `fd`'s close-on-exec flag.
+    fn import_fd(
+        &mut self,
+        q: &mut Queue,
+        fd: &Fd,
+        from: i32,
+        from_fd: i32,
+    ) -> Result<(), RestoreError> {
+        self.room(q, 6, 0)?;
+        let pidfd = self.fds.open();
+        self.push(
+            q,
+            Tag::Plain,
+            "pidfd_open",
+            libc::SYS_pidfd_open,
+            [from as u64, 0, 0, 0, 0, 0],
+        );
+        let got = self.fds.open();
+        self.push(
+            q,
+            Tag::Plain,
+            "pidfd_getfd",
+            libc::SYS_pidfd_getfd,
+            [pidfd, from_fd as u64, 0, 0, 0, 0],
+        );
+        // Closed first: the pidfd may sit at the number the fd goes to.
+        self.push(
+            q,
+            Tag::Plain,
+            "close",
+            libc::SYS_close,
+            [pidfd, 0, 0, 0, 0, 0],
+        );
+        self.fds.close(pidfd);
+        if got == fd.number as u64 && !fd.cloexec {
+            // pidfd_getfd sets close-on-exec.
+            self.push(
+                q,
+                Tag::Plain,
+                "fcntl(F_SETFD)",
+                libc::SYS_fcntl,
+                [got, libc::F_SETFD as u64, 0, 0, 0, 0],
+            );
+        }
+        self.settle(q, got, fd);
+        Ok(())
     }
 
     /// Moves a new fd from `opened`, where the kernel put it, to `fd`'s number (which it may

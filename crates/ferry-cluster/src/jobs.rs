@@ -346,6 +346,7 @@ impl Jobs {
         }
         let pid = Pid::from_raw(job.pid);
         let verdict = ferry_checkpoint::mobility::preflight(pid)
+            .and_then(|()| ferry_checkpoint::mobility::check_no_children(pid))
             .and_then(|()| {
                 let opts = ferry_checkpoint::MobilityOptions {
                     links: self

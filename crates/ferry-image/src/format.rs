@@ -9,9 +9,12 @@ use thiserror::Error;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::model::{FdKind, PAGE_SIZE, ProcessImage, SocketKind};
+use crate::tree::TreeImage;
 
 /// Magic of `core.img`.
 pub const CORE_MAGIC: [u8; 8] = *b"FERRYIMG";
+/// Magic of `tree.img`.
+pub const TREE_MAGIC: [u8; 8] = *b"FERRYTRE";
 /// Magic of `pages.img`.
 pub const PAGES_MAGIC: [u8; 8] = *b"FERRYPGS";
 /// Version of the image format. Bump minor for additions old readers may ignore, major for
@@ -74,7 +77,7 @@ pub enum FormatError {
     },
     #[error("{file}: unknown flags {flags:#x}")]
     UnknownFlags { file: &'static str, flags: u32 },
-    #[error("core.img: cannot decode the process state: {0}")]
+    #[error("cannot decode: {0}")]
     Decode(String),
     #[error("core.img: cannot encode the process state: {0}")]
     Encode(String),
@@ -98,8 +101,12 @@ pub fn encode_core(image: &ProcessImage) -> Result<Vec<u8>, FormatError> {
 /// Frames an already encoded payload as `core.img` (header and checksum). Used by the fuzz
 /// target that reaches the payload decoder with arbitrary bytes.
 pub fn wrap_payload(payload: &[u8]) -> Vec<u8> {
+    frame(CORE_MAGIC, payload)
+}
+
+fn frame(magic: [u8; 8], payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(CORE_HEADER_LEN + payload.len() + CHECKSUM_LEN);
-    out.extend_from_slice(&CORE_MAGIC);
+    out.extend_from_slice(&magic);
     out.extend_from_slice(&FORMAT_MAJOR.to_le_bytes());
     out.extend_from_slice(&FORMAT_MINOR.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
@@ -134,30 +141,58 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
 /// Decodes `core.img`: header, checksum, then payload. Does not validate the model; call
 /// [`crate::validate`] on the result.
 pub fn decode_core(bytes: &[u8]) -> Result<ProcessImage, FormatError> {
-    const FILE: &str = "core.img";
+    let (minor, payload) = unframe("core.img", CORE_MAGIC, bytes)?;
+    let mut payload = std::borrow::Cow::Borrowed(payload);
+    if minor < FIRST_MINOR_WITH_THREADS {
+        // `threads` is the last field of the image: an older payload is a newer one that
+        // lacks it, and postcard encodes an empty list as one zero byte.
+        payload.to_mut().push(0);
+    }
+    let (mut image, rest) = postcard::take_from_bytes::<ProcessImage>(&payload)
+        .map_err(|e| FormatError::Decode(format!("core.img: the process state: {e}")))?;
+    if !rest.is_empty() {
+        return Err(FormatError::Decode(format!(
+            "core.img: {} trailing bytes after the process state",
+            rest.len()
+        )));
+    }
+    if minor < FIRST_MINOR_WITH_UNIX_PAIRS {
+        upgrade_unix_streams(&mut image);
+    }
+    Ok(image)
+}
+
+/// Checks a framed file (magic, version, flags, length, checksum) and returns its minor
+/// version and payload.
+fn unframe<'a>(
+    file: &'static str,
+    magic: [u8; 8],
+    bytes: &'a [u8],
+) -> Result<(u16, &'a [u8]), FormatError> {
     let actual = bytes.len() as u64;
     if bytes.len() < CORE_HEADER_LEN + CHECKSUM_LEN {
-        if bytes.len() >= 8 && bytes[..8] != CORE_MAGIC {
-            return Err(FormatError::BadMagic { file: FILE });
+        if bytes.len() >= 8 && bytes[..8] != magic {
+            return Err(FormatError::BadMagic { file });
         }
         return Err(FormatError::Truncated {
-            file: FILE,
+            file,
             expected: (CORE_HEADER_LEN + CHECKSUM_LEN) as u64,
             actual,
         });
     }
-    if bytes[..8] != CORE_MAGIC {
-        return Err(FormatError::BadMagic { file: FILE });
+    if bytes[..8] != magic {
+        return Err(FormatError::BadMagic { file });
     }
-    check_version(FILE, le_u16(bytes, 8), le_u16(bytes, 10))?;
+    let minor = le_u16(bytes, 10);
+    check_version(file, le_u16(bytes, 8), minor)?;
     let flags = le_u32(bytes, 12);
     if flags != 0 {
-        return Err(FormatError::UnknownFlags { file: FILE, flags });
+        return Err(FormatError::UnknownFlags { file, flags });
     }
     let len = le_u64(bytes, 16);
     if len > MAX_CORE_PAYLOAD {
         return Err(FormatError::TooLarge {
-            file: FILE,
+            file,
             len,
             limit: MAX_CORE_PAYLOAD,
         });
@@ -165,14 +200,14 @@ pub fn decode_core(bytes: &[u8]) -> Result<ProcessImage, FormatError> {
     let expected = CORE_HEADER_LEN as u64 + len + CHECKSUM_LEN as u64;
     if actual < expected {
         return Err(FormatError::Truncated {
-            file: FILE,
+            file,
             expected,
             actual,
         });
     }
     if actual > expected {
         return Err(FormatError::LengthMismatch {
-            file: FILE,
+            file,
             expected,
             actual,
         });
@@ -182,29 +217,33 @@ pub fn decode_core(bytes: &[u8]) -> Result<ProcessImage, FormatError> {
     let computed = xxh3_64(&bytes[..body_end]);
     if stored != computed {
         return Err(FormatError::Checksum {
-            file: FILE,
+            file,
             stored,
             computed,
         });
     }
-    let mut payload = std::borrow::Cow::Borrowed(&bytes[CORE_HEADER_LEN..body_end]);
-    if le_u16(bytes, 10) < FIRST_MINOR_WITH_THREADS {
-        // `threads` is the last field of the image: an older payload is a newer one that
-        // lacks it, and postcard encodes an empty list as one zero byte.
-        payload.to_mut().push(0);
-    }
-    let (mut image, rest) = postcard::take_from_bytes::<ProcessImage>(&payload)
-        .map_err(|e| FormatError::Decode(e.to_string()))?;
+    Ok((minor, &bytes[CORE_HEADER_LEN..body_end]))
+}
+
+/// Encodes a process tree's manifest as the bytes of `tree.img` (framed as `core.img` is,
+/// with its own magic).
+pub fn encode_tree(tree: &TreeImage) -> Result<Vec<u8>, FormatError> {
+    let payload = postcard::to_stdvec(tree).map_err(|e| FormatError::Encode(e.to_string()))?;
+    Ok(frame(TREE_MAGIC, &payload))
+}
+
+/// Decodes `tree.img`. Does not validate the tree; call [`crate::tree::validate_tree`].
+pub fn decode_tree(bytes: &[u8]) -> Result<TreeImage, FormatError> {
+    let (_, payload) = unframe("tree.img", TREE_MAGIC, bytes)?;
+    let (tree, rest) = postcard::take_from_bytes::<TreeImage>(payload)
+        .map_err(|e| FormatError::Decode(format!("tree.img: {e}")))?;
     if !rest.is_empty() {
         return Err(FormatError::Decode(format!(
-            "{} trailing bytes after the process state",
+            "tree.img: {} trailing bytes after the tree",
             rest.len()
         )));
     }
-    if le_u16(bytes, 10) < FIRST_MINOR_WITH_UNIX_PAIRS {
-        upgrade_unix_streams(&mut image);
-    }
-    Ok(image)
+    Ok(tree)
 }
 
 /// Turns the stream socket pairs of a 1.1/1.2 image into [`FdKind::UnixPair`]s, the one form

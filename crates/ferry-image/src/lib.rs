@@ -12,6 +12,9 @@
 //! pages.img  4 KiB header (magic "FERRYPGS", version, image id, length, hash) | raw pages
 //! ```
 //!
+//! A process tree adds `tree.img` (a [`tree::TreeImage`], framed like `core.img` with magic
+//! "FERRYTRE") and one sub-directory `pid-N` per other living process, each an image of its own.
+//!
 //! The payload of `core.img` is a [`model::ProcessImage`] encoded with postcard. Page bytes
 //! never go through serde: `pages.img` holds them raw, in the order of
 //! [`model::PageIndex::runs`].
@@ -19,8 +22,10 @@
 
 pub mod format;
 pub mod model;
+pub mod tree;
 pub mod validate;
 
-pub use format::{FormatError, PagesHeader, decode_core, encode_core};
+pub use format::{FormatError, PagesHeader, decode_core, decode_tree, encode_core, encode_tree};
 pub use model::*;
+pub use tree::{ExitStatus, FdRef, SharedFile, TreeImage, TreeMember, validate_tree};
 pub use validate::{ValidationError, validate};

@@ -195,6 +195,7 @@ fn make_offer(
 ) -> Result<Offer, MigrateError> {
     let p = Pid::from_raw(pid);
     ferry_checkpoint::mobility::preflight(p).map_err(checkpoint_error)?;
+    ferry_checkpoint::mobility::check_no_children(p).map_err(checkpoint_error)?;
     let opts = MobilityOptions {
         links: links.to_vec(),
         ..Default::default()
@@ -355,6 +356,7 @@ impl Run {
         let opts = MobilityOptions {
             own_write_protect: precopy.is_some(),
             links: self.links.clone(),
+            ..MobilityOptions::default()
         };
         let frozen: FrozenProc =
             // The offer ran the mobility checks a moment ago; the capture checks again, frozen.

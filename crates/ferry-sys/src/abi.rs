@@ -209,6 +209,36 @@ impl Itimerval {
     }
 }
 
+/// `struct clone_args` of `clone3` as far as ferry uses it (`CLONE_ARGS_SIZE_VER2`, 88 bytes):
+/// a fork-like clone with an exit signal and, optionally, the pid it must get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub exit_signal: u64,
+    /// Address of a `pid_t` array, innermost pid namespace first (0: any pid).
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+}
+
+impl CloneArgs {
+    pub const SIZE: usize = 88;
+    pub fn encode(&self) -> Vec<u8> {
+        Bytes::default()
+            .u64(self.flags)
+            .u64(0) // pidfd
+            .u64(0) // child_tid
+            .u64(0) // parent_tid
+            .u64(self.exit_signal)
+            .u64(0) // stack
+            .u64(0) // stack_size
+            .u64(0) // tls
+            .u64(self.set_tid)
+            .u64(self.set_tid_size)
+            .u64(0) // cgroup
+            .0
+    }
+}
+
 /// `stack_t`: 24 bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StackT {

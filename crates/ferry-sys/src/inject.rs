@@ -20,7 +20,7 @@ use nix::unistd::Pid;
 use tracing::trace;
 
 use crate::ptrace::{Stop, Tracee};
-use crate::{PAGE_SIZE, Regs, Result, SysError, mem, proc};
+use crate::{PAGE_SIZE, Regs, Result, SysError, abi, mem, proc};
 
 /// A memory area inside the tracee that ferry uses for syscall arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,22 +125,51 @@ impl<'t> Injector<'t> {
     /// returns it as a tracee, stopped before its first instruction. The tracee must trace its
     /// clones ([`Tracee::trace_clones`]).
     pub fn clone_thread(&mut self, flags: u64) -> Result<Tracee> {
+        let tgid = self.tracee.tgid();
+        self.clone_traced(
+            "clone(thread)",
+            libc::SYS_clone,
+            [flags, 0, 0, 0, 0, 0],
+            |_| tgid,
+        )
+    }
+
+    /// Creates a child process of the tracee with an injected `clone3`, whose `struct
+    /// clone_args` ([`abi::CloneArgs`], no `CLONE_VM`) the caller wrote at `args` in the
+    /// tracee. The child shares nothing but what `fork` shares and is returned as a tracee,
+    /// stopped before its first instruction. The tracee must trace its clones.
+    pub fn clone_process(&mut self, args: u64) -> Result<Tracee> {
+        self.clone_traced(
+            "clone3(process)",
+            libc::SYS_clone3,
+            [args, abi::CloneArgs::SIZE as u64, 0, 0, 0, 0],
+            |pid| pid,
+        )
+    }
+
+    fn clone_traced(
+        &mut self,
+        call: &'static str,
+        nr: i64,
+        args: [u64; 6],
+        tgid_of: impl FnOnce(Pid) -> Pid,
+    ) -> Result<Tracee> {
         let pid = self.tracee.pid();
-        self.enter(libc::SYS_clone, [flags, 0, 0, 0, 0, 0])?;
+        self.enter(nr, args)?;
         self.tracee.resume_to_syscall(0)?;
-        let clone_event = |s: &Stop| matches!(s, Stop::OtherEvent { event, .. } if *event == libc::PTRACE_EVENT_CLONE);
+        let clone_event = |s: &Stop| matches!(s, Stop::OtherEvent { event, .. } if [libc::PTRACE_EVENT_CLONE, libc::PTRACE_EVENT_FORK, libc::PTRACE_EVENT_VFORK].contains(event));
         let stop = self.tracee.wait_for(
             "the clone event",
             |s| clone_event(s) || is_syscall_stop(s),
             Tracee::resume_to_syscall,
         )?;
         if !clone_event(&stop) {
-            // The call returned without creating a thread: its error is in rax.
+            // The call returned without creating anything: its error is in rax.
             let ret = self.tracee.regs()?.rax as i64;
             self.calls += 1;
             self.singles += 1;
             return Err(SysError::Injected {
-                call: "clone(thread)",
+                call,
                 pid: pid.as_raw(),
                 errno: Errno::from_raw(-ret as i32),
             });
@@ -151,9 +180,9 @@ impl<'t> Injector<'t> {
             .wait_for("syscall exit", is_syscall_stop, Tracee::resume_to_syscall)?;
         self.calls += 1;
         self.singles += 1;
-        let thread = Tracee::adopt_clone(tid, self.tracee.tgid())?;
-        trace!(pid = pid.as_raw(), tid = tid.as_raw(), "thread created");
-        Ok(thread)
+        let made = Tracee::adopt_clone(tid, tgid_of(tid))?;
+        trace!(pid = pid.as_raw(), new = tid.as_raw(), call, "created");
+        Ok(made)
     }
 
     /// Maps a scratch area of `pages` pages (read/write) anywhere in the tracee, or at `at`.

@@ -525,10 +525,10 @@ pub enum Shared {
     Fifo { dev: u64, inode: u64 },
 }
 
-/// Which of `objects` a process other than `except` holds an fd on (by `/proc/*/fd`): each
-/// such object once, with one such process and its command name. One pass over every
-/// process; processes that vanish or cannot be read meanwhile are skipped.
-pub fn holders(objects: &[Shared], except: Pid) -> Vec<(Shared, Pid, String)> {
+/// Which of `objects` a process other than those in `except` holds an fd on (by
+/// `/proc/*/fd`): each such object once, with one such process and its command name. One pass
+/// over every process; processes that vanish or cannot be read meanwhile are skipped.
+pub fn holders(objects: &[Shared], except: &[Pid]) -> Vec<(Shared, Pid, String)> {
     let mut found: Vec<(Shared, Pid, String)> = Vec::new();
     if objects.is_empty() {
         return found;
@@ -547,7 +547,7 @@ pub fn holders(objects: &[Shared], except: Pid) -> Vec<(Shared, Pid, String)> {
         else {
             continue;
         };
-        if pid == except {
+        if except.contains(&pid) {
             continue;
         }
         let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
@@ -676,10 +676,10 @@ mod tests {
                 inode: st.inode,
             },
         ];
-        assert!(holders(&objects, me).is_empty());
+        assert!(holders(&objects, &[me]).is_empty());
         let mut found = holders(
             &[objects[0], objects[1], Shared::Pipe(u64::MAX)],
-            Pid::from_raw(1),
+            &[Pid::from_raw(1)],
         );
         found.sort_by_key(|(o, ..)| matches!(o, Shared::File { .. }));
         assert_eq!(found.len(), 2);

@@ -302,22 +302,56 @@ pub fn open_fds(pid: Pid) -> Result<Vec<OpenFd>> {
 /// Whether two fds of a process refer to the same open file description (one is a `dup` of
 /// the other, sharing offset and status flags): `kcmp(KCMP_FILE)`.
 pub fn same_open_file(pid: Pid, fd1: i32, fd2: i32) -> Result<bool> {
+    same_file_of(pid, fd1, pid, fd2)
+}
+
+/// Whether fd `fd1` of `pid1` and fd `fd2` of `pid2` are one open file description (`kcmp`),
+/// as `fork` or `SCM_RIGHTS` share them.
+pub fn same_file_of(pid1: Pid, fd1: i32, pid2: Pid, fd2: i32) -> Result<bool> {
     const KCMP_FILE: i32 = 0;
+    kcmp(pid1, pid2, KCMP_FILE, fd1 as u64, fd2 as u64)
+}
+
+/// Whether two processes share one address space (`CLONE_VM`, as `vfork` does).
+pub fn same_memory(pid1: Pid, pid2: Pid) -> Result<bool> {
+    const KCMP_VM: i32 = 1;
+    kcmp(pid1, pid2, KCMP_VM, 0, 0)
+}
+
+fn kcmp(pid1: Pid, pid2: Pid, kind: i32, idx1: u64, idx2: u64) -> Result<bool> {
     // SAFETY: kcmp takes plain integers.
     let r = unsafe {
         libc::syscall(
             libc::SYS_kcmp,
-            pid.as_raw(),
-            pid.as_raw(),
-            KCMP_FILE,
-            fd1 as libc::c_ulong,
-            fd2 as libc::c_ulong,
+            pid1.as_raw(),
+            pid2.as_raw(),
+            kind,
+            idx1 as libc::c_ulong,
+            idx2 as libc::c_ulong,
         )
     };
     if r < 0 {
-        return Err(SysError::syscall("kcmp", pid, nix::errno::Errno::last()));
+        return Err(SysError::syscall("kcmp", pid2, nix::errno::Errno::last()));
     }
     Ok(r == 0)
+}
+
+/// The children of a process: those of each of its threads (`/proc/PID/task/TID/children`),
+/// ascending. A thread that ends meanwhile has none.
+pub fn children(pid: Pid) -> Result<Vec<Pid>> {
+    let mut all = Vec::new();
+    for tid in thread_ids(pid)? {
+        let Ok(list) = fs::read_to_string(format!("/proc/{pid}/task/{tid}/children")) else {
+            continue;
+        };
+        all.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    all.sort_unstable();
+    all.dedup();
+    Ok(all.into_iter().map(Pid::from_raw).collect())
 }
 
 /// The robust futex list head of a thread (`get_robust_list`).

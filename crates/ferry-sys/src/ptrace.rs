@@ -153,12 +153,13 @@ impl Tracee {
         self.tgid
     }
 
-    /// Makes every thread this tracee creates from now on a tracee too (`PTRACE_O_TRACECLONE`),
-    /// starting in `PTRACE_EVENT_STOP`; see [`Tracee::adopt_clone`].
+    /// Makes every thread and child process this tracee creates from now on a tracee too
+    /// (`PTRACE_O_TRACECLONE`, `PTRACE_O_TRACEFORK`), starting in `PTRACE_EVENT_STOP`; see
+    /// [`Tracee::adopt_clone`].
     pub fn trace_clones(&self, on: bool, kill_on_tracer_exit: bool) -> Result<()> {
         let mut o = base_options(kill_on_tracer_exit);
         if on {
-            o |= libc::PTRACE_O_TRACECLONE as libc::c_long;
+            o |= (libc::PTRACE_O_TRACECLONE | libc::PTRACE_O_TRACEFORK) as libc::c_long;
         }
         self.req("PTRACE_SETOPTIONS", libc::PTRACE_SETOPTIONS, 0, o as u64)
             .map(drop)
@@ -176,9 +177,9 @@ impl Tracee {
         Ok(msg as u64)
     }
 
-    /// Takes over thread `tid`, which the kernel attached to this tracer when a tracee with
-    /// [`Tracee::trace_clones`] created it, and waits for its first stop (before it runs any
-    /// instruction).
+    /// Takes over thread `tid` (of process `tgid`; a new process: `tid` itself), which the
+    /// kernel attached to this tracer when a tracee with [`Tracee::trace_clones`] created it,
+    /// and waits for its first stop (before it runs any instruction).
     pub fn adopt_clone(tid: Pid, tgid: Pid) -> Result<Tracee> {
         let t = Tracee {
             pid: tid,

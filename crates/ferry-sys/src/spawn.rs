@@ -15,12 +15,32 @@ use crate::{Result, SysError};
 /// Forks a child that waits, seizes it and interrupts it. The returned tracee sits in
 /// `PTRACE_EVENT_STOP` with all of ferry's mappings and fds still in place.
 pub fn vessel() -> Result<Tracee> {
+    vessel_at(None)
+}
+
+/// [`vessel`] with process id `pid` (`clone3` with `set_tid`, which needs `CAP_SYS_ADMIN`):
+/// fails with `EEXIST` if a process (or thread, or group) holds that id now.
+pub fn vessel_at(pid: Option<Pid>) -> Result<Tracee> {
     let parent = nix::unistd::getpid().as_raw();
-    // SAFETY: after fork the child runs only the async-signal-safe raw syscalls below
-    // (prctl, getppid, pause, _exit) and never returns into Rust code.
-    let pid = unsafe { libc::fork() };
+    let want: [libc::pid_t; 1] = [pid.map_or(0, Pid::as_raw)];
+    let args = crate::abi::CloneArgs {
+        flags: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: if pid.is_some() {
+            want.as_ptr() as u64
+        } else {
+            0
+        },
+        set_tid_size: u64::from(pid.is_some()),
+    }
+    .encode();
+    // SAFETY: `args` and `want` outlive the call, and `args` is a `struct clone_args` of the
+    // size passed. Without CLONE_VM this is a fork: after it the child runs only the
+    // async-signal-safe raw syscalls below (prctl, getppid, pause, _exit) and never returns
+    // into Rust code.
+    let pid = unsafe { libc::syscall(libc::SYS_clone3, args.as_ptr(), args.len()) } as libc::pid_t;
     if pid < 0 {
-        return Err(SysError::syscall("fork", Pid::this(), Errno::last()));
+        return Err(SysError::syscall("clone3", Pid::this(), Errno::last()));
     }
     if pid == 0 {
         // SAFETY: see above: raw syscalls only, no allocation, no locks.

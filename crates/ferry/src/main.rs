@@ -110,8 +110,13 @@ fn checkpoint(pid: i32, dir: &Path, leave_running: bool, json: bool) -> Result<E
             serde_json::to_string_pretty(&units::checkpoint_json(&report, dir))?
         );
     } else {
+        let with = match report.children.len() {
+            0 => String::new(),
+            1 => " and its child".to_string(),
+            n => format!(" and {n} descendants"),
+        };
         eprintln!(
-            "ferry: checkpointed pid {} into {}: {} in {} mappings, {} fds; frozen {}, total {}{}",
+            "ferry: checkpointed pid {}{with} into {}: {} in {} mappings, {} fds; frozen {}, total {}{}",
             report.pid,
             dir.display(),
             units::bytes(report.memory_bytes),
@@ -122,7 +127,7 @@ fn checkpoint(pid: i32, dir: &Path, leave_running: bool, json: bool) -> Result<E
             if report.leave_running {
                 " (left running)"
             } else {
-                " (process ended)"
+                " (ended)"
             }
         );
     }
@@ -143,7 +148,11 @@ fn restore(dir: &Path, detach: bool, json: bool) -> Result<ExitCode> {
         if json {
             println!(
                 "{}",
-                serde_json::to_string_pretty(&units::restore_json(&restored.report, pid.as_raw()))?
+                serde_json::to_string_pretty(&units::restore_json(
+                    &restored.report,
+                    pid.as_raw(),
+                    &restored.children
+                ))?
             );
         } else {
             println!("{pid}");
@@ -153,7 +162,11 @@ fn restore(dir: &Path, detach: bool, json: bool) -> Result<ExitCode> {
     if json {
         eprintln!(
             "{}",
-            serde_json::to_string(&units::restore_json(&restored.report, pid.as_raw()))?
+            serde_json::to_string(&units::restore_json(
+                &restored.report,
+                pid.as_raw(),
+                &restored.children
+            ))?
         );
     }
     let status = host::wait_child_relaying_signals(pid)

@@ -73,13 +73,23 @@ pub fn checkpoint_json(r: &CheckpointReport, dir: &Path) -> Value {
         "injected_calls": r.injected_calls,
         "interrupted": r.interrupted,
         "pagemap_scan": r.pagemap_scan,
+        "children": children_json(&r.children),
     })
 }
 
-pub fn restore_json(r: &RestoreReport, pid: i32) -> Value {
+/// The descendants of a process tree: `[{"pid": N, "zombie": bool}]`.
+pub fn children_json(children: &[(i32, bool)]) -> Value {
+    children
+        .iter()
+        .map(|&(pid, zombie)| json!({"pid": pid, "zombie": zombie}))
+        .collect()
+}
+
+pub fn restore_json(r: &RestoreReport, pid: i32, children: &[(i32, bool)]) -> Value {
     json!({
         "pid": pid,
         "old_pid": r.old_pid,
+        "children": children_json(children),
         "threads": r.threads.iter().map(|&(old, new)| json!({"old_tid": old, "tid": new})).collect::<Vec<_>>(),
         "total_ms": ms(r.total),
         "load_ms": ms(r.load),

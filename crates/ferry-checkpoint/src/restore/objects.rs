@@ -899,6 +899,10 @@ impl Builder {
             let FdKind::Epoll { watches, .. } = &fd.kind else {
                 continue;
             };
+            if self.imports.contains_key(&fd.number) {
+                // Its registrations came with it.
+                continue;
+            }
             for watch in watches {
                 // struct epoll_event is packed on x86_64: u32 events, u64 data.
                 let mut event = [0u8; 12];

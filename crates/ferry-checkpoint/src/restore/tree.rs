@@ -1,0 +1,514 @@
+//! Restore of a process tree (`tree.img` beside the root's image; see `crate::tree`).
+//!
+//! ```text
+//!  vessels     the root's vessel with the root's pid (clone3 set_tid); each other member forked
+//!              from its parent's vessel, parents first, with its pid and exit signal; each
+//!              leads its session or group as it did (setsid / setpgid) before it forks, and
+//!              joins its group once every vessel exists
+//!  build       every living member in tree order, as a single process is built; an open file
+//!              description several members share is made by the first holder and taken by
+//!              the others with pidfd_getfd; a pipe between members is made whole by the first
+//!              member holding an end of it, the ends it does not hold parked at spare fds
+//!              until the others took them
+//!  zombies     each zombie's vessel ends as it ended (exit_group, or its signal), and waits
+//!              for its parent to reap it; the SIGCHLD its parent got is taken back
+//!  start       children before parents
+//! ```
+//!
+//! Pids must be free: a tree's processes know each other by pid (a shell waits for its
+//! children's), so a member whose pid is taken fails the restore with the name of the holder.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ferry_image::{ExitStatus, TreeImage, TreeMember};
+
+use super::*;
+use crate::imagedir::{self, LoadedImage};
+
+/// A restored process tree. Its root is a child of the calling process.
+#[derive(Debug)]
+pub struct RestoredTree {
+    pub root: Pid,
+    /// Every process, in tree order: its pid, and its report (`None` for a zombie).
+    pub members: Vec<(Pid, Option<RestoreReport>)>,
+    pub total: Duration,
+    pub load: Duration,
+}
+
+/// How long a pid the tree needs may still be held by the process it was checkpointed from
+/// (a root whose parent has not reaped it yet).
+const PID_WAIT: Duration = Duration::from_secs(2);
+
+/// Restores the tree whose manifest is `tree`, every image under `dir` (verified here).
+pub fn restore_tree(
+    dir: &Path,
+    tree: &TreeImage,
+    started: Instant,
+) -> Result<RestoredTree, RestoreError> {
+    let mut loaded: Vec<Option<LoadedImage>> = Vec::with_capacity(tree.members.len());
+    for (i, m) in tree.members.iter().enumerate() {
+        if m.zombie.is_some() {
+            loaded.push(None);
+            continue;
+        }
+        let at = if i == 0 {
+            dir.to_path_buf()
+        } else {
+            imagedir::member_dir(dir, m.pid)
+        };
+        let image = LoadedImage::open(&at)?;
+        if image.image.control.pid != m.pid {
+            return Err(invalid(
+                &at,
+                format!(
+                    "holds the image of pid {}, the tree says pid {}",
+                    image.image.control.pid, m.pid
+                ),
+            ));
+        }
+        check_restorable(&image.image)?;
+        loaded.push(Some(image));
+    }
+    let load = started.elapsed();
+    let plan = Plan::new(dir, tree, &loaded)?;
+
+    // Vessels, parents first, sessions and groups formed on the way.
+    let mut vessels: Vec<Option<Vessel>> = Vec::with_capacity(tree.members.len());
+    for (i, m) in tree.members.iter().enumerate() {
+        let mut vessel = if i == 0 {
+            root_vessel(m)?
+        } else {
+            let parent = tree
+                .members
+                .iter()
+                .position(|p| p.pid == m.ppid)
+                .and_then(|p| vessels[p].as_mut())
+                .ok_or_else(|| invalid(dir, format!("pid {}: no parent to fork it", m.pid)))?;
+            parent.fork_member(m)?
+        };
+        vessel.lead(m)?;
+        vessels.push(Some(vessel));
+    }
+    let outside_group = proc::stat(vessels[0].as_ref().map_or(host::self_pid(), Vessel::pid))
+        .map_err(RestoreError::sys("reading the root's process group"))?
+        .pgrp;
+    for (m, vessel) in tree.members.iter().zip(vessels.iter_mut()) {
+        if let Some(v) = vessel {
+            v.join_group(m, tree, outside_group)?;
+        }
+    }
+
+    // Every living member built, in tree order (a shared description's maker first).
+    let mut builders: Vec<Option<Builder>> = Vec::with_capacity(tree.members.len());
+    for (i, m) in tree.members.iter().enumerate() {
+        let (Some(image), Some(vessel)) = (&loaded[i], vessels[i].take_if(|_| m.zombie.is_none()))
+        else {
+            builders.push(None);
+            continue;
+        };
+        let mut b = Builder::new(vessel, plan.image_of(i, &image.image))?;
+        b.imports = plan.imports[i].clone();
+        let segments: Vec<(u64, &[u8])> = image.runs().collect();
+        b.write_pages(&segments)?;
+        b.finish()?;
+        builders.push(Some(b));
+    }
+    for (i, parked) in plan.parked.iter().enumerate() {
+        if let (Some(&lo), Some(b)) = (parked.iter().min(), builders[i].as_mut()) {
+            b.with_injector("closing parked pipe ends", |inj| {
+                inj.call(
+                    "close_range",
+                    libc::SYS_close_range,
+                    [lo, u32::MAX as u64, 0, 0, 0, 0],
+                )
+                .map(drop)
+            })?;
+        }
+    }
+
+    // Zombies end, then their parents forget the SIGCHLD this sent.
+    for (i, m) in tree.members.iter().enumerate() {
+        let Some(status) = m.zombie.and_then(ExitStatus::from_wait) else {
+            continue;
+        };
+        let vessel = vessels[i]
+            .take()
+            .expect("a zombie's vessel waits until here");
+        vessel.end_as(status, &m.comm)?;
+        let parent = tree
+            .members
+            .iter()
+            .position(|p| p.pid == m.ppid)
+            .and_then(|p| builders[p].as_mut())
+            .expect("validation: a zombie's parent lives");
+        parent.await_zombie(m.pid)?;
+    }
+
+    // Children first: a parent never runs without its children.
+    let mut members: Vec<(Pid, Option<RestoreReport>)> = tree
+        .members
+        .iter()
+        .map(|m| (Pid::from_raw(m.pid), None))
+        .collect();
+    for i in (0..tree.members.len()).rev() {
+        if let Some(b) = builders[i].take() {
+            let (pid, report) = b.start()?;
+            members[i] = (pid, Some(report));
+        }
+    }
+    let total = started.elapsed();
+    info!(
+        root = tree.root().pid,
+        processes = members.len(),
+        ?total,
+        "tree restored"
+    );
+    Ok(RestoredTree {
+        root: members[0].0,
+        members,
+        total,
+        load,
+    })
+}
+
+fn invalid(path: &Path, detail: String) -> RestoreError {
+    RestoreError::Image(crate::ImageError::Invalid {
+        error: ferry_image::ValidationError(detail),
+        path: path.to_path_buf(),
+    })
+}
+
+/// Who the pid is taken by, for an error.
+fn holder_of(pid: i32) -> String {
+    match proc::read_text(Pid::from_raw(pid), "comm") {
+        Ok(comm) => format!("pid {pid} is in use on this host ({comm})"),
+        Err(_) => format!("pid {pid} is in use on this host (by a thread or a process group)"),
+    }
+}
+
+fn pid_taken(pid: i32) -> RestoreError {
+    RestoreError::PermissionDenied(format!(
+        "{}; the processes of a tree are restored with their own pids",
+        holder_of(pid)
+    ))
+}
+
+/// The root's vessel, with the root's pid: waits up to [`PID_WAIT`] for it to be free.
+fn root_vessel(m: &TreeMember) -> Result<Vessel, RestoreError> {
+    let waited = Instant::now();
+    loop {
+        match Vessel::prepare_at(Some(Pid::from_raw(m.pid))) {
+            Err(RestoreError::Sys { source, .. })
+                if source.errno() == Some(Errno::EEXIST) && waited.elapsed() < PID_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(RestoreError::Sys { source, .. }) if source.errno() == Some(Errno::EEXIST) => {
+                return Err(pid_taken(m.pid));
+            }
+            other => return other,
+        }
+    }
+}
+
+impl Vessel {
+    /// Forks member `m` from this vessel (its parent's): `clone3` with `m`'s pid and exit
+    /// signal, traced from birth.
+    fn fork_member(&mut self, m: &TreeMember) -> Result<Vessel, RestoreError> {
+        let step = format!("creating pid {}", m.pid);
+        self.tracee_mut()
+            .trace_clones(true, true)
+            .map_err(RestoreError::sys(&step))?;
+        let data = self.area.data;
+        let args = abi::CloneArgs {
+            flags: 0,
+            exit_signal: m.exit_signal as u64,
+            set_tid: data + abi::CloneArgs::SIZE as u64,
+            set_tid_size: 1,
+        };
+        let gadget = self.area.syscall_gadget();
+        let made = self.single(&step, gadget, |inj| {
+            let mut bytes = args.encode();
+            bytes.extend_from_slice(&m.pid.to_le_bytes());
+            inj.poke(data, &bytes)?;
+            inj.clone_process(data)
+        });
+        self.tracee_mut()
+            .trace_clones(false, true)
+            .map_err(RestoreError::sys(&step))?;
+        let tracee = match made {
+            Err(RestoreError::Sys { source, .. }) if source.errno() == Some(Errno::EEXIST) => {
+                return Err(pid_taken(m.pid));
+            }
+            other => other?,
+        };
+        Ok(Vessel {
+            tracee: Some(tracee),
+            area: self.area,
+            scratch: self.scratch,
+            calls: 0,
+            round_trips: 0,
+        })
+    }
+
+    /// Makes this vessel the leader of its session or process group if `m` was.
+    fn lead(&mut self, m: &TreeMember) -> Result<(), RestoreError> {
+        let gadget = self.area.syscall_gadget();
+        if m.sid == m.pid {
+            self.single("forming its session", gadget, |inj| {
+                inj.call("setsid", libc::SYS_setsid, [0; 6]).map(drop)
+            })
+        } else if m.pgid == m.pid {
+            self.single("forming its process group", gadget, |inj| {
+                inj.call("setpgid", libc::SYS_setpgid, [0; 6]).map(drop)
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Moves this vessel into `m`'s process group once every group exists: a member's group,
+    /// or (a group outside the tree) the one the root's vessel was given, `outside`.
+    fn join_group(
+        &mut self,
+        m: &TreeMember,
+        tree: &TreeImage,
+        outside: i32,
+    ) -> Result<(), RestoreError> {
+        if m.sid == m.pid || m.pgid == m.pid {
+            return Ok(());
+        }
+        let group = if tree.member(m.pgid).is_some() {
+            m.pgid
+        } else {
+            outside
+        };
+        let gadget = self.area.syscall_gadget();
+        self.single("joining its process group", gadget, |inj| {
+            inj.call("setpgid", libc::SYS_setpgid, [0, group as u64, 0, 0, 0, 0])
+                .map(drop)
+        })
+    }
+
+    /// Ends this (empty) vessel as a zombie ended, named `comm`: `exit_group(code)`, or its
+    /// signal's default action (no core is written: `RLIMIT_CORE` 0).
+    fn end_as(mut self, status: ExitStatus, comm: &str) -> Result<(), RestoreError> {
+        let step = "ending a zombie";
+        let gadget = self.area.syscall_gadget();
+        let pid = self.pid();
+        let mut name = comm.as_bytes().to_vec();
+        name.truncate(15);
+        name.push(0);
+        let mut b = Batch::new(self.area);
+        let at = b.bytes(&name);
+        b.push(
+            "prctl(PR_SET_NAME)",
+            libc::SYS_prctl,
+            [abi::PR_SET_NAME, at, 0, 0, 0, 0],
+        );
+        let r = self.batch(step, &b)?;
+        if let Some((_, call, errno)) = r.failure() {
+            return Err(injected(step, pid, call, errno));
+        }
+        match status {
+            ExitStatus::Exited(code) => {
+                self.single(step, gadget, |inj| {
+                    inj.enter(libc::SYS_exit_group, [u64::from(code), 0, 0, 0, 0, 0])
+                })?;
+            }
+            ExitStatus::Killed { signal, .. } => {
+                let mut b = Batch::new(self.area);
+                let dfl = KernelSigaction::default().encode();
+                let at = b.bytes(&dfl);
+                b.push(
+                    "rt_sigaction",
+                    libc::SYS_rt_sigaction,
+                    [signal as u64, at, 0, 8, 0, 0],
+                );
+                let at = b.bytes(&[0u8; 16]);
+                b.push(
+                    "prlimit64(RLIMIT_CORE)",
+                    libc::SYS_prlimit64,
+                    [0, libc::RLIMIT_CORE as u64, at, 0, 0, 0],
+                );
+                let r = self.batch(step, &b)?;
+                if let Some((_, call, errno)) = r.failure() {
+                    return Err(injected(step, pid, call, errno));
+                }
+                self.tracee_mut()
+                    .set_sigmask(BLOCK_ALL & !(1u64 << (signal - 1)))
+                    .map_err(RestoreError::sys(step))?;
+                host::send_signal(pid, signal).map_err(RestoreError::sys(step))?;
+            }
+        }
+        let tracee = self.tracee.take().expect("the vessel lives until here");
+        tracee.detach(0).map_err(RestoreError::sys(step))
+    }
+}
+
+impl Builder {
+    /// Waits (from inside) until child `zombie` has ended, without reaping it, then takes the
+    /// SIGCHLD that brought back unless the image had one pending.
+    fn await_zombie(&mut self, zombie: i32) -> Result<(), RestoreError> {
+        const P_PID: u64 = 1;
+        let keep_sigchld = self
+            .image
+            .signals
+            .pending
+            .iter()
+            .chain(self.image.threads.iter().flat_map(|t| t.pending.iter()))
+            .any(|p| p.signo() == libc::SIGCHLD as u32);
+        let data = self.vessel.area.data;
+        self.with_injector("waiting for a zombie", |inj| {
+            inj.call(
+                "waitid",
+                libc::SYS_waitid,
+                [
+                    P_PID,
+                    zombie as u64,
+                    data,
+                    (libc::WEXITED | libc::WNOWAIT | libc::__WALL) as u64,
+                    0,
+                    0,
+                ],
+            )?;
+            if keep_sigchld {
+                return Ok(());
+            }
+            let set = 1u64 << (libc::SIGCHLD - 1);
+            let mut bytes = set.to_le_bytes().to_vec();
+            bytes.extend_from_slice(&[0u8; 16]);
+            inj.poke(data, &bytes)?;
+            // Taken once: SIGCHLD does not queue.
+            let r = inj.raw(libc::SYS_rt_sigtimedwait, [data, 0, data + 8, 8, 0, 0])?;
+            debug!(zombie, r, "SIGCHLD of a restored zombie taken");
+            Ok(())
+        })
+    }
+}
+
+/// Who makes and who takes each shared object, and the images as the makers build them.
+struct Plan {
+    /// Per member: fd → (pid, fd) to take it from.
+    imports: Vec<HashMap<i32, (i32, i32)>>,
+    /// Per member: the pipe ends it holds only for others, as extra fds of its image.
+    extra: Vec<Vec<Fd>>,
+    /// Per member: the fd numbers of those ends (closed once everyone took theirs).
+    parked: Vec<Vec<u64>>,
+}
+
+impl Plan {
+    fn new(
+        dir: &Path,
+        tree: &TreeImage,
+        loaded: &[Option<LoadedImage>],
+    ) -> Result<Plan, RestoreError> {
+        let n = tree.members.len();
+        let mut plan = Plan {
+            imports: vec![HashMap::new(); n],
+            extra: vec![Vec::new(); n],
+            parked: vec![Vec::new(); n],
+        };
+        let index: HashMap<i32, usize> = tree
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.pid, i))
+            .collect();
+        let primary = |i: usize, fd: i32| -> Option<&Fd> {
+            loaded[i]
+                .as_ref()?
+                .image
+                .files
+                .fds
+                .iter()
+                .find(|f| f.number == fd && f.dup_of.is_none())
+        };
+        for s in &tree.shared {
+            let maker = s.holders[0];
+            for h in &s.holders {
+                let fd = primary(index[&h.pid], h.fd).ok_or_else(|| {
+                    invalid(
+                        dir,
+                        format!(
+                            "pid {} fd {} is shared in the tree but is no fd of its image",
+                            h.pid, h.fd
+                        ),
+                    )
+                })?;
+                if matches!(fd.kind, FdKind::Pipe { .. }) {
+                    return Err(invalid(
+                        dir,
+                        format!(
+                            "pid {} fd {}: a pipe end listed as a shared file",
+                            h.pid, h.fd
+                        ),
+                    ));
+                }
+            }
+            for h in &s.holders[1..] {
+                plan.imports[index[&h.pid]].insert(h.fd, (maker.pid, maker.fd));
+            }
+        }
+        // Pipes: every end held anywhere, by pipe and direction, in tree order.
+        let mut ends: BTreeMap<(u64, bool), Vec<(usize, &Fd)>> = BTreeMap::new();
+        let mut first_holder: HashMap<u64, usize> = HashMap::new();
+        for (i, image) in loaded.iter().enumerate() {
+            let Some(image) = image else { continue };
+            for fd in image.image.files.fds.iter().filter(|f| f.dup_of.is_none()) {
+                if let FdKind::Pipe { pipe, write, .. } = &fd.kind {
+                    ends.entry((*pipe, *write)).or_default().push((i, fd));
+                    first_holder.entry(*pipe).or_insert(i);
+                }
+            }
+        }
+        let mut next_park: Vec<u64> = loaded
+            .iter()
+            .map(|l| {
+                l.as_ref().map_or(0, |l| {
+                    l.image
+                        .files
+                        .fds
+                        .iter()
+                        .map(|f| f.number)
+                        .max()
+                        .unwrap_or(0) as u64
+                        + 1
+                })
+            })
+            .collect();
+        for (&(pipe, _), holders) in &ends {
+            let maker = first_holder[&pipe];
+            if holders.iter().all(|&(i, _)| i == maker) {
+                continue;
+            }
+            // Where the maker has this end: its own fd, or a parked copy.
+            let at = match holders.iter().find(|&&(i, _)| i == maker) {
+                Some(&(_, fd)) => fd.number,
+                None => {
+                    let n = next_park[maker];
+                    next_park[maker] += 1;
+                    let mut parked = holders[0].1.clone();
+                    parked.number = n as i32;
+                    parked.cloexec = true;
+                    plan.extra[maker].push(parked);
+                    plan.parked[maker].push(n);
+                    n as i32
+                }
+            };
+            let maker_pid = tree.members[maker].pid;
+            for &(i, fd) in holders.iter().filter(|&&(i, _)| i != maker) {
+                plan.imports[i].insert(fd.number, (maker_pid, at));
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Member `i`'s image as its builder takes it: with the pipe ends it parks for others.
+    fn image_of(&self, i: usize, image: &ProcessImage) -> Arc<ProcessImage> {
+        let mut image = image.clone();
+        image.files.fds.extend(self.extra[i].iter().cloned());
+        Arc::new(image)
+    }
+}

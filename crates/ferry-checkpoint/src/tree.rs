@@ -1,0 +1,425 @@
+//! Process trees: a process and its descendants checkpointed together.
+//!
+//! The tree is frozen from the top: a frozen process cannot fork, so once a parent is held its
+//! list of children is final (a child may still end, and then waits as a zombie, because its
+//! parent cannot reap it). Children that already ended are recorded with their wait status.
+//! Each living process is captured as an image of its own (`pid-N/` beside the root's),
+//! with the other members' pids as allowed co-holders of pipes and files; the manifest
+//! (`tree.img`, [`ferry_image::TreeImage`]) adds parent links, sessions, groups, exit signals
+//! and the open file descriptions several members share (found with `kcmp`).
+//!
+//! A checkpoint that kills the tree frees every pid for the restore: each member is killed
+//! after its children, and its parent (still frozen) reaps it by an injected `wait4` — left to
+//! the reaper of orphans, the pids could stay taken.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use ferry_image::{FdKind, FdRef, Platform, ProcessImage, SharedFile, TreeImage, TreeMember};
+use ferry_sys::inject::Injector;
+use ferry_sys::libc;
+use ferry_sys::proc::{self, OpenFd};
+use ferry_sys::{Pid, SysError};
+use tracing::{debug, info, warn};
+
+use crate::capture::{CheckpointOptions, CheckpointReport, capture_frozen};
+use crate::freeze::Frozen;
+use crate::imagedir::{self, ImageWriter};
+use crate::mobility::{self, refuse};
+use crate::{CheckpointError, pagecopy, restart};
+
+/// One process of the tree while it is held.
+struct Held {
+    member: TreeMember,
+    /// `None` for a zombie.
+    frozen: Option<Frozen>,
+}
+
+/// Freezes `root` and every descendant, parents first (pre-order, children by pid).
+fn freeze_tree(root: Pid) -> Result<Vec<Held>, CheckpointError> {
+    let mut held: Vec<Held> = Vec::new();
+    let mut stack = vec![(root, 0)];
+    while let Some((pid, ppid)) = stack.pop() {
+        let stat = match proc::stat(pid) {
+            Ok(s) => s,
+            // Ended and reaped (its parent ignores SIGCHLD) before it was reached.
+            Err(_) if pid != root => continue,
+            Err(_) => return Err(CheckpointError::NoSuchProcess { pid: pid.as_raw() }),
+        };
+        let mut member = TreeMember {
+            pid: pid.as_raw(),
+            ppid: if pid == root { stat.ppid } else { ppid },
+            pgid: stat.pgrp,
+            sid: stat.session,
+            exit_signal: stat.exit_signal.unwrap_or(libc::SIGCHLD),
+            zombie: None,
+            comm: stat.comm.chars().take(15).collect(),
+        };
+        if pid != root && stat.state == 'Z' {
+            member.zombie = Some(zombie_status(pid)?);
+            held.push(Held {
+                member,
+                frozen: None,
+            });
+            continue;
+        }
+        if pid != root {
+            mobility::preflight(pid)?;
+        }
+        let frozen = match Frozen::freeze(pid) {
+            Ok(f) => f,
+            // It ended between the listing and the stop: a zombie now.
+            Err(_) if pid != root && proc::stat(pid).is_ok_and(|s| s.state == 'Z') => {
+                member.zombie = Some(zombie_status(pid)?);
+                held.push(Held {
+                    member,
+                    frozen: None,
+                });
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // Held: its children can no longer change, except by ending.
+        let children = proc::children(pid).map_err(CheckpointError::sys("listing children"))?;
+        held.push(Held {
+            member,
+            frozen: Some(frozen),
+        });
+        for child in children.into_iter().rev() {
+            stack.push((child, pid.as_raw()));
+        }
+    }
+    Ok(held)
+}
+
+/// The wait status of zombie `pid` (`exit_code` of `/proc/PID/stat`).
+fn zombie_status(pid: Pid) -> Result<i32, CheckpointError> {
+    proc::stat(pid)
+        .ok()
+        .and_then(|s| s.exit_code)
+        .ok_or_else(|| {
+            refuse(
+                pid,
+                format!("the exit status of zombie {pid} is unreadable"),
+            )
+        })
+}
+
+/// Refuses what the tree's processes share and restore could not share again: an address
+/// space (a `vfork` child not yet on its own) and `MAP_SHARED` memory that is not a file.
+fn check_shared_memory(held: &[Held]) -> Result<(), CheckpointError> {
+    let living: Vec<(Pid, i32)> = held
+        .iter()
+        .filter(|h| h.frozen.is_some())
+        .map(|h| (Pid::from_raw(h.member.pid), h.member.ppid))
+        .collect();
+    let mut owners: HashMap<(u32, u32, u64), Pid> = HashMap::new();
+    for (i, &(pid, ppid)) in living.iter().enumerate() {
+        if i > 0
+            && proc::same_memory(pid, Pid::from_raw(ppid))
+                .map_err(CheckpointError::sys("comparing address spaces"))?
+        {
+            return Err(refuse(
+                pid,
+                format!(
+                    "pid {pid} shares its parent's memory (vfork, or clone with CLONE_VM) until it runs a program"
+                ),
+            ));
+        }
+        let maps = proc::read_maps(pid).map_err(CheckpointError::sys("reading mappings"))?;
+        for m in maps.iter().filter(|m| m.shared && !is_file_mapping(m)) {
+            let key = (m.dev_major, m.dev_minor, m.inode);
+            if let Some(&other) = owners.get(&key)
+                && other != pid
+            {
+                return Err(refuse(
+                    pid,
+                    format!(
+                        "the mapping at {:#x} of pid {pid} is memory shared with pid {other} (MAP_SHARED): shared memory between processes does not move yet",
+                        m.start
+                    ),
+                ));
+            }
+            owners.insert(key, pid);
+        }
+    }
+    Ok(())
+}
+
+/// A mapping of a regular file by its path: shared through the file itself.
+fn is_file_mapping(m: &proc::Mapping) -> bool {
+    m.path.starts_with(b"/") && !m.path.ends_with(b" (deleted)") && !m.path.starts_with(b"/SYSV")
+}
+
+/// The open file descriptions held by more than one member, holders in tree order. Pipe ends
+/// are left out (each member's image names its pipe). A memfd or deleted file the tree holds
+/// through two descriptions is refused: restore would make two files of it.
+fn shared_files(
+    members: &[(Pid, &ProcessImage, Vec<OpenFd>)],
+) -> Result<Vec<SharedFile>, CheckpointError> {
+    // Candidates by the identity (device, inode) of the file behind them: member, fd, and
+    // whether the file has no name.
+    type Holders = Vec<(usize, i32, bool)>;
+    let mut by_file: HashMap<(u64, u64), Holders> = HashMap::new();
+    for (i, (_, image, open)) in members.iter().enumerate() {
+        for fd in image.files.fds.iter().filter(|f| f.dup_of.is_none()) {
+            if matches!(fd.kind, FdKind::Pipe { .. } | FdKind::Link { .. }) {
+                continue;
+            }
+            let Some(st) = open.iter().find(|o| o.fd == fd.number).and_then(|o| o.stat) else {
+                continue;
+            };
+            let unnamed = matches!(fd.kind, FdKind::MemFd { .. } | FdKind::DeletedFile { .. });
+            by_file
+                .entry((st.dev, st.inode))
+                .or_default()
+                .push((i, fd.number, unnamed));
+        }
+    }
+    let mut shared = Vec::new();
+    let mut keys: Vec<_> = by_file.keys().copied().collect();
+    keys.sort_unstable();
+    for key in keys {
+        let fds = &by_file[&key];
+        if fds.iter().all(|&(i, ..)| i == fds[0].0) {
+            continue;
+        }
+        // Split into open file descriptions.
+        let mut descriptions: Vec<Vec<(usize, i32)>> = Vec::new();
+        for &(i, n, _) in fds {
+            let mut placed = false;
+            for d in &mut descriptions {
+                let (j, m) = d[0];
+                if proc::same_file_of(members[j].0, m, members[i].0, n)
+                    .map_err(CheckpointError::sys("comparing open files"))?
+                {
+                    d.push((i, n));
+                    placed = true;
+                    break;
+                }
+            }
+            if !placed {
+                descriptions.push(vec![(i, n)]);
+            }
+        }
+        if fds[0].2 && descriptions.len() > 1 {
+            let (i, n) = descriptions[1][0];
+            return Err(refuse(
+                members[i].0,
+                format!(
+                    "fd {n} of pid {} and fd {} of pid {} are two separate openings of one file without a name, which restore would turn into two files",
+                    members[i].0, descriptions[0][0].1, members[descriptions[0][0].0].0
+                ),
+            ));
+        }
+        for d in descriptions {
+            if d.iter().any(|&(i, _)| i != d[0].0) {
+                shared.push(SharedFile {
+                    holders: d
+                        .into_iter()
+                        .map(|(i, fd)| FdRef {
+                            pid: members[i].0.as_raw(),
+                            fd,
+                        })
+                        .collect(),
+                });
+            }
+        }
+    }
+    Ok(shared)
+}
+
+/// Checkpoints `root` and its descendants into `dir`: the root's image in `dir`, every other
+/// living member's in `dir/pid-N`, and `tree.img`. Fails with every process left running.
+pub(crate) fn checkpoint_tree(
+    root: Pid,
+    dir: &Path,
+    opts: CheckpointOptions,
+    rules: mobility::Options,
+    platform: Platform,
+    started: Instant,
+) -> Result<CheckpointReport, CheckpointError> {
+    let mut root_writer = ImageWriter::create(dir, 0)?;
+    let mut held = freeze_tree(root)?;
+    let frozen_at = held[0]
+        .frozen
+        .as_ref()
+        .map_or_else(Instant::now, |f| f.frozen_at);
+    for h in held.iter().filter(|h| h.frozen.is_some()) {
+        mobility::frozen_checks(Pid::from_raw(h.member.pid))?;
+    }
+    check_shared_memory(&held)?;
+    let living: Vec<Pid> = held
+        .iter()
+        .filter(|h| h.frozen.is_some())
+        .map(|h| Pid::from_raw(h.member.pid))
+        .collect();
+
+    // Every living member's state.
+    let mut captured = Vec::new();
+    let mut injected_calls = 0;
+    for h in held.iter_mut() {
+        let Some(frozen) = h.frozen.as_mut() else {
+            continue;
+        };
+        let pid = frozen.pid();
+        let mut rules = rules.clone();
+        rules.tree = living.iter().copied().filter(|&p| p != pid).collect();
+        let (image, segments, pagemap_scan) = capture_frozen(frozen, platform.clone(), &rules)?;
+        let open = proc::open_fds(pid).map_err(CheckpointError::sys("listing fds"))?;
+        injected_calls += frozen.injected_calls();
+        debug!(pid = pid.as_raw(), interrupted = ?restart::classify(&frozen.regs), "member captured");
+        captured.push((pid, image, segments, pagemap_scan, open));
+    }
+    let described: Vec<(Pid, &ProcessImage, Vec<OpenFd>)> = captured
+        .iter()
+        .map(|(pid, image, _, _, open)| (*pid, image, open.clone()))
+        .collect();
+    let tree = TreeImage {
+        members: held.iter().map(|h| h.member.clone()).collect(),
+        shared: shared_files(&described)?,
+    };
+    drop(described);
+
+    // Pages of every member, then the manifest, the root's core.img last: a directory with a
+    // core.img holds a complete tree.
+    let copy_started = Instant::now();
+    let mut written = TreeFiles {
+        dir,
+        members: Vec::new(),
+        done: false,
+    };
+    let mut root_image = None;
+    let (mut memory_bytes, mut mappings, mut page_runs, mut fds) = (0, 0, 0, 0);
+    let mut pagemap_scan_all = true;
+    for (pid, mut image, segments, pagemap_scan, _) in captured {
+        memory_bytes += image.memory.pages.bytes;
+        mappings += image.memory.vmas.len();
+        page_runs += image.memory.pages.runs.len();
+        fds += image.files.fds.len();
+        pagemap_scan_all &= pagemap_scan;
+        if pid == root {
+            pagecopy::copy_to_sink(pid, &segments, &mut root_writer)?;
+            root_image = Some(image);
+            continue;
+        }
+        let member_dir = imagedir::member_dir(dir, pid.as_raw());
+        let mut w = ImageWriter::create(&member_dir, 0)?;
+        written.members.push(member_dir);
+        pagecopy::copy_to_sink(pid, &segments, &mut w)?;
+        w.finish(&mut image)?;
+    }
+    let mut root_image = root_image.expect("the root lives");
+    imagedir::write_tree(dir, &tree)?;
+    root_writer.finish(&mut root_image)?;
+    written.done = true;
+    let memory_copy = copy_started.elapsed();
+
+    let interrupted = held[0]
+        .frozen
+        .as_ref()
+        .map(|f| format!("{:?}", restart::classify(&f.regs)))
+        .unwrap_or_default();
+    if opts.leave_running {
+        for h in held.iter_mut().rev() {
+            if let Some(f) = h.frozen.take() {
+                f.resume()
+                    .map_err(CheckpointError::sys("resuming the process"))?;
+            }
+        }
+    } else {
+        kill_tree(&mut held).map_err(CheckpointError::sys(
+            "ending the process tree after its checkpoint",
+        ))?;
+    }
+    let report = CheckpointReport {
+        pid: root.as_raw(),
+        leave_running: opts.leave_running,
+        total: started.elapsed(),
+        freeze: frozen_at.elapsed(),
+        memory_copy,
+        memory_bytes,
+        mappings,
+        page_runs,
+        fds,
+        injected_calls,
+        interrupted,
+        pagemap_scan: pagemap_scan_all,
+        children: tree.members[1..]
+            .iter()
+            .map(|m| (m.pid, m.zombie.is_some()))
+            .collect(),
+    };
+    info!(?report, "tree checkpoint done");
+    Ok(report)
+}
+
+/// What a tree checkpoint wrote besides the root's files: removed unless `done` (the root's
+/// writer removes its own).
+struct TreeFiles<'a> {
+    dir: &'a Path,
+    members: Vec<std::path::PathBuf>,
+    done: bool,
+}
+
+impl Drop for TreeFiles<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(self.dir.join(imagedir::TREE_FILE));
+            for m in &self.members {
+                let _ = std::fs::remove_dir_all(m);
+            }
+        }
+    }
+}
+
+/// Kills every member after its children; each non-root member is reaped by its parent
+/// (an injected `wait4`), so that its pid is free again at once.
+fn kill_tree(held: &mut [Held]) -> Result<(), SysError> {
+    let index: HashMap<i32, usize> = held
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.member.pid, i))
+        .collect();
+    for i in (0..held.len()).rev() {
+        let (pid, ppid) = (held[i].member.pid, held[i].member.ppid);
+        if let Some(frozen) = held[i].frozen.take() {
+            frozen.kill()?;
+        }
+        if i == 0 {
+            break;
+        }
+        let Some(parent) = index.get(&ppid).and_then(|&p| held[p].frozen.as_mut()) else {
+            continue;
+        };
+        // The parent is parked (its scratch area gone): the call runs from a `syscall`
+        // instruction of its own code.
+        let reaped = (|| {
+            let gadget = ferry_sys::inject::find_syscall_gadget(Pid::from_raw(ppid))?;
+            let tracee = parent.tracee_mut();
+            let template = tracee.regs()?;
+            Injector::new(tracee, gadget, template).raw(
+                libc::SYS_wait4,
+                [
+                    pid as u64,
+                    0,
+                    (libc::WNOHANG | libc::__WALL) as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        })();
+        match reaped {
+            Ok(r) if r == i64::from(pid) => {}
+            other => warn!(
+                pid,
+                ppid,
+                ?other,
+                "a killed member was not reaped by its parent"
+            ),
+        }
+    }
+    Ok(())
+}
