@@ -3,7 +3,8 @@
  *
  * Usage:   tree
  *
- * The root leads a session of its own and makes:
+ * The root leads a session of its own (it makes one unless started as a session leader) and
+ * makes:
  *   A    a process group of its own, with a child A1 in that group; A waits for A1, exits 3;
  *   A1   writes 500 numbered 100-byte records into a pipe to the root before "ready" (they
  *        wait in the pipe), 500 more once woken, and 50 lines into a log file it shares with
@@ -162,7 +163,7 @@ int main(void)
 	int data[2], go[2], log;
 
 	setvbuf(stdout, NULL, _IONBF, 0);
-	if (setsid() < 0)
+	if (getsid(0) != getpid() && setsid() < 0)
 		fail("setsid");
 	out("tree start\n");
 	struct sigaction sa = { .sa_handler = on_usr1 };

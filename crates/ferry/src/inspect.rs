@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use ferry_checkpoint::LoadedImage;
-use ferry_image::{Backing, FdKind, PAGE_SIZE, ProcessImage, Registers, SocketKind, Vma};
+use ferry_image::{
+    Backing, ExitStatus, FdKind, PAGE_SIZE, ProcessImage, Registers, SocketKind, TreeImage,
+    TreeMember, Vma,
+};
 use serde_json::{Value, json};
 
 use crate::units::bytes;
@@ -14,12 +17,84 @@ use crate::units::bytes;
 pub fn run(dir: &Path, as_json: bool) -> Result<ExitCode> {
     let loaded = LoadedImage::open(dir)?;
     let image = &loaded.image;
+    let tree = ferry_checkpoint::imagedir::load_tree(dir)?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&to_json(image))?);
+        let mut j = to_json(image);
+        if let Some(tree) = &tree {
+            j["tree"] = tree_json(tree);
+        }
+        println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         print_human(dir, image);
+        if let Some(tree) = &tree {
+            print_tree(tree);
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a member is: a zombie's status, or where its image is.
+fn member_state(tree: &TreeImage, m: &TreeMember) -> String {
+    match m.zombie.and_then(ExitStatus::from_wait) {
+        Some(status) => format!("zombie, {status}"),
+        None if m.pid == tree.root().pid => "image here".into(),
+        None => format!("image in pid-{}/", m.pid),
+    }
+}
+
+fn print_tree(tree: &TreeImage) {
+    println!(
+        "\nprocess tree: {} processes, {} open files shared between them",
+        tree.members.len(),
+        tree.shared.len()
+    );
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY);
+    t.set_header([
+        "pid",
+        "parent",
+        "group",
+        "session",
+        "exit signal",
+        "name",
+        "state",
+    ]);
+    for m in &tree.members {
+        t.add_row([
+            m.pid.to_string(),
+            m.ppid.to_string(),
+            m.pgid.to_string(),
+            m.sid.to_string(),
+            m.exit_signal.to_string(),
+            m.comm.clone(),
+            member_state(tree, m),
+        ]);
+    }
+    println!("{t}");
+    for s in &tree.shared {
+        let holders: Vec<String> = s
+            .holders
+            .iter()
+            .map(|h| format!("pid {} fd {}", h.pid, h.fd))
+            .collect();
+        println!("shared     {}", holders.join(", "));
+    }
+}
+
+fn tree_json(tree: &TreeImage) -> Value {
+    json!({
+        "members": tree.members.iter().map(|m| json!({
+            "pid": m.pid,
+            "ppid": m.ppid,
+            "pgid": m.pgid,
+            "sid": m.sid,
+            "exit_signal": m.exit_signal,
+            "comm": m.comm,
+            "zombie_status": m.zombie,
+            "state": member_state(tree, m),
+        })).collect::<Vec<_>>(),
+        "shared": tree.shared.iter().map(|s| s.holders.iter().map(|h| json!({"pid": h.pid, "fd": h.fd})).collect::<Vec<_>>()).collect::<Vec<_>>(),
+    })
 }
 
 fn backing(v: &Vma) -> String {

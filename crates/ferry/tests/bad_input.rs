@@ -517,3 +517,76 @@ fn restore_hand_crafted_image_with_a_valid_checksum() {
     });
     assert_refused_image(&scratch, "ferry-crafted", &exe, &image, "/proc path");
 }
+
+/// A process tree's manifest that is damaged or does not match its images: refused before any
+/// process exists.
+#[test]
+fn restore_crafted_process_tree() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("crafted-tree");
+    let (image, exe) = counter_image(&scratch, "ferry-ctree");
+    let core = fs::read(image.join("core.img")).expect("reading core.img");
+    let root = ferry_image::decode_core(&core).expect("decoding a real image");
+    let pid = root.control.pid;
+    let member = |pid: i32, ppid: i32| ferry_image::TreeMember {
+        pid,
+        ppid,
+        pgid: root.control.pgid,
+        sid: root.control.sid,
+        exit_signal: 17,
+        zombie: None,
+        comm: "ferry-ctree".into(),
+    };
+    let write_tree = |tree: &ferry_image::TreeImage| {
+        fs::write(
+            image.join("tree.img"),
+            ferry_image::encode_tree(tree).expect("encoding tree.img"),
+        )
+        .expect("writing tree.img");
+    };
+    // A child whose directory holds the root's image.
+    let child = free_pid();
+    let child_dir = image.join(format!("pid-{child}"));
+    fs::create_dir_all(&child_dir).expect("member dir");
+    for f in ["core.img", "pages.img"] {
+        fs::copy(image.join(f), child_dir.join(f)).expect("copying the image");
+    }
+    let mut tree = ferry_image::TreeImage {
+        members: vec![member(pid, 1), member(child, pid)],
+        shared: Vec::new(),
+    };
+    write_tree(&tree);
+    assert_refused_image(
+        &scratch,
+        "ferry-ctree",
+        &exe,
+        &image,
+        &format!("holds the image of pid {pid}, the tree says pid {child}"),
+    );
+    // A shared file that is no fd of its holder's image.
+    fs::remove_dir_all(&child_dir).expect("removing the member");
+    tree.members.truncate(1);
+    tree.members.push(ferry_image::TreeMember {
+        zombie: Some(0),
+        ..member(child, pid)
+    });
+    tree.shared.push(ferry_image::SharedFile {
+        holders: vec![
+            ferry_image::FdRef { pid, fd: 1 },
+            ferry_image::FdRef { pid: child, fd: 1 },
+        ],
+    });
+    write_tree(&tree);
+    assert_refused_image(&scratch, "ferry-ctree", &exe, &image, "a zombie");
+    // A child listed before its parent, and a damaged manifest.
+    tree.shared.clear();
+    tree.members.reverse();
+    write_tree(&tree);
+    assert_refused_image(&scratch, "ferry-ctree", &exe, &image, "tree.img");
+    tree.members.reverse();
+    write_tree(&tree);
+    flip_byte(&image.join("tree.img"), 30);
+    assert_refused_image(&scratch, "ferry-ctree", &exe, &image, "checksum");
+}

@@ -241,6 +241,24 @@ fn channels_and_proc_files() {
         .run();
 }
 
+// --- process trees ---------------------------------------------------------------------------------
+
+/// A process tree (`workloads/c/tree.c`): a session, a process group with a grandchild, two
+/// zombies (an exit code, a signal), a child with exit signal SIGUSR2, a pipe with 500
+/// records in flight between a grandchild and the root, a log file whose offset the root and
+/// the grandchild share. The restored tree checks its ids, statuses, records and log.
+#[test]
+fn process_tree() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new("process-tree", c_workload("tree"), Marker::Text("ready\n"))
+        .settle(ms(50))
+        .wake(Signal::SIGUSR1)
+        .detach()
+        .run();
+}
+
 // --- threads ---------------------------------------------------------------------------------------
 
 /// A thread pool fed by an epoll loop: 11 threads caught in a condition variable wait, a

@@ -246,6 +246,60 @@ fn channel_shared_or_holding_what_cannot_move() {
     }
 }
 
+/// Memory shared (MAP_SHARED, anonymous) between a process and its child.
+const PY_SHARED_MEMORY: &str = "\
+import mmap, os, time
+m = mmap.mmap(-1, 4096)
+child = os.fork()
+if child == 0:
+    time.sleep(3)
+    m[0] = 7
+    os._exit(0)
+print('ready', flush=True)
+os.waitpid(child, 0)
+assert m[0] == 7
+print('done', flush=True)
+";
+
+/// A child (of a process tree) holding a TCP listener: the whole tree stays.
+const PY_CHILD_WITH_TCP: &str = "\
+import os, socket, time
+child = os.fork()
+if child == 0:
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    s.listen()
+    time.sleep(3)
+    os._exit(0)
+time.sleep(0.3)
+print('ready', flush=True)
+_, status = os.waitpid(child, 0)
+assert status == 0
+print('done', flush=True)
+";
+
+/// Process trees: one member that cannot move keeps the whole tree where it is, running.
+#[test]
+fn tree_member_that_cannot_move() {
+    if !needs_root() {
+        return;
+    }
+    for (label, program, cause) in [
+        (
+            "py-shared-memory",
+            PY_SHARED_MEMORY,
+            "is memory shared with pid",
+        ),
+        (
+            "py-child-tcp",
+            PY_CHILD_WITH_TCP,
+            "socket other than a unix socket pair",
+        ),
+    ] {
+        refused_python(label, program, cause);
+    }
+}
+
 #[test]
 fn socket_fd() {
     if !needs_root() {

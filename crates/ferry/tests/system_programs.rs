@@ -1,6 +1,7 @@
 //! Unmodified system programs, checkpointed mid-run and restored, must produce exactly what an
 //! uninterrupted run produces: CPython running `workloads/python/compute.py`, `gzip` of a few
-//! hundred MiB from stdin, and `sha256sum` of a 1 GiB file.
+//! hundred MiB from stdin, `sha256sum` of a 1 GiB file, and two process trees: a shell
+//! pipeline and `make -j2` building a small C project.
 
 mod support;
 
@@ -234,5 +235,147 @@ fn sha256sum_of_a_file() {
                 .cwd(dir)
         },
         |pid| fd_of(pid, &path),
+    );
+}
+
+/// A shell pipeline, `cat | gzip | sha256sum` under `sh -c`, whose shell took the input as
+/// its stdin (so the shell and `cat` share one open file description, and its offset): the
+/// whole tree (sh, cat, gzip, sha256sum, two pipes with data in flight) is checkpointed
+/// mid-file and restored with its pids; the shell must still know its children.
+#[test]
+fn shell_pipeline() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("shell-pipeline");
+    let input = text_file(scratch.join("input.txt"), 192 << 20);
+    let path = fs::canonicalize(&input.path).expect("canonical input path");
+    let sh = system_program("sh");
+    checkpoint_mid_file(
+        "shell-pipeline",
+        &scratch,
+        &input,
+        |run, dir| {
+            Launch::new(&format!("pipeline-{run}"), &sh, dir)
+                .args([
+                    "-c",
+                    "exec < \"$1\"; cat | gzip -n -1 | sha256sum; echo \"pipeline done\"",
+                    "sh",
+                ])
+                .arg(&path)
+                .cwd(dir)
+        },
+        |_| Some(0),
+    );
+}
+
+/// A small C project generated in DIR: 8 units of generated arithmetic (each takes gcc -O2
+/// a good fraction of a second), a main printing the result, and a Makefile.
+fn c_project(dir: &Path) {
+    fs::create_dir_all(dir).expect("project dir");
+    let mut main = String::from("#include <stdio.h>\n");
+    let mut calls = String::new();
+    for unit in 1..=8u64 {
+        let mut src =
+            format!("unsigned long unit{unit}(unsigned long x)\n{{\n\tunsigned long a = x;\n");
+        for k in 0..1200u64 {
+            src.push_str(&format!(
+                "\ta = a * {}UL + (a >> {}) ^ {}UL;\n",
+                k * 7 + unit * 13 + 1,
+                k % 13 + 1,
+                k * 31 + unit
+            ));
+        }
+        src.push_str("\treturn a;\n}\n");
+        fs::write(dir.join(format!("unit{unit}.c")), src).expect("writing a unit");
+        main.push_str(&format!("unsigned long unit{unit}(unsigned long);\n"));
+        calls.push_str(&format!("\tx = unit{unit}(x);\n"));
+    }
+    main.push_str(&format!(
+        "int main(void)\n{{\n\tunsigned long x = 1;\n{calls}\tprintf(\"%lu\\n\", x);\n\treturn 0;\n}}\n"
+    ));
+    fs::write(dir.join("main.c"), main).expect("writing main.c");
+    let objs: Vec<String> = std::iter::once("main.o".to_string())
+        .chain((1..=8).map(|u| format!("unit{u}.o")))
+        .collect();
+    fs::write(
+        dir.join("Makefile"),
+        format!(
+            "OBJS = {}\nprog: $(OBJS)\n\tgcc -o $@ $(OBJS)\n%.o: %.c\n\tgcc -O2 -c $< -o $@\n",
+            objs.join(" ")
+        ),
+    )
+    .expect("writing the Makefile");
+}
+
+/// `make -j2` building a small C project, checkpointed while two compilers run (make, its
+/// jobserver pipe, gcc drivers and their cc1 children: a tree of five or more) and restored;
+/// the build must finish with the same output and a program that prints the same number.
+#[test]
+fn make_j2_build() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("make-j2");
+    let src = scratch.join("src");
+    c_project(&src);
+    let sh = system_program("sh");
+    let script = "cp \"$1\"/* . && make -s -j2 && ./prog && echo \"build done\"";
+    let launch = |run: &str, dir: &Path| {
+        Launch::new(&format!("make-{run}"), &sh, dir)
+            .args(["-c", script, "sh"])
+            .arg(&src)
+            .cwd(dir)
+    };
+    let timeout = Duration::from_secs(180);
+    let ref_dir = scratch.subdir("reference");
+    let mut reference = launch("reference", &ref_dir).spawn();
+    assert_eq!(
+        reference.wait(timeout),
+        Exit::Code(0),
+        "{}",
+        reference.diagnostics()
+    );
+
+    let dir = scratch.subdir("run");
+    let image = scratch.join("image");
+    let mut proc = launch("run", &dir).spawn();
+    // Mid-build: two compilers at work.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let compilers = descendants(proc.raw_pid())
+            .into_iter()
+            .filter(|&p| {
+                fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "cc1")
+            })
+            .count();
+        if compilers >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && !matches!(proc.try_exit(), Ok(Some(_))),
+            "make never ran two compilers at once\n{}",
+            proc.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let tree = descendants(proc.raw_pid()).len();
+    let ckpt = checkpoint_and_kill(&scratch, &mut proc, &image);
+    let context = format!(
+        "{}--- {tree} processes at the checkpoint\n",
+        ckpt.describe()
+    );
+    assert!(
+        !dir.join("prog").exists(),
+        "the build was already linked at the checkpoint\n{context}"
+    );
+    let run = restore_attached(&scratch, &image, timeout);
+    let context = format!("{context}{}{}", run.describe(), proc.diagnostics());
+    assert_eq!(run.code(), 0, "the restored build must exit 0\n{context}");
+    assert_same(
+        "make: stdout",
+        &proc.output_bytes(),
+        &reference.output_bytes(),
+        &context,
     );
 }
