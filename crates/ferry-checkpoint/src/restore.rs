@@ -419,6 +419,16 @@ fn no_room(pid: Pid, detail: &str) -> RestoreError {
     }
 }
 
+/// What a member of a process tree takes from members built before it (see [`tree`]).
+#[derive(Debug, Clone, Default)]
+struct Imports {
+    /// fd number → (pid, fd) that holds the open file description.
+    fds: HashMap<i32, (i32, i32)>,
+    /// Start of a shared anonymous mapping → (pid, start, end) of a mapping of the same
+    /// object.
+    memory: HashMap<u64, (i32, u64, u64)>,
+}
+
 /// The fd numbers of the vessel, as the kernel will hand them out (lowest free first), so
 /// that batched calls can name fds opened earlier in the same batch.
 #[derive(Default)]
@@ -469,9 +479,8 @@ struct Queue {
 pub struct Builder {
     vessel: Vessel,
     image: Arc<ProcessImage>,
-    /// Fds taken from another process of a tree rather than made (see `tree`): fd number →
-    /// (pid, fd) where the open file description is.
-    imports: HashMap<i32, (i32, i32)>,
+    /// What a member of a process tree takes from other members rather than making it.
+    imports: Imports,
     fds: FdTable,
     copy_time: Duration,
     privileged_opens: u32,
@@ -482,14 +491,24 @@ pub struct Builder {
 impl Builder {
     /// Checks the image against this host, empties the vessel, recreates the vDSO and every
     /// mapping. Page data comes next ([`Builder::write_pages`], or userfaultfd).
-    pub fn new(mut vessel: Vessel, image: Arc<ProcessImage>) -> Result<Builder, RestoreError> {
+    pub fn new(vessel: Vessel, image: Arc<ProcessImage>) -> Result<Builder, RestoreError> {
+        Builder::with_imports(vessel, image, Imports::default())
+    }
+
+    /// [`Builder::new`] for a member of a process tree, which takes `imports` from other
+    /// members (already built).
+    fn with_imports(
+        mut vessel: Vessel,
+        image: Arc<ProcessImage>,
+        imports: Imports,
+    ) -> Result<Builder, RestoreError> {
         check_restorable(&image)?;
         vessel.clear_of(&image)?;
         let has_pages = pages_per_vma(&image);
         let mut b = Builder {
             vessel,
             image,
-            imports: HashMap::new(),
+            imports,
             fds: FdTable::default(),
             copy_time: Duration::ZERO,
             privileged_opens: 0,
@@ -685,6 +704,7 @@ impl Builder {
         );
 
         let mut open: HashMap<(&str, bool), u64> = HashMap::new();
+        let mut shared_fds: Vec<u64> = Vec::new();
         for (i, v) in image.memory.vmas.iter().enumerate() {
             let mut prot = prot_bits(v.prot);
             if self.has_pages[i] {
@@ -700,9 +720,32 @@ impl Builder {
                     }
                     (f, u64::MAX, 0)
                 }
-                Backing::SharedAnonymous => {
-                    (libc::MAP_SHARED | libc::MAP_ANONYMOUS | fixed, u64::MAX, 0)
-                }
+                Backing::SharedAnonymous => match self.imports.memory.get(&v.start) {
+                    // The object another member of the tree made: opened through its mapping.
+                    Some(&(from, start, end)) => {
+                        let path = format!("/proc/{from}/map_files/{start:x}-{end:x}");
+                        self.room(&mut q, 2, path.len() + 8)?;
+                        let p = q.batch.c_string(&path);
+                        let fd = self.fds.open();
+                        self.push(
+                            &mut q,
+                            Tag::Plain,
+                            "open(shared memory of another process)",
+                            libc::SYS_openat,
+                            [
+                                libc::AT_FDCWD as u64,
+                                p,
+                                (libc::O_RDWR | libc::O_CLOEXEC) as u64,
+                                0,
+                                0,
+                                0,
+                            ],
+                        );
+                        shared_fds.push(fd);
+                        (libc::MAP_SHARED | fixed, fd, 0)
+                    }
+                    None => (libc::MAP_SHARED | libc::MAP_ANONYMOUS | fixed, u64::MAX, 0),
+                },
                 Backing::File { path, offset, .. } => {
                     let writable = v.shared && v.prot.write;
                     let fd = match open.get(&(path.as_str(), writable)) {
@@ -751,7 +794,7 @@ impl Builder {
                 [v.start, v.len(), prot as u64, flags as u64, fd, off],
             );
         }
-        for (_, fd) in open {
+        for fd in open.into_values().chain(shared_fds) {
             self.room(&mut q, 1, 0)?;
             self.push(
                 &mut q,
@@ -913,7 +956,7 @@ impl Builder {
                 self.fds.place(n);
                 continue;
             }
-            if let Some(&(from, from_fd)) = self.imports.get(&fd.number) {
+            if let Some(&(from, from_fd)) = self.imports.fds.get(&fd.number) {
                 self.import_fd(&mut q, fd, from, from_fd)?;
                 continue;
             }
@@ -1537,11 +1580,32 @@ impl Builder {
             .map_err(RestoreError::sys(step))?;
         let gadget = self.vessel.area.syscall_gadget();
         let pid = self.pid().as_raw() as u64;
+        let data = self.vessel.area.data;
         for t in &image.threads {
-            made.list.push(
-                self.vessel
-                    .single(step, gadget, |inj| inj.clone_thread(THREAD_CLONE_FLAGS))?,
-            );
+            // The id it had, if free and if the kernel lets this process choose (set_tid needs
+            // CAP_SYS_ADMIN, which the owner's credentials may no longer hold): else any.
+            let args = abi::CloneArgs {
+                flags: THREAD_CLONE_FLAGS,
+                exit_signal: 0,
+                set_tid: data + abi::CloneArgs::SIZE as u64,
+                set_tid_size: 1,
+            };
+            let exact = self.vessel.single(step, gadget, |inj| {
+                let mut bytes = args.encode();
+                bytes.extend_from_slice(&t.tid.to_le_bytes());
+                inj.poke(data, &bytes)?;
+                inj.clone3(data, true)
+            });
+            let thread = match exact {
+                Err(RestoreError::Sys { source, .. })
+                    if matches!(source.errno(), Some(Errno::EEXIST | Errno::EPERM)) =>
+                {
+                    self.vessel
+                        .single(step, gadget, |inj| inj.clone_thread(THREAD_CLONE_FLAGS))?
+                }
+                other => other?,
+            };
+            made.list.push(thread);
             let tracee = made.list.last_mut().expect("just pushed");
             let tid = tracee.pid().as_raw() as u64;
             let e = &t.execution;

@@ -5,18 +5,21 @@
 //! parent cannot reap it). Children that already ended are recorded with their wait status.
 //! Each living process is captured as an image of its own (`pid-N/` beside the root's),
 //! with the other members' pids as allowed co-holders of pipes and files; the manifest
-//! (`tree.img`, [`ferry_image::TreeImage`]) adds parent links, sessions, groups, exit signals
-//! and the open file descriptions several members share (found with `kcmp`).
+//! (`tree.img`, [`ferry_image::TreeImage`]) adds parent links, sessions, groups, exit signals,
+//! the open file descriptions several members share (found with `kcmp`) and the shared
+//! anonymous memory they map together.
 //!
 //! A checkpoint that kills the tree frees every pid for the restore: each member is killed
 //! after its children, and its parent (still frozen) reaps it by an injected `wait4` — left to
 //! the reaper of orphans, the pids could stay taken.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Instant;
 
-use ferry_image::{FdKind, FdRef, Platform, ProcessImage, SharedFile, TreeImage, TreeMember};
+use ferry_image::{
+    FdKind, FdRef, MemRef, Platform, ProcessImage, SharedFile, SharedMemory, TreeImage, TreeMember,
+};
 use ferry_sys::inject::Injector;
 use ferry_sys::libc;
 use ferry_sys::proc::{self, OpenFd};
@@ -106,15 +109,19 @@ fn zombie_status(pid: Pid) -> Result<i32, CheckpointError> {
         })
 }
 
-/// Refuses what the tree's processes share and restore could not share again: an address
-/// space (a `vfork` child not yet on its own) and `MAP_SHARED` memory that is not a file.
-fn check_shared_memory(held: &[Held]) -> Result<(), CheckpointError> {
+/// The shared anonymous memory the tree's processes map together (as a `fork` after `mmap`
+/// leaves it), restored as one object. Refuses what restore could not share again: an address
+/// space (a `vfork` child not yet on its own), and shared memory that some member maps only in
+/// part or more than once.
+fn shared_memory(held: &[Held]) -> Result<Vec<SharedMemory>, CheckpointError> {
     let living: Vec<(Pid, i32)> = held
         .iter()
         .filter(|h| h.frozen.is_some())
         .map(|h| (Pid::from_raw(h.member.pid), h.member.ppid))
         .collect();
-    let mut owners: HashMap<(u32, u32, u64), Pid> = HashMap::new();
+    // Each shared object (device, inode) with its mappings, in tree order.
+    type Mappings = Vec<(Pid, proc::Mapping)>;
+    let mut objects: BTreeMap<(u32, u32, u64), Mappings> = BTreeMap::new();
     for (i, &(pid, ppid)) in living.iter().enumerate() {
         if i > 0
             && proc::same_memory(pid, Pid::from_raw(ppid))
@@ -128,23 +135,42 @@ fn check_shared_memory(held: &[Held]) -> Result<(), CheckpointError> {
             ));
         }
         let maps = proc::read_maps(pid).map_err(CheckpointError::sys("reading mappings"))?;
-        for m in maps.iter().filter(|m| m.shared && !is_file_mapping(m)) {
-            let key = (m.dev_major, m.dev_minor, m.inode);
-            if let Some(&other) = owners.get(&key)
-                && other != pid
-            {
+        for m in maps.into_iter().filter(|m| m.shared && !is_file_mapping(m)) {
+            objects
+                .entry((m.dev_major, m.dev_minor, m.inode))
+                .or_default()
+                .push((pid, m));
+        }
+    }
+    let mut shared = Vec::new();
+    for maps in objects.values() {
+        if maps.iter().all(|(pid, _)| *pid == maps[0].0) {
+            continue;
+        }
+        let (first, m0) = &maps[0];
+        for (pid, m) in maps {
+            let once = maps.iter().filter(|(p, _)| p == pid).count() == 1;
+            if !once || m.offset != 0 || m.end - m.start != m0.end - m0.start {
                 return Err(refuse(
-                    pid,
+                    *pid,
                     format!(
-                        "the mapping at {:#x} of pid {pid} is memory shared with pid {other} (MAP_SHARED): shared memory between processes does not move yet",
+                        "the mapping at {:#x} of pid {pid} is memory shared with pid {first} but mapped differently (in part, or twice): such shared memory does not move yet",
                         m.start
                     ),
                 ));
             }
-            owners.insert(key, pid);
         }
+        shared.push(SharedMemory {
+            holders: maps
+                .iter()
+                .map(|(pid, m)| MemRef {
+                    pid: pid.as_raw(),
+                    start: m.start,
+                })
+                .collect(),
+        });
     }
-    Ok(())
+    Ok(shared)
 }
 
 /// A mapping of a regular file by its path: shared through the file itself.
@@ -249,7 +275,7 @@ pub(crate) fn checkpoint_tree(
     for h in held.iter().filter(|h| h.frozen.is_some()) {
         mobility::frozen_checks(Pid::from_raw(h.member.pid))?;
     }
-    check_shared_memory(&held)?;
+    let shared_memory = shared_memory(&held)?;
     let living: Vec<Pid> = held
         .iter()
         .filter(|h| h.frozen.is_some())
@@ -279,6 +305,7 @@ pub(crate) fn checkpoint_tree(
     let tree = TreeImage {
         members: held.iter().map(|h| h.member.clone()).collect(),
         shared: shared_files(&described)?,
+        shared_memory,
     };
     drop(described);
 

@@ -27,5 +27,7 @@ pub mod validate;
 
 pub use format::{FormatError, PagesHeader, decode_core, decode_tree, encode_core, encode_tree};
 pub use model::*;
-pub use tree::{ExitStatus, FdRef, SharedFile, TreeImage, TreeMember, validate_tree};
+pub use tree::{
+    ExitStatus, FdRef, MemRef, SharedFile, SharedMemory, TreeImage, TreeMember, validate_tree,
+};
 pub use validate::{ValidationError, validate};

@@ -22,6 +22,9 @@ pub struct TreeImage {
     pub members: Vec<TreeMember>,
     /// Open file descriptions held by more than one member (other than pipe ends).
     pub shared: Vec<SharedFile>,
+    /// Shared anonymous memory (`MAP_SHARED|MAP_ANONYMOUS`, as a fork leaves it) mapped by
+    /// more than one member.
+    pub shared_memory: Vec<SharedMemory>,
 }
 
 /// One process of the tree, with ids as the kernel numbered them at the checkpoint (restore
@@ -47,6 +50,20 @@ pub struct TreeMember {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedFile {
     pub holders: Vec<FdRef>,
+}
+
+/// One shared anonymous memory object and the members' mappings of it (each the whole object),
+/// in tree order: the first holder's mapping makes it, the others map the same object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedMemory {
+    pub holders: Vec<MemRef>,
+}
+
+/// A member's mapping, by its start address (a mapping of its image).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MemRef {
+    pub pid: i32,
+    pub start: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -201,29 +218,8 @@ pub fn validate_tree(tree: &TreeImage) -> Result<(), ValidationError> {
     }
     let mut seen: HashSet<FdRef> = HashSet::new();
     for s in &tree.shared {
-        ensure!(
-            s.holders.len() >= 2,
-            "a shared file with {} holder(s)",
-            s.holders.len()
-        );
-        let mut last = None;
+        check_holders(tree, &order, "shared file", s.holders.iter().map(|h| h.pid))?;
         for h in &s.holders {
-            let at = order.get(&h.pid).copied().ok_or_else(|| {
-                ValidationError(format!(
-                    "shared file held by pid {}, not in the tree",
-                    h.pid
-                ))
-            })?;
-            ensure!(
-                tree.members[at].zombie.is_none(),
-                "shared file held by pid {}, a zombie",
-                h.pid
-            );
-            ensure!(
-                last.is_none_or(|l| l < at),
-                "holders of a shared file out of tree order"
-            );
-            last = Some(at);
             ensure!(
                 (0..crate::validate::MAX_FD_NUMBER).contains(&h.fd),
                 "shared fd {} out of range",
@@ -236,6 +232,60 @@ pub fn validate_tree(tree: &TreeImage) -> Result<(), ValidationError> {
                 h.fd
             );
         }
+    }
+    let mut seen: HashSet<MemRef> = HashSet::new();
+    for s in &tree.shared_memory {
+        check_holders(
+            tree,
+            &order,
+            "shared memory",
+            s.holders.iter().map(|h| h.pid),
+        )?;
+        for h in &s.holders {
+            ensure!(
+                h.start.is_multiple_of(crate::model::PAGE_SIZE),
+                "shared memory of pid {} at unaligned {:#x}",
+                h.pid,
+                h.start
+            );
+            ensure!(
+                seen.insert(*h),
+                "pid {} mapping {:#x} in two shared memories",
+                h.pid,
+                h.start
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Holders of something shared: at least two, living members, in tree order.
+fn check_holders(
+    tree: &TreeImage,
+    order: &HashMap<i32, usize>,
+    what: &str,
+    holders: impl ExactSizeIterator<Item = i32>,
+) -> Result<(), ValidationError> {
+    ensure!(
+        holders.len() >= 2,
+        "{what} with {} holder(s)",
+        holders.len()
+    );
+    let mut last = None;
+    for pid in holders {
+        let at = order
+            .get(&pid)
+            .copied()
+            .ok_or_else(|| ValidationError(format!("{what} held by pid {pid}, not in the tree")))?;
+        ensure!(
+            tree.members[at].zombie.is_none(),
+            "{what} held by pid {pid}, a zombie"
+        );
+        ensure!(
+            last.is_none_or(|l| l < at),
+            "holders of {what} out of tree order"
+        );
+        last = Some(at);
     }
     Ok(())
 }
@@ -266,6 +316,18 @@ mod tests {
             ],
             shared: vec![SharedFile {
                 holders: vec![FdRef { pid: 100, fd: 2 }, FdRef { pid: 101, fd: 2 }],
+            }],
+            shared_memory: vec![SharedMemory {
+                holders: vec![
+                    MemRef {
+                        pid: 100,
+                        start: 0x7000_0000,
+                    },
+                    MemRef {
+                        pid: 101,
+                        start: 0x7000_0000,
+                    },
+                ],
             }],
         }
     }
@@ -328,6 +390,24 @@ mod tests {
         assert!(validate_tree(&t).is_err());
         let mut t = pipeline();
         t.shared.push(t.shared[0].clone());
+        assert!(validate_tree(&t).is_err());
+    }
+
+    #[test]
+    fn shared_memory_is_held_by_living_members() {
+        let mut t = pipeline();
+        t.shared_memory[0].holders[1].start += 1;
+        assert!(validate_tree(&t).is_err());
+        let mut t = pipeline();
+        t.shared.clear();
+        t.members[1].zombie = Some(0);
+        let e = validate_tree(&t).unwrap_err();
+        assert!(
+            e.0.contains("shared memory held by pid 101, a zombie"),
+            "{e}"
+        );
+        let mut t = pipeline();
+        t.shared_memory[0].holders.truncate(1);
         assert!(validate_tree(&t).is_err());
     }
 

@@ -134,16 +134,21 @@ impl<'t> Injector<'t> {
         )
     }
 
-    /// Creates a child process of the tracee with an injected `clone3`, whose `struct
-    /// clone_args` ([`abi::CloneArgs`], no `CLONE_VM`) the caller wrote at `args` in the
-    /// tracee. The child shares nothing but what `fork` shares and is returned as a tracee,
-    /// stopped before its first instruction. The tracee must trace its clones.
-    pub fn clone_process(&mut self, args: u64) -> Result<Tracee> {
+    /// Creates a child process (or, with `thread`, a thread) of the tracee with an injected
+    /// `clone3`, whose `struct clone_args` ([`abi::CloneArgs`]) the caller wrote at `args` in
+    /// the tracee, and returns it as a tracee, stopped before its first instruction. The
+    /// tracee must trace its clones.
+    pub fn clone3(&mut self, args: u64, thread: bool) -> Result<Tracee> {
+        let tgid = self.tracee.tgid();
         self.clone_traced(
-            "clone3(process)",
+            if thread {
+                "clone3(thread)"
+            } else {
+                "clone3(process)"
+            },
             libc::SYS_clone3,
             [args, abi::CloneArgs::SIZE as u64, 0, 0, 0, 0],
-            |pid| pid,
+            |new| if thread { tgid } else { new },
         )
     }
 

@@ -556,6 +556,7 @@ fn restore_crafted_process_tree() {
     let mut tree = ferry_image::TreeImage {
         members: vec![member(pid, 1), member(child, pid)],
         shared: Vec::new(),
+        shared_memory: Vec::new(),
     };
     write_tree(&tree);
     assert_refused_image(

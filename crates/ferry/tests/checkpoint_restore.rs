@@ -259,6 +259,44 @@ fn process_tree() {
         .run();
 }
 
+/// A python3 process and its child sharing 1 MiB of anonymous memory (`mmap(-1, …)` before
+/// `fork`): they talk only through it, so restore must make one object of it again.
+const PY_SHARED_MEMORY: &str = "\
+import mmap, os, time
+m = mmap.mmap(-1, 1 << 20)
+m[:5] = b'hello'
+child = os.fork()
+if child == 0:
+    while m[100] != 1:
+        time.sleep(0.005)
+    m[200:205] = b'child'
+    m[101] = 1
+    os._exit(0)
+print('ready', flush=True)
+time.sleep(0.5)
+m[100] = 1
+while m[101] != 1:
+    time.sleep(0.005)
+assert m[:5] == b'hello' and m[200:205] == b'child'
+_, status = os.waitpid(child, 0)
+print('done', status, flush=True)
+";
+
+#[test]
+fn python3_parent_and_child_sharing_memory() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "py-shared-memory",
+        system_program("python3"),
+        Marker::Text("ready\n"),
+    )
+    .args(&[lit("-c"), lit(PY_SHARED_MEMORY)])
+    .settle(ms(50))
+    .run();
+}
+
 // --- threads ---------------------------------------------------------------------------------------
 
 /// A thread pool fed by an epoll loop: 11 threads caught in a condition variable wait, a
@@ -578,6 +616,61 @@ fn leave_running_thread_pool_finishes_unharmed() {
         &proc.output_bytes(),
         &reference.stdout,
         "",
+    );
+}
+
+/// A process tree checkpointed with `--leave-running` runs on unharmed (every member put back,
+/// its zombies still waiting); restoring the image while it runs is refused with the pid in
+/// use named (a tree needs its own pids), and creates nothing.
+#[test]
+fn leave_running_tree_then_restore_is_refused_while_it_runs() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("leave-running-tree");
+    let sc = Scenario::new(
+        "leave-running-tree",
+        c_workload("tree"),
+        Marker::Text("ready\n"),
+    )
+    .wake(Signal::SIGUSR1);
+    let reference = sc.reference(&scratch);
+    let dir = scratch.subdir("run");
+    let image = scratch.join("image");
+    let mut proc = sc.launch("run", &dir).spawn();
+    sc.wait_marker(&mut proc);
+    let members = descendants(proc.raw_pid());
+    let run = checkpoint(&scratch, &proc, &image, &["--leave-running"]);
+    assert_left_running(&proc, &run.describe());
+    let restore = ferry(&scratch, &[os("restore"), os("--dir"), image.as_os_str()]);
+    let context = format!("{}{}", run.describe(), restore.describe());
+    assert_ne!(
+        restore.code(),
+        0,
+        "restoring a running tree must fail\n{context}"
+    );
+    assert!(
+        restore.stderr.contains("is in use on this host"),
+        "the refusal should name the pid in use\n{context}"
+    );
+    assert_eq!(
+        descendants(proc.raw_pid()),
+        members,
+        "the tree changed\n{context}"
+    );
+    proc.signal(Signal::SIGUSR1);
+    let exit = proc.wait(TIMEOUT);
+    assert_eq!(
+        exit,
+        reference.exit,
+        "the tree left running ended with {exit}\n{context}{}",
+        proc.diagnostics()
+    );
+    assert_same(
+        "output of the tree left running",
+        &proc.output_bytes(),
+        &reference.stdout,
+        &context,
     );
 }
 

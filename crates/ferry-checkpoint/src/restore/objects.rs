@@ -899,7 +899,7 @@ impl Builder {
             let FdKind::Epoll { watches, .. } = &fd.kind else {
                 continue;
             };
-            if self.imports.contains_key(&fd.number) {
+            if self.imports.fds.contains_key(&fd.number) {
                 // Its registrations came with it.
                 continue;
             }

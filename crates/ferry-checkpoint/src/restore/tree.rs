@@ -7,7 +7,9 @@
 //!              joins its group once every vessel exists
 //!  build       every living member in tree order, as a single process is built; an open file
 //!              description several members share is made by the first holder and taken by
-//!              the others with pidfd_getfd; a pipe between members is made whole by the first
+//!              the others with pidfd_getfd; shared anonymous memory is made by the first
+//!              member mapping it and mapped by the others through the first one's
+//!              /proc/PID/map_files entry; a pipe between members is made whole by the first
 //!              member holding an end of it, the ends it does not hold parked at spare fds
 //!              until the others took them
 //!  zombies     each zombie's vessel ends as it ended (exit_group, or its signal), and waits
@@ -21,7 +23,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ferry_image::{ExitStatus, TreeImage, TreeMember};
+use ferry_image::{ExitStatus, MemRef, TreeImage, TreeMember};
 
 use super::*;
 use crate::imagedir::{self, LoadedImage};
@@ -107,8 +109,11 @@ pub fn restore_tree(
             builders.push(None);
             continue;
         };
-        let mut b = Builder::new(vessel, plan.image_of(i, &image.image))?;
-        b.imports = plan.imports[i].clone();
+        let mut b = Builder::with_imports(
+            vessel,
+            plan.image_of(i, &image.image),
+            plan.imports[i].clone(),
+        )?;
         let segments: Vec<(u64, &[u8])> = image.runs().collect();
         b.write_pages(&segments)?;
         b.finish()?;
@@ -232,7 +237,7 @@ impl Vessel {
             let mut bytes = args.encode();
             bytes.extend_from_slice(&m.pid.to_le_bytes());
             inj.poke(data, &bytes)?;
-            inj.clone_process(data)
+            inj.clone3(data, false)
         });
         self.tracee_mut()
             .trace_clones(false, true)
@@ -390,8 +395,8 @@ impl Builder {
 
 /// Who makes and who takes each shared object, and the images as the makers build them.
 struct Plan {
-    /// Per member: fd → (pid, fd) to take it from.
-    imports: Vec<HashMap<i32, (i32, i32)>>,
+    /// Per member: what it takes from others.
+    imports: Vec<Imports>,
     /// Per member: the pipe ends it holds only for others, as extra fds of its image.
     extra: Vec<Vec<Fd>>,
     /// Per member: the fd numbers of those ends (closed once everyone took theirs).
@@ -406,7 +411,7 @@ impl Plan {
     ) -> Result<Plan, RestoreError> {
         let n = tree.members.len();
         let mut plan = Plan {
-            imports: vec![HashMap::new(); n],
+            imports: vec![Imports::default(); n],
             extra: vec![Vec::new(); n],
             parked: vec![Vec::new(); n],
         };
@@ -448,7 +453,47 @@ impl Plan {
                 }
             }
             for h in &s.holders[1..] {
-                plan.imports[index[&h.pid]].insert(h.fd, (maker.pid, maker.fd));
+                plan.imports[index[&h.pid]]
+                    .fds
+                    .insert(h.fd, (maker.pid, maker.fd));
+            }
+        }
+        let shared_vma = |h: &MemRef| -> Result<(u64, u64), RestoreError> {
+            loaded[index[&h.pid]]
+                .as_ref()
+                .and_then(|l| {
+                    l.image.memory.vmas.iter().find(|v| {
+                        v.start == h.start && matches!(v.backing, Backing::SharedAnonymous)
+                    })
+                })
+                .map(|v| (v.start, v.end))
+                .ok_or_else(|| {
+                    invalid(
+                        dir,
+                        format!(
+                            "pid {} has no shared anonymous mapping at {:#x}",
+                            h.pid, h.start
+                        ),
+                    )
+                })
+        };
+        for s in &tree.shared_memory {
+            let maker = s.holders[0];
+            let (start, end) = shared_vma(&maker)?;
+            for h in &s.holders[1..] {
+                let (from, to) = shared_vma(h)?;
+                if to - from != end - start {
+                    return Err(invalid(
+                        dir,
+                        format!(
+                            "pid {} maps shared memory at {from:#x} with another size than pid {}",
+                            h.pid, maker.pid
+                        ),
+                    ));
+                }
+                plan.imports[index[&h.pid]]
+                    .memory
+                    .insert(from, (maker.pid, start, end));
             }
         }
         // Pipes: every end held anywhere, by pipe and direction, in tree order.
@@ -499,7 +544,7 @@ impl Plan {
             };
             let maker_pid = tree.members[maker].pid;
             for &(i, fd) in holders.iter().filter(|&&(i, _)| i != maker) {
-                plan.imports[i].insert(fd.number, (maker_pid, at));
+                plan.imports[i].fds.insert(fd.number, (maker_pid, at));
             }
         }
         Ok(plan)
