@@ -4,7 +4,8 @@
 # moved from host to host while it runs, once with each of the five algorithms
 # (n1 -> n2 -> n3 -> n1 -> n2 -> n3), and finishes with exactly the output of an uninterrupted
 # run. Prints every migration's metrics. Then two processes exchange messages while one of them
-# migrates, and 6 CPU-bound jobs spread over 3 half-CPU hosts. Needs root.
+# migrates, 6 CPU-bound jobs spread over 3 half-CPU hosts, and a shell pipeline (a process
+# tree) is checkpointed mid-run and restored with its pids. Needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -136,3 +137,29 @@ sys.exit(0 if len(jobs) >= 6 and all(j["ended_ms"] is not None for j in jobs) el
 done
 "$tn" exec n1 -- "$ferry" ps
 echo "== all 6 jobs done in $(python3 -c "import time; print(round(time.time() - $start + 0.0, 1))") s after submission (all on n1 alone: ~36 s; ideal: 12 s)"
+
+echo "== a process tree on this host: sh -c 'cat | gzip | sha256sum', checkpointed mid-run and restored with its pids"
+rm -rf "$work/tree-image"
+seq 1 25000000 >"$work/input"
+want=$(gzip -n -1 <"$work/input" | sha256sum)
+(
+  # Nothing this script inherited (a pipe of whoever runs it) may go with the tree: a pipe
+  # shared with a process outside it would keep it immobile.
+  for fd in /proc/$BASHPID/fd/*; do
+    n=${fd##*/}
+    if ((n > 2)); then eval "exec $n>&-"; fi
+  done 2>/dev/null
+  exec sh -c 'exec <"$1"; cat | gzip -n -1 | sha256sum' sh "$work/input" </dev/null >"$work/tree.out" 2>&1
+) &
+tree=$!
+disown "$tree" # reaped by this shell when ferry ends it, without a "Killed" notice
+sleep 0.5
+"$ferry" checkpoint "$tree" --dir "$work/tree-image"
+"$ferry" inspect "$work/tree-image" | sed -n '/^process tree/,$p'
+"$ferry" restore --dir "$work/tree-image"
+if [[ "$(cat "$work/tree.out")" == "$want" ]]; then
+  echo "== the restored pipeline printed what an uninterrupted run prints: ok"
+else
+  echo "== the restored pipeline printed $(cat "$work/tree.out"), not $want: FAILED"
+  exit 1
+fi

@@ -111,6 +111,11 @@ pub enum RestoreError {
     },
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    /// A process of a tree cannot get its pid back: another task holds it on this host.
+    #[error(
+        "pid {pid} is in use on this host ({holder}); the processes of a tree are restored with their own pids"
+    )]
+    PidInUse { pid: i32, holder: String },
     /// A link to the ferry message service could not be re-created on this host (no daemon
     /// listening: `ECONNREFUSED`).
     #[error(

@@ -182,7 +182,7 @@ fn is_file_mapping(m: &proc::Mapping) -> bool {
 /// are left out (each member's image names its pipe). A memfd or deleted file the tree holds
 /// through two descriptions is refused: restore would make two files of it.
 fn shared_files(
-    members: &[(Pid, &ProcessImage, Vec<OpenFd>)],
+    members: &[(Pid, &ProcessImage, &[OpenFd])],
 ) -> Result<Vec<SharedFile>, CheckpointError> {
     // Candidates by the identity (device, inode) of the file behind them: member, fd, and
     // whether the file has no name.
@@ -292,15 +292,19 @@ pub(crate) fn checkpoint_tree(
         let pid = frozen.pid();
         let mut rules = rules.clone();
         rules.tree = living.iter().copied().filter(|&p| p != pid).collect();
+        if pid != root {
+            // Links are named by the root's fd numbers.
+            rules.links.clear();
+        }
         let (image, segments, pagemap_scan) = capture_frozen(frozen, platform.clone(), &rules)?;
         let open = proc::open_fds(pid).map_err(CheckpointError::sys("listing fds"))?;
         injected_calls += frozen.injected_calls();
         debug!(pid = pid.as_raw(), interrupted = ?restart::classify(&frozen.regs), "member captured");
         captured.push((pid, image, segments, pagemap_scan, open));
     }
-    let described: Vec<(Pid, &ProcessImage, Vec<OpenFd>)> = captured
+    let described: Vec<(Pid, &ProcessImage, &[OpenFd])> = captured
         .iter()
-        .map(|(pid, image, _, _, open)| (*pid, image, open.clone()))
+        .map(|(pid, image, _, _, open)| (*pid, image, open.as_slice()))
         .collect();
     let tree = TreeImage {
         members: held.iter().map(|h| h.member.clone()).collect(),

@@ -184,19 +184,12 @@ fn invalid(path: &Path, detail: String) -> RestoreError {
     })
 }
 
-/// Who the pid is taken by, for an error.
-fn holder_of(pid: i32) -> String {
-    match proc::read_text(Pid::from_raw(pid), "comm") {
-        Ok(comm) => format!("pid {pid} is in use on this host ({comm})"),
-        Err(_) => format!("pid {pid} is in use on this host (by a thread or a process group)"),
-    }
-}
-
 fn pid_taken(pid: i32) -> RestoreError {
-    RestoreError::PermissionDenied(format!(
-        "{}; the processes of a tree are restored with their own pids",
-        holder_of(pid)
-    ))
+    RestoreError::PidInUse {
+        pid,
+        holder: proc::read_text(Pid::from_raw(pid), "comm")
+            .unwrap_or_else(|_| "by a thread or a process group".into()),
+    }
 }
 
 /// The root's vessel, with the root's pid: waits up to [`PID_WAIT`] for it to be free.
