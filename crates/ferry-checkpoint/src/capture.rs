@@ -423,6 +423,7 @@ pub(crate) fn capture_frozen(
         });
         raw_maps.push(m);
     }
+    carry_unnamed_files(pid, &mut vmas, &open, &fds)?;
 
     // Pages to move.
     let (segments, pagemap_scan) = plan_pages(pid, &vmas, &raw_maps)?;
@@ -722,6 +723,61 @@ fn query_process(inj: &mut Injector<'_>, area: BatchArea) -> Result<Injected, Sy
     })
 }
 
+/// Reads the bytes of every mapped file without a name into its first mapping (the others
+/// name it by inode), and links it to the fd that holds the same file, if one does (restore
+/// then makes one file for both). Two fds holding it through different open file descriptions
+/// are refused by the shared-object check before.
+fn carry_unnamed_files(
+    pid: Pid,
+    vmas: &mut [Vma],
+    open: &[proc::OpenFd],
+    fds: &[Fd],
+) -> Result<(), CheckpointError> {
+    let mut carried = std::collections::HashSet::new();
+    for v in vmas.iter_mut() {
+        let Backing::UnnamedFile { file, data, fd, .. } = &mut v.backing else {
+            continue;
+        };
+        *fd = open
+            .iter()
+            .find(|o| {
+                o.stat.is_some_and(|st| st.inode == *file)
+                    && (o.target.starts_with(b"/memfd:") || o.target.ends_with(b" (deleted)"))
+            })
+            .and_then(|o| fds.iter().find(|f| f.number == o.fd))
+            .map(|f| f.dup_of.unwrap_or(f.number));
+        if !carried.insert(*file) {
+            continue;
+        }
+        let f = proc::open_mapped_file(pid, v.start, v.end).map_err(CheckpointError::sys(
+            format!("opening the file mapped at {:#x}", v.start),
+        ))?;
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if len > MAX_CARRIED_BYTES as u64 {
+            return Err(mobility::refuse(
+                pid,
+                format!(
+                    "the file mapped at {:#x} grew to {len} bytes; ferry carries at most {} MiB",
+                    v.start,
+                    MAX_CARRIED_BYTES >> 20
+                ),
+            ));
+        }
+        let mut bytes = vec![0u8; len as usize];
+        use std::os::unix::fs::FileExt;
+        f.read_exact_at(&mut bytes, 0)
+            .map_err(|e| CheckpointError::Sys {
+                step: format!("reading the file mapped at {:#x}", v.start),
+                source: SysError::Io {
+                    path: format!("/proc/{pid}/map_files"),
+                    source: e,
+                },
+            })?;
+        *data = bytes;
+    }
+    Ok(())
+}
+
 /// Finds the pages to move in every mapping: those whose content differs from the backing.
 fn plan_pages(
     pid: Pid,
@@ -737,7 +793,7 @@ fn plan_pages(
             continue;
         }
         let select = match vma.backing {
-            Backing::File { .. } => Select::PrivateFileDirty,
+            Backing::File { .. } | Backing::UnnamedFile { .. } => Select::PrivateFileDirty,
             Backing::SharedAnonymous => Select::SharedAnonymous,
             _ => Select::Anonymous,
         };

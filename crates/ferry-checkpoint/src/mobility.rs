@@ -6,7 +6,7 @@
 
 use std::os::unix::ffi::OsStrExt;
 
-use ferry_image::{Backing, FdKind, FileIdentity};
+use ferry_image::{Backing, FdKind, FileIdentity, MAX_CARRIED_BYTES, UnnamedOrigin};
 use ferry_sys::libc;
 use ferry_sys::proc::{self, Mapping, OpenFd};
 use ferry_sys::{Pid, host};
@@ -471,9 +471,7 @@ pub fn classify_mapping(
                 format!("the mapping at {at:#x} is SysV shared memory"),
             ));
         }
-        p if p.starts_with(b"/memfd:") => {
-            return Err(refuse(pid, format!("the mapping at {at:#x} is a memfd")));
-        }
+        p if p.starts_with(b"/memfd:") => unnamed_mapping(pid, m, true)?,
         p if p.starts_with(b"[") => {
             return Err(refuse(
                 pid,
@@ -483,15 +481,7 @@ pub fn classify_mapping(
                 ),
             ));
         }
-        p if p.ends_with(b" (deleted)") => {
-            return Err(refuse(
-                pid,
-                format!(
-                    "the mapping at {at:#x} is of a deleted file ({})",
-                    String::from_utf8_lossy(p)
-                ),
-            ));
-        }
+        p if p.ends_with(b" (deleted)") && p.starts_with(b"/") => unnamed_mapping(pid, m, false)?,
         p if p.starts_with(b"/") => {
             let file = utf8(pid, &format!("mapping {at:#x}"), p)?;
             let st = proc::stat_path(std::path::Path::new(std::ffi::OsStr::from_bytes(p)))
@@ -538,6 +528,51 @@ pub fn classify_mapping(
         }
     };
     Ok(Some((backing, None)))
+}
+
+/// A mapping of a memfd or of a deleted file: its origin, read through
+/// `/proc/PID/map_files` (its bytes are read by the capture, for the first mapping of each
+/// file). Refused above [`MAX_CARRIED_BYTES`] or for anything but a regular file.
+fn unnamed_mapping(pid: Pid, m: &Mapping, memfd: bool) -> Result<Backing, CheckpointError> {
+    let at = m.start;
+    let shown = String::from_utf8_lossy(&m.path).into_owned();
+    let file = proc::open_mapped_file(pid, m.start, m.end).map_err(CheckpointError::sys(
+        format!("opening the file mapped at {at:#x}"),
+    ))?;
+    let st = file
+        .metadata()
+        .map_err(|e| refuse(pid, format!("the file mapped at {at:#x} ({shown}): {e}")))?;
+    if !st.is_file() || st.len() > MAX_CARRIED_BYTES as u64 {
+        return Err(refuse(
+            pid,
+            format!(
+                "the mapping at {at:#x} is of a file without a name ({shown}) of {} bytes; ferry carries regular files up to {} MiB",
+                st.len(),
+                MAX_CARRIED_BYTES >> 20
+            ),
+        ));
+    }
+    let name = shown.strip_suffix(" (deleted)").unwrap_or(&shown);
+    let origin = if memfd {
+        UnnamedOrigin::MemFd {
+            name: name.trim_start_matches("/memfd:").to_string(),
+            seals: ferry_sys::kobj::memfd_seals(&file, pid)
+                .map_err(CheckpointError::sys("reading a memfd's seals"))?,
+        }
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        UnnamedOrigin::Deleted {
+            path: name.to_string(),
+            mode: st.permissions().mode() & 0o7777,
+        }
+    };
+    Ok(Backing::UnnamedFile {
+        file: m.inode,
+        offset: m.offset,
+        origin,
+        data: Vec::new(),
+        fd: None,
+    })
 }
 
 /// Exceptions to the rules, for ferry's own use.

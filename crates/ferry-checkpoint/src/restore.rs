@@ -481,6 +481,9 @@ pub struct Builder {
     image: Arc<ProcessImage>,
     /// What a member of a process tree takes from other members rather than making it.
     imports: Imports,
+    /// Files without a name that mappings were made from and an fd holds too: fd number →
+    /// the file, kept (above every fd of the image) until the fd takes it.
+    mapped_unnamed: HashMap<i32, u64>,
     fds: FdTable,
     copy_time: Duration,
     privileged_opens: u32,
@@ -509,6 +512,7 @@ impl Builder {
             vessel,
             image,
             imports,
+            mapped_unnamed: HashMap::new(),
             fds: FdTable::default(),
             copy_time: Duration::ZERO,
             privileged_opens: 0,
@@ -705,6 +709,31 @@ impl Builder {
 
         let mut open: HashMap<(&str, bool), u64> = HashMap::new();
         let mut shared_fds: Vec<u64> = Vec::new();
+        // Files without a name made so far: inode at the checkpoint → (fd, seals to add).
+        let mut unnamed: HashMap<u64, (u64, u32)> = HashMap::new();
+        // Those an fd holds too: inode → that fd's number.
+        let linked: HashMap<u64, i32> = image
+            .memory
+            .vmas
+            .iter()
+            .filter_map(|v| match &v.backing {
+                Backing::UnnamedFile {
+                    file, fd: Some(n), ..
+                } => Some((*file, *n)),
+                _ => None,
+            })
+            .collect();
+        let unnamed_data: HashMap<u64, &[u8]> = image
+            .memory
+            .vmas
+            .iter()
+            .filter_map(|v| match &v.backing {
+                Backing::UnnamedFile { file, data, .. } if !data.is_empty() => {
+                    Some((*file, data.as_slice()))
+                }
+                _ => None,
+            })
+            .collect();
         for (i, v) in image.memory.vmas.iter().enumerate() {
             let mut prot = prot_bits(v.prot);
             if self.has_pages[i] {
@@ -720,32 +749,65 @@ impl Builder {
                     }
                     (f, u64::MAX, 0)
                 }
-                Backing::SharedAnonymous => match self.imports.memory.get(&v.start) {
+                Backing::SharedAnonymous | Backing::UnnamedFile { .. }
+                    if self.imports.memory.contains_key(&v.start) =>
+                {
                     // The object another member of the tree made: opened through its mapping.
-                    Some(&(from, start, end)) => {
-                        let path = format!("/proc/{from}/map_files/{start:x}-{end:x}");
-                        self.room(&mut q, 2, path.len() + 8)?;
-                        let p = q.batch.c_string(&path);
-                        let fd = self.fds.open();
-                        self.push(
-                            &mut q,
-                            Tag::Plain,
-                            "open(shared memory of another process)",
-                            libc::SYS_openat,
-                            [
-                                libc::AT_FDCWD as u64,
-                                p,
-                                (libc::O_RDWR | libc::O_CLOEXEC) as u64,
-                                0,
-                                0,
-                                0,
-                            ],
-                        );
-                        shared_fds.push(fd);
-                        (libc::MAP_SHARED | fixed, fd, 0)
-                    }
-                    None => (libc::MAP_SHARED | libc::MAP_ANONYMOUS | fixed, u64::MAX, 0),
-                },
+                    let (from, start, end) = self.imports.memory[&v.start];
+                    let path = format!("/proc/{from}/map_files/{start:x}-{end:x}");
+                    self.room(&mut q, 2, path.len() + 8)?;
+                    let p = q.batch.c_string(&path);
+                    let fd = self.fds.open();
+                    self.push(
+                        &mut q,
+                        Tag::Plain,
+                        "open(shared memory of another process)",
+                        libc::SYS_openat,
+                        [
+                            libc::AT_FDCWD as u64,
+                            p,
+                            (libc::O_RDWR | libc::O_CLOEXEC) as u64,
+                            0,
+                            0,
+                            0,
+                        ],
+                    );
+                    shared_fds.push(fd);
+                    (libc::MAP_SHARED | fixed, fd, 0)
+                }
+                Backing::SharedAnonymous => {
+                    (libc::MAP_SHARED | libc::MAP_ANONYMOUS | fixed, u64::MAX, 0)
+                }
+                Backing::UnnamedFile {
+                    file,
+                    offset,
+                    origin,
+                    ..
+                } => {
+                    let fd = match unnamed.get(file) {
+                        Some(&(fd, _)) => fd,
+                        None => {
+                            let data = unnamed_data.get(file).copied().unwrap_or(&[]);
+                            let fd = self.make_unnamed_file(&mut q, origin, data)?;
+                            let seals = match origin {
+                                UnnamedOrigin::MemFd { seals, .. }
+                                    if !linked.contains_key(file) =>
+                                {
+                                    *seals
+                                }
+                                _ => 0,
+                            };
+                            unnamed.insert(*file, (fd, seals));
+                            fd
+                        }
+                    };
+                    let share = if v.shared {
+                        libc::MAP_SHARED
+                    } else {
+                        libc::MAP_PRIVATE
+                    };
+                    (share | fixed, fd, *offset)
+                }
                 Backing::File { path, offset, .. } => {
                     let writable = v.shared && v.prot.write;
                     let fd = match open.get(&(path.as_str(), writable)) {
@@ -794,7 +856,31 @@ impl Builder {
                 [v.start, v.len(), prot as u64, flags as u64, fd, off],
             );
         }
-        for fd in open.into_values().chain(shared_fds) {
+        // A memfd's seals last: a write seal would have stopped its filling (one an fd holds
+        // too gets them with the fd).
+        for &(fd, seals) in unnamed.values().filter(|(_, seals)| *seals != 0) {
+            self.room(&mut q, 1, 0)?;
+            self.push(
+                &mut q,
+                Tag::Plain,
+                "fcntl(F_ADD_SEALS)",
+                libc::SYS_fcntl,
+                [fd, libc::F_ADD_SEALS as u64, u64::from(seals), 0, 0, 0],
+            );
+        }
+        let mut made = Vec::new();
+        let above = image.files.fds.iter().map(|f| f.number).max().unwrap_or(0) as u64 + 1;
+        for (file, (fd, _)) in unnamed {
+            match linked.get(&file) {
+                Some(&n) => {
+                    self.room(&mut q, 2, 0)?;
+                    let [kept] = self.move_above(&mut q, [fd], above);
+                    self.mapped_unnamed.insert(n, kept);
+                }
+                None => made.push(fd),
+            }
+        }
+        for fd in open.into_values().chain(shared_fds).chain(made) {
             self.room(&mut q, 1, 0)?;
             self.push(
                 &mut q,
@@ -1007,6 +1093,17 @@ impl Builder {
             }
         }
         self.add_epoll_watches(&mut q, &image.files)?;
+        for kept in std::mem::take(&mut self.mapped_unnamed).into_values() {
+            self.room(&mut q, 1, 0)?;
+            self.push(
+                &mut q,
+                Tag::Plain,
+                "close",
+                libc::SYS_close,
+                [kept, 0, 0, 0, 0, 0],
+            );
+            self.fds.close(kept);
+        }
         let cwd = &image.control.cwd;
         self.room(&mut q, 3, cwd.len() + 8)?;
         let p = q.batch.c_string(cwd);

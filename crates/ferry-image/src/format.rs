@@ -20,7 +20,7 @@ pub const PAGES_MAGIC: [u8; 8] = *b"FERRYPGS";
 /// Version of the image format. Bump minor for additions old readers may ignore, major for
 /// anything else.
 pub const FORMAT_MAJOR: u16 = 1;
-pub const FORMAT_MINOR: u16 = 3;
+pub const FORMAT_MINOR: u16 = 4;
 /// The first minor version whose images list threads ([`ProcessImage::threads`]).
 const FIRST_MINOR_WITH_THREADS: u16 = 2;
 /// The first minor version whose socket pairs are [`FdKind::UnixPair`]s.
@@ -638,7 +638,7 @@ mod tests {
         let err = decode_core(&bytes).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "core.img: image format 2.3 is not supported (this ferry reads 1.0 to 1.3)"
+            "core.img: image format 2.4 is not supported (this ferry reads 1.0 to 1.4)"
         );
         let mut bytes = encode_core(&sample_image()).unwrap();
         bytes[10..12].copy_from_slice(&(FORMAT_MINOR + 1).to_le_bytes());

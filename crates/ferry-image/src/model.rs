@@ -270,7 +270,7 @@ impl Vma {
     pub fn carries_pages(&self) -> bool {
         match &self.backing {
             Backing::Anonymous | Backing::Heap | Backing::Stack | Backing::SharedAnonymous => true,
-            Backing::File { .. } => !self.shared,
+            Backing::File { .. } | Backing::UnnamedFile { .. } => !self.shared,
             Backing::Vvar | Backing::VvarVclock | Backing::Vdso => false,
         }
     }
@@ -299,6 +299,30 @@ pub enum Backing {
     Vvar,
     VvarVclock,
     Vdso,
+    /// A file with no name: a memfd, or a regular file deleted while mapped. Restore makes
+    /// the file again from the bytes carried here (once per `file`) and maps it.
+    UnnamedFile {
+        /// The file's inode number at the checkpoint: every mapping of one file names it.
+        file: u64,
+        offset: u64,
+        origin: UnnamedOrigin,
+        /// The file's bytes (at most [`MAX_CARRIED_BYTES`]), carried by the first mapping of
+        /// the file in address order; empty on the others.
+        data: Vec<u8>,
+        /// The primary fd of this image that holds the same file (a `MemFd` or `DeletedFile`
+        /// fd), if any: restore gives it the file the mappings map.
+        fd: Option<i32>,
+    },
+}
+
+/// How a file without a name was made, and how restore makes it again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnnamedOrigin {
+    /// `memfd_create(name)`, with its `F_SEAL_*` bits.
+    MemFd { name: String, seals: u32 },
+    /// A regular file at `path` (without ` (deleted)`), deleted: made again as an `O_TMPFILE`
+    /// in its directory, with permission bits `mode`.
+    Deleted { path: String, mode: u32 },
 }
 
 /// Enough of a file's `stat` to notice that it is not the file the process had.

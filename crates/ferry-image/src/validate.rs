@@ -61,8 +61,38 @@ pub fn validate(image: &ProcessImage) -> Result<(), ValidationError> {
     validate_execution(&image.execution)?;
     validate_memory(&image.memory)?;
     validate_files(&image.files)?;
+    validate_mapped_fds(image)?;
     validate_signals(&image.signals)?;
     validate_threads(image)?;
+    Ok(())
+}
+
+/// A mapped file without a name that an fd holds too names a primary fd of the same kind.
+fn validate_mapped_fds(image: &ProcessImage) -> Result<(), ValidationError> {
+    for v in &image.memory.vmas {
+        let Backing::UnnamedFile {
+            fd: Some(n),
+            origin,
+            ..
+        } = &v.backing
+        else {
+            continue;
+        };
+        let held = image.files.fds.iter().find(|f| f.number == *n);
+        let agrees = held.is_some_and(|f| {
+            f.dup_of.is_none()
+                && matches!(
+                    (&f.kind, origin),
+                    (FdKind::MemFd { .. }, UnnamedOrigin::MemFd { .. })
+                        | (FdKind::DeletedFile { .. }, UnnamedOrigin::Deleted { .. })
+                )
+        });
+        ensure!(
+            agrees,
+            "mapping at {:#x}: fd {n} is no primary fd of its file's kind",
+            v.start
+        );
+    }
     Ok(())
 }
 
@@ -212,6 +242,8 @@ fn validate_memory(m: &AddressSpace) -> Result<(), ValidationError> {
 
     let mut prev_end = USER_SPACE_START;
     let mut vdso_parts = Vec::new();
+    // Each unnamed file: its first mapping, and whether some mapping carries its bytes.
+    let mut unnamed: HashMap<u64, (usize, bool)> = HashMap::new();
     for (i, v) in m.vmas.iter().enumerate() {
         ensure!(
             aligned(v.start) && aligned(v.end),
@@ -253,6 +285,54 @@ fn validate_memory(m: &AddressSpace) -> Result<(), ValidationError> {
                     offset.checked_add(v.len()).is_some(),
                     "mapping {i}: file offset overflows"
                 );
+            }
+            Backing::UnnamedFile {
+                file,
+                offset,
+                origin,
+                data,
+                ..
+            } => {
+                ensure!(
+                    aligned(*offset) && offset.checked_add(v.len()).is_some(),
+                    "mapping {i}: file offset {offset:#x} not page-aligned or overflowing"
+                );
+                match origin {
+                    UnnamedOrigin::MemFd { name, .. } => ensure!(
+                        name.len() <= 249 && !name.contains('\0') && !name.contains('/'),
+                        "mapping {i}: bad memfd name {name:?}"
+                    ),
+                    UnnamedOrigin::Deleted { path, mode } => {
+                        check_path("deleted mapped file", path)?;
+                        ensure!(
+                            path.len() > 1 && !path.ends_with('/'),
+                            "mapping {i}: deleted file path {path:?} names no file"
+                        );
+                        ensure!(*mode <= 0o7777, "mapping {i}: mode {mode:o}");
+                    }
+                }
+                ensure!(
+                    data.len() <= MAX_CARRIED_BYTES,
+                    "mapping {i}: {} bytes of file carried (at most {MAX_CARRIED_BYTES})",
+                    data.len()
+                );
+                match unnamed.get(file) {
+                    Some(&(first, carried)) => {
+                        let Backing::UnnamedFile { origin: o, .. } = &m.vmas[first].backing else {
+                            unreachable!("recorded from an unnamed file mapping");
+                        };
+                        ensure!(
+                            o == origin && (data.is_empty() || !carried),
+                            "mappings {first} and {i} of file {file} disagree"
+                        );
+                        if !data.is_empty() {
+                            unnamed.insert(*file, (first, true));
+                        }
+                    }
+                    None => {
+                        unnamed.insert(*file, (i, !data.is_empty()));
+                    }
+                }
             }
             Backing::Vvar | Backing::VvarVclock | Backing::Vdso => vdso_parts.push(i),
             Backing::Stack | Backing::Heap | Backing::Anonymous | Backing::SharedAnonymous => {}
@@ -728,6 +808,83 @@ mod tests {
     #[test]
     fn sample_is_valid() {
         validate(&sample_image()).unwrap();
+    }
+
+    /// The sample with a memfd mapped twice (shared, then private), its bytes carried by the
+    /// first mapping.
+    fn with_mapped_memfd(i: &mut ProcessImage) {
+        let last = i.memory.vmas.len() - 1;
+        let top = i.memory.vmas[last].start;
+        for (n, shared) in [(2u64, true), (1, false)] {
+            let start = top - n * 0x10_0000;
+            i.memory.vmas.insert(
+                last,
+                Vma {
+                    start,
+                    end: start + 0x2000,
+                    prot: Prot {
+                        read: true,
+                        write: true,
+                        exec: false,
+                    },
+                    shared,
+                    backing: Backing::UnnamedFile {
+                        file: 99,
+                        offset: 0,
+                        origin: UnnamedOrigin::MemFd {
+                            name: "buf".into(),
+                            seals: 0,
+                        },
+                        data: if shared { vec![1; 100] } else { Vec::new() },
+                        fd: None,
+                    },
+                    flags: VmaFlags::default(),
+                    anon_name: None,
+                },
+            );
+        }
+        i.memory.vmas.sort_by_key(|v| v.start);
+    }
+
+    #[test]
+    fn mapped_unnamed_files() {
+        let mut img = sample_image();
+        with_mapped_memfd(&mut img);
+        validate(&img).unwrap();
+        // Both mappings carrying the bytes, or disagreeing on the origin.
+        let e = invalid(|i| {
+            with_mapped_memfd(i);
+            for v in &mut i.memory.vmas {
+                if let Backing::UnnamedFile { data, .. } = &mut v.backing {
+                    *data = vec![2; 10];
+                }
+            }
+        });
+        assert!(e.contains("disagree"), "{e}");
+        let e = invalid(|i| {
+            with_mapped_memfd(i);
+            for v in &mut i.memory.vmas {
+                if let Backing::UnnamedFile { origin, .. } = &mut v.backing
+                    && !v.shared
+                {
+                    *origin = UnnamedOrigin::Deleted {
+                        path: "/tmp/x".into(),
+                        mode: 0o600,
+                    };
+                }
+            }
+        });
+        assert!(e.contains("disagree"), "{e}");
+        // An fd link must name a memfd fd of the image.
+        let e = invalid(|i| {
+            with_mapped_memfd(i);
+            for v in &mut i.memory.vmas {
+                if let Backing::UnnamedFile { fd, .. } = &mut v.backing {
+                    *fd = Some(0);
+                }
+            }
+        });
+        assert!(e.contains("is no primary fd of its file's kind"), "{e}");
     }
 
     #[test]

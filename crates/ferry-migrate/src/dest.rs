@@ -81,7 +81,7 @@ pub enum DestEvent {
 /// What a vessel thread holds.
 enum Slot {
     Warm(Vessel),
-    Building(Builder),
+    Building(Box<Builder>),
 }
 
 type VesselThread = Pinned<Slot>;
@@ -416,7 +416,7 @@ impl Dest {
                     };
                     let b = Builder::new(v, img)?;
                     let out = (b.pid(), b.lazy_ranges());
-                    *slot = Some(Slot::Building(b));
+                    *slot = Some(Slot::Building(Box::new(b)));
                     Ok(out)
                 },
             )
@@ -513,7 +513,7 @@ impl Dest {
         self.record(id, "committed");
         let started = vessel
             .call(|slot| match slot.take() {
-                Some(Slot::Building(b)) => b.start().map_err(|e| e.to_string()),
+                Some(Slot::Building(b)) => (*b).start().map_err(|e| e.to_string()),
                 _ => Err("no vessel".into()),
             })
             .await

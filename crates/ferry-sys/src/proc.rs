@@ -336,6 +336,14 @@ fn kcmp(pid1: Pid, pid2: Pid, kind: i32, idx1: u64, idx2: u64) -> Result<bool> {
     Ok(r == 0)
 }
 
+/// The file mapped at `start..end` of `pid`, opened read-only through
+/// `/proc/PID/map_files` (needs `CAP_SYS_ADMIN` or `CAP_CHECKPOINT_RESTORE`): a file with no
+/// name (a memfd, a deleted file) included.
+pub fn open_mapped_file(pid: Pid, start: u64, end: u64) -> Result<fs::File> {
+    let path = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+    fs::File::open(&path).map_err(|e| SysError::io(&path, e))
+}
+
 /// The children of a process: those of each of its threads (`/proc/PID/task/TID/children`),
 /// ascending. A thread that ends meanwhile has none.
 pub fn children(pid: Pid) -> Result<Vec<Pid>> {

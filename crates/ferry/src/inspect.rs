@@ -8,7 +8,7 @@ use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use ferry_checkpoint::LoadedImage;
 use ferry_image::{
     Backing, ExitStatus, FdKind, PAGE_SIZE, ProcessImage, Registers, SocketKind, TreeImage,
-    TreeMember, Vma,
+    TreeMember, UnnamedOrigin, Vma,
 };
 use serde_json::{Value, json};
 
@@ -107,6 +107,22 @@ fn backing(v: &Vma) -> String {
         Backing::Vvar => "[vvar]".into(),
         Backing::VvarVclock => "[vvar_vclock]".into(),
         Backing::Vdso => "[vdso]".into(),
+        Backing::UnnamedFile {
+            offset,
+            origin,
+            data,
+            ..
+        } => {
+            let what = match origin {
+                UnnamedOrigin::MemFd { name, .. } => format!("memfd:{name}"),
+                UnnamedOrigin::Deleted { path, .. } => format!("{path} (deleted)"),
+            };
+            if data.is_empty() {
+                format!("{what} @{offset:#x}")
+            } else {
+                format!("{what} @{offset:#x}, {} carried", bytes(data.len() as u64))
+            }
+        }
     };
     if let Some(n) = &v.anon_name {
         s.push_str(&format!(" [anon:{n}]"));

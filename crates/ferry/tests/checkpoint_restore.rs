@@ -282,6 +282,61 @@ _, status = os.waitpid(child, 0)
 print('done', status, flush=True)
 ";
 
+/// Unmodified python3 with a `multiprocessing.Pool` of 2 workers (`workloads/python/pool.py`):
+/// pipes between the three processes, the pool's threads, and its locks, POSIX semaphores
+/// whose unlinked files all three map.
+#[test]
+fn python3_multiprocessing_pool() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new("py-pool", system_program("python3"), Marker::Text("\n8 "))
+        .args(&[lit(&python_workload("pool.py").to_string_lossy())])
+        .run();
+}
+
+/// Files without a name, mapped: a memfd and a deleted file, each mapped shared (python's
+/// mmap keeps a dup of the fd: the fd and the mappings must stay one file), and a private
+/// mapping of the memfd with a page changed.
+const PY_MAPPED_UNNAMED: &str = "\
+import mmap, os, time
+fd = os.memfd_create('ferry-test')
+os.write(fd, b'memfd bytes'.ljust(8192, b'.'))
+shared = mmap.mmap(fd, 8192)
+private = mmap.mmap(fd, 4096, flags=mmap.MAP_PRIVATE)
+private[:7] = b'private'
+os.close(fd)
+with open('scratch.bin', 'wb+') as f:
+    f.write(b'deleted file'.ljust(4096, b'-'))
+    f.flush()
+    deleted = mmap.mmap(f.fileno(), 4096)
+os.unlink('scratch.bin')
+shared[8000:8005] = b'later'
+print('ready', flush=True)
+time.sleep(0.5)
+assert shared[:11] == b'memfd bytes' and shared[8000:8005] == b'later'
+assert private[:11] == b'privateytes' and shared[:7] == b'memfd b'
+assert deleted[:12] == b'deleted file' and deleted[4095:] == b'-'
+shared[0:5] = b'MEMFD'
+assert shared[:5] == b'MEMFD' and private[:7] == b'private'
+print('done', flush=True)
+";
+
+#[test]
+fn mapped_memfd_and_deleted_file() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "py-mapped-unnamed",
+        system_program("python3"),
+        Marker::Text("ready\n"),
+    )
+    .args(&[lit("-c"), lit(PY_MAPPED_UNNAMED)])
+    .settle(ms(50))
+    .run();
+}
+
 #[test]
 fn python3_parent_and_child_sharing_memory() {
     if !needs_root() {

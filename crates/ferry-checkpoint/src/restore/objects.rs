@@ -179,24 +179,11 @@ impl Builder {
                 data,
                 ..
             } => {
-                self.room(q, 2, name.len() + 8)?;
-                let t = self.fds.open();
-                let name_at = q.batch.c_string(name);
-                self.push(
-                    q,
-                    Tag::Plain,
-                    "memfd_create",
-                    libc::SYS_memfd_create,
-                    [
-                        name_at,
-                        (libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) as u64,
-                        0,
-                        0,
-                        0,
-                        0,
-                    ],
-                );
-                self.fill_file(q, t, data)?;
+                let origin = UnnamedOrigin::MemFd {
+                    name: name.clone(),
+                    seals: 0,
+                };
+                let t = self.unnamed_file_for(q, fd.number, &origin, data)?;
                 self.room(q, 2, 0)?;
                 self.seek(q, t, *pos);
                 // Last: a write or size seal would stop the writes above.
@@ -218,33 +205,11 @@ impl Builder {
                 mode,
                 data,
             } => {
-                let dir = deleted_file_dir(path);
-                self.room(q, 3, dir.len() + 8)?;
-                let t = self.fds.open();
-                let dir_at = q.batch.c_string(dir);
-                self.push(
-                    q,
-                    Tag::OwnerOpen,
-                    "open(O_TMPFILE)",
-                    libc::SYS_openat,
-                    [
-                        libc::AT_FDCWD as u64,
-                        dir_at,
-                        (libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC) as u64,
-                        u64::from(*mode),
-                        0,
-                        0,
-                    ],
-                );
-                // The mode exactly, whatever the vessel's umask took from it.
-                self.push(
-                    q,
-                    Tag::Plain,
-                    "fchmod",
-                    libc::SYS_fchmod,
-                    [t, u64::from(*mode), 0, 0, 0, 0],
-                );
-                self.fill_file(q, t, data)?;
+                let origin = UnnamedOrigin::Deleted {
+                    path: path.clone(),
+                    mode: *mode,
+                };
+                let t = self.unnamed_file_for(q, fd.number, &origin, data)?;
                 // Made read-write to be filled: reopened with its own access mode if it had
                 // another.
                 let t = if flags & libc::O_ACCMODE != libc::O_RDWR {
@@ -308,6 +273,88 @@ impl Builder {
             );
         }
         Ok(())
+    }
+
+    /// The file of fd `number` (a memfd or deleted file): a new descriptor of the file its
+    /// mappings were made from, if they were, else a file made as `origin` says with `data`.
+    fn unnamed_file_for(
+        &mut self,
+        q: &mut Queue,
+        number: i32,
+        origin: &UnnamedOrigin,
+        data: &[u8],
+    ) -> Result<u64, RestoreError> {
+        let Some(&kept) = self.mapped_unnamed.get(&number) else {
+            return self.make_unnamed_file(q, origin, data);
+        };
+        self.room(q, 1, 0)?;
+        let t = self.fds.open();
+        self.push(q, Tag::Plain, "dup", libc::SYS_dup, [kept, 0, 0, 0, 0, 0]);
+        Ok(t)
+    }
+
+    /// Makes a file without a name as `origin` says — `memfd_create` (sealable), or an
+    /// `O_TMPFILE` in the deleted file's directory with its mode exactly — holding `data`
+    /// (what is queued runs first); returns its fd, read-write and close-on-exec.
+    pub(super) fn make_unnamed_file(
+        &mut self,
+        q: &mut Queue,
+        origin: &UnnamedOrigin,
+        data: &[u8],
+    ) -> Result<u64, RestoreError> {
+        let t = match origin {
+            UnnamedOrigin::MemFd { name, .. } => {
+                self.room(q, 3, name.len() + 8)?;
+                let t = self.fds.open();
+                let name_at = q.batch.c_string(name);
+                self.push(
+                    q,
+                    Tag::Plain,
+                    "memfd_create",
+                    libc::SYS_memfd_create,
+                    [
+                        name_at,
+                        (libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) as u64,
+                        0,
+                        0,
+                        0,
+                        0,
+                    ],
+                );
+                t
+            }
+            UnnamedOrigin::Deleted { path, mode } => {
+                let dir = deleted_file_dir(path);
+                self.room(q, 3, dir.len() + 8)?;
+                let t = self.fds.open();
+                let dir_at = q.batch.c_string(dir);
+                self.push(
+                    q,
+                    Tag::OwnerOpen,
+                    "open(O_TMPFILE)",
+                    libc::SYS_openat,
+                    [
+                        libc::AT_FDCWD as u64,
+                        dir_at,
+                        (libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC) as u64,
+                        u64::from(*mode),
+                        0,
+                        0,
+                    ],
+                );
+                // The mode exactly, whatever the vessel's umask took from it.
+                self.push(
+                    q,
+                    Tag::Plain,
+                    "fchmod",
+                    libc::SYS_fchmod,
+                    [t, u64::from(*mode), 0, 0, 0, 0],
+                );
+                t
+            }
+        };
+        self.fill_file(q, t, data)?;
+        Ok(t)
     }
 
     /// Pipe `pipe`: made with its capacity, its bytes written in (non-blocking, every write
@@ -768,7 +815,12 @@ impl Builder {
 
     /// Moves the new fds `low` above every fd number of the image (so that placing one never
     /// overwrites another); returns their new numbers.
-    fn move_above<const N: usize>(&mut self, q: &mut Queue, low: [u64; N], above: u64) -> [u64; N] {
+    pub(super) fn move_above<const N: usize>(
+        &mut self,
+        q: &mut Queue,
+        low: [u64; N],
+        above: u64,
+    ) -> [u64; N] {
         let mut high = [0u64; N];
         for (i, fd) in low.into_iter().enumerate() {
             high[i] = self.fds.open_from(above);

@@ -456,7 +456,12 @@ impl Plan {
                 .as_ref()
                 .and_then(|l| {
                     l.image.memory.vmas.iter().find(|v| {
-                        v.start == h.start && matches!(v.backing, Backing::SharedAnonymous)
+                        v.start == h.start
+                            && v.shared
+                            && matches!(
+                                v.backing,
+                                Backing::SharedAnonymous | Backing::UnnamedFile { .. }
+                            )
                     })
                 })
                 .map(|v| (v.start, v.end))
@@ -464,7 +469,7 @@ impl Plan {
                     invalid(
                         dir,
                         format!(
-                            "pid {} has no shared anonymous mapping at {:#x}",
+                            "pid {} has no shared memory mapped at {:#x}",
                             h.pid, h.start
                         ),
                     )
