@@ -176,6 +176,19 @@ fn precheck_files(image: &ProcessImage) -> Result<(), RestoreError> {
             },
         })
     };
+    // A deleted file is made again in the directory it was in.
+    let deleted_file_dir = |who: &str, path: &str| {
+        let dir = objects::deleted_file_dir(path);
+        let what = format!("{who} (a deleted file's directory)");
+        if stat(&what, dir)?.file_type() != libc::S_IFDIR {
+            return Err(RestoreError::FileChanged {
+                what,
+                path: dir.to_string(),
+                detail: "it is not a directory".into(),
+            });
+        }
+        Ok(())
+    };
     // Links are connections, not files: whether the message service answers on this host
     // shows when the fd is created (connecting now would leave the service a connection
     // without its hello). Pipes and other kernel objects are created anew.
@@ -217,18 +230,17 @@ fn precheck_files(image: &ProcessImage) -> Result<(), RestoreError> {
             }
         }
         if let FdKind::DeletedFile { path, .. } = &fd.kind {
-            let dir = objects::deleted_file_dir(path);
-            let what = format!("fd {} (a deleted file's directory)", fd.number);
-            if stat(&what, dir)?.file_type() != libc::S_IFDIR {
-                return Err(RestoreError::FileChanged {
-                    what,
-                    path: dir.to_string(),
-                    detail: "it is not a directory".into(),
-                });
-            }
+            deleted_file_dir(&format!("fd {}", fd.number), path)?;
         }
     }
     for vma in &image.memory.vmas {
+        if let Backing::UnnamedFile {
+            origin: UnnamedOrigin::Deleted { path, .. },
+            ..
+        } = &vma.backing
+        {
+            deleted_file_dir(&format!("mapping {:#x}", vma.start), path)?;
+        }
         if let Backing::File { path, identity, .. } = &vma.backing {
             let what = format!("mapping {:#x}", vma.start);
             let st = stat(&what, path)?;
