@@ -7,9 +7,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ferry_image::format::{PAGES_HEADER_LEN, PageHasher, verify_pages};
+use ferry_image::validate::validate_in_tree;
 use ferry_image::{
     PagesHeader, ProcessImage, TreeImage, decode_core, decode_tree, encode_core, encode_tree,
-    validate, validate_tree,
+    validate_tree,
 };
 use ferry_sys::file::MappedFile;
 
@@ -200,6 +201,15 @@ pub struct LoadedImage {
 impl LoadedImage {
     /// Loads and checks everything. Nothing about the image is trusted before this returns.
     pub fn open(dir: &Path) -> Result<LoadedImage, ImageError> {
+        LoadedImage::open_in_tree(dir, &std::collections::HashSet::new())
+    }
+
+    /// [`LoadedImage::open`] for a member of a process tree, whose socket ends `elsewhere`
+    /// have their other end in another member's image.
+    pub fn open_in_tree(
+        dir: &Path,
+        elsewhere: &std::collections::HashSet<u64>,
+    ) -> Result<LoadedImage, ImageError> {
         let core_path = dir.join(CORE_FILE);
         let pages_path = dir.join(PAGES_FILE);
         let core = fs::read(&core_path).map_err(io_err(&core_path))?;
@@ -207,7 +217,7 @@ impl LoadedImage {
             error: e,
             path: core_path.clone(),
         })?;
-        validate(&image).map_err(|e| ImageError::Invalid {
+        validate_in_tree(&image, elsewhere).map_err(|e| ImageError::Invalid {
             error: e,
             path: core_path.clone(),
         })?;

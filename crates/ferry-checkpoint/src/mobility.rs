@@ -247,7 +247,7 @@ fn classify_fd_to(
         ));
     }
     if target.starts_with("socket:") {
-        return crate::objects::classify_socket(pid, fd, &target, depth, scan);
+        return crate::objects::classify_socket(pid, fd, &target, depth, scan, &opts.tree);
     }
     if target.starts_with("pipe:") || target.starts_with("anon_inode:") {
         return crate::objects::classify(pid, fd, &target, depth);

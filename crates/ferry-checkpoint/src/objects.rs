@@ -364,6 +364,7 @@ pub fn classify_socket(
     target: &str,
     depth: Depth,
     scan: &FdScan<'_>,
+    tree: &[Pid],
 ) -> Result<Option<FdKind>, CheckpointError> {
     let n = fd.fd;
     let socket = object_inode(target, "socket:[")
@@ -404,12 +405,17 @@ pub fn classify_socket(
             format!("fd {n} is a socket whose other end was closed or shut down ({target})"),
         ));
     };
-    let held = scan
-        .open
-        .iter()
-        .find(|o| object_inode(&String::from_utf8_lossy(&o.target), "socket:[") == Some(peer))
-        .map(|o| o.fd);
-    let Some(peer_fd) = held else {
+    let holds_peer =
+        |o: &OpenFd| object_inode(&String::from_utf8_lossy(&o.target), "socket:[") == Some(peer);
+    // The other end: in this process, or in another process of the tree moving with it.
+    let held = match scan.open.iter().find(|o| holds_peer(o)) {
+        Some(o) => Some((pid, o.fd)),
+        None => tree.iter().find_map(|&member| {
+            let fds = ferry_sys::proc::open_fds(member).ok()?;
+            fds.iter().find(|o| holds_peer(o)).map(|o| (member, o.fd))
+        }),
+    };
+    let Some((peer_pid, peer_fd)) = held else {
         let whom = match kobj::holders(&[Shared::Socket(peer)], &[pid])
             .into_iter()
             .next()
@@ -420,7 +426,7 @@ pub fn classify_socket(
         return Err(refuse(
             pid,
             format!(
-                "fd {n} is a socket connected to {whom}; it moves only with every process that holds an end, and socket pairs between processes do not move yet"
+                "fd {n} is a socket connected to {whom}; it moves only with every process that holds an end"
             ),
         ));
     };
@@ -459,7 +465,7 @@ pub fn classify_socket(
             vec![queue.data]
         }
     } else {
-        let peer_copy = copy_of_fd(pid, peer_fd)?;
+        let peer_copy = copy_of_fd(peer_pid, peer_fd)?;
         let queue = kobj::read_unix_messages(&copy, &peer_copy, pid, MAX_CARRIED_BYTES)
             .map_err(CheckpointError::sys(reading()))?;
         if queue.ancillary {
@@ -508,10 +514,9 @@ fn copy_of_fd(pid: Pid, n: i32) -> Result<std::os::fd::OwnedFd, CheckpointError>
 
 /// Fails if a process outside `tree` (the processes moving with `pid`, possibly none) holds
 /// one of the pipes, sockets, FIFOs, memfds or deleted files among `fds` (the process's fds):
-/// its end or view would stay behind. Sockets and FIFOs are refused even when only the tree
-/// shares them. Also fails if one memfd or deleted file is open in the process through two
+/// its end or view would stay behind. FIFOs are refused even when only the tree shares them. Also fails if one memfd or deleted file is open in the process through two
 /// open file descriptions (restore would make them two files). One pass over `/proc`, two
-/// when a tree shares a socket or FIFO.
+/// when a tree shares a FIFO.
 pub fn check_shared_objects(pid: Pid, fds: &[OpenFd], tree: &[Pid]) -> Result<(), CheckpointError> {
     let mut objects: Vec<(i32, Shared)> = Vec::new();
     for fd in fds {
@@ -558,7 +563,7 @@ pub fn check_shared_objects(pid: Pid, fds: &[OpenFd], tree: &[Pid]) -> Result<()
     let within: Vec<Shared> = list
         .iter()
         .copied()
-        .filter(|o| matches!(o, Shared::Socket(_) | Shared::Fifo { .. }))
+        .filter(|o| matches!(o, Shared::Fifo { .. }))
         .collect();
     if found.is_none() && !tree.is_empty() && !within.is_empty() {
         found = kobj::holders(&within, &[pid]).into_iter().next();
@@ -580,7 +585,7 @@ pub fn check_shared_objects(pid: Pid, fds: &[OpenFd], tree: &[Pid]) -> Result<()
                 format!(
                     "fd {n} is {what} shared with pid {other} ({comm}){}",
                     if tree.contains(&other) {
-                        ", another process of the tree: sockets and FIFOs shared between processes do not move yet"
+                        ", another process of the tree: FIFOs shared between processes do not move yet"
                     } else {
                         "; it moves only with every process that holds it"
                     }

@@ -256,6 +256,28 @@ fn shared_files(
     Ok(shared)
 }
 
+/// The unix socket pairs whose ends are in different members' images (each pair once).
+fn split_pairs(members: &[(Pid, &ProcessImage, &[OpenFd])]) -> Vec<(u64, u64)> {
+    let mut pairs = std::collections::BTreeSet::new();
+    for (_, image, _) in members {
+        let own = |inode: u64| {
+            image
+                .files
+                .fds
+                .iter()
+                .any(|f| matches!(f.kind, FdKind::UnixPair { socket, .. } if socket == inode))
+        };
+        for fd in &image.files.fds {
+            if let FdKind::UnixPair { socket, peer, .. } = fd.kind
+                && !own(peer)
+            {
+                pairs.insert((socket.min(peer), socket.max(peer)));
+            }
+        }
+    }
+    pairs.into_iter().collect()
+}
+
 /// Checkpoints `root` and its descendants into `dir`: the root's image in `dir`, every other
 /// living member's in `dir/pid-N`, and `tree.img`. Fails with every process left running.
 pub(crate) fn checkpoint_tree(
@@ -310,6 +332,7 @@ pub(crate) fn checkpoint_tree(
         members: held.iter().map(|h| h.member.clone()).collect(),
         shared: shared_files(&described)?,
         shared_memory,
+        split_pairs: split_pairs(&described),
     };
     drop(described);
 

@@ -25,6 +25,8 @@ pub struct TreeImage {
     /// Shared anonymous memory (`MAP_SHARED|MAP_ANONYMOUS`, as a fork leaves it) mapped by
     /// more than one member.
     pub shared_memory: Vec<SharedMemory>,
+    /// Unix socket pairs whose two ends different members hold: the ends' inode numbers.
+    pub split_pairs: Vec<(u64, u64)>,
 }
 
 /// One process of the tree, with ids as the kernel numbered them at the checkpoint (restore
@@ -110,6 +112,11 @@ impl std::fmt::Display for ExitStatus {
 }
 
 impl TreeImage {
+    /// Every end of a socket pair whose other end another member holds.
+    pub fn split_ends(&self) -> HashSet<u64> {
+        self.split_pairs.iter().flat_map(|&(a, b)| [a, b]).collect()
+    }
+
     pub fn root(&self) -> &TreeMember {
         &self.members[0]
     }
@@ -233,6 +240,13 @@ pub fn validate_tree(tree: &TreeImage) -> Result<(), ValidationError> {
             );
         }
     }
+    let mut ends = HashSet::new();
+    for &(a, b) in &tree.split_pairs {
+        ensure!(
+            a != b && ends.insert(a) && ends.insert(b),
+            "socket {a} or {b} in two split pairs"
+        );
+    }
     let mut seen: HashSet<MemRef> = HashSet::new();
     for s in &tree.shared_memory {
         check_holders(
@@ -329,6 +343,7 @@ mod tests {
                     },
                 ],
             }],
+            split_pairs: vec![(7, 8)],
         }
     }
 

@@ -57,10 +57,19 @@ fn check_path(what: &str, path: &str) -> Result<(), ValidationError> {
 
 /// Checks every invariant that capture guarantees and restore relies on.
 pub fn validate(image: &ProcessImage) -> Result<(), ValidationError> {
+    validate_in_tree(image, &HashSet::new())
+}
+
+/// [`validate`] for the image of a member of a process tree, whose socket ends `elsewhere`
+/// (inode numbers) have their other end in another member's image.
+pub fn validate_in_tree(
+    image: &ProcessImage,
+    elsewhere: &HashSet<u64>,
+) -> Result<(), ValidationError> {
     validate_control(image)?;
     validate_execution(&image.execution)?;
     validate_memory(&image.memory)?;
-    validate_files(&image.files)?;
+    validate_files(&image.files, elsewhere)?;
     validate_mapped_fds(image)?;
     validate_signals(&image.signals)?;
     validate_threads(image)?;
@@ -405,7 +414,7 @@ fn validate_memory(m: &AddressSpace) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn validate_files(f: &Files) -> Result<(), ValidationError> {
+fn validate_files(f: &Files, elsewhere: &HashSet<u64>) -> Result<(), ValidationError> {
     ensure!(f.fds.len() <= MAX_FDS, "{} file descriptors", f.fds.len());
     let mut numbers = HashSet::new();
     for fd in &f.fds {
@@ -451,7 +460,7 @@ fn validate_files(f: &Files) -> Result<(), ValidationError> {
             fd.number
         );
     }
-    check_socket_pairs(f)?;
+    check_socket_pairs(f, elsewhere)?;
     for fd in &f.fds {
         if let Some(of) = fd.dup_of {
             let primary = f.fds.iter().find(|p| p.number == of);
@@ -649,7 +658,7 @@ fn check_pipe_buffer(
 
 /// Every unix socket pair end names a peer that is another end of the image naming it back,
 /// and each socket is one primary fd.
-fn check_socket_pairs(f: &Files) -> Result<(), ValidationError> {
+fn check_socket_pairs(f: &Files, elsewhere: &HashSet<u64>) -> Result<(), ValidationError> {
     let mut ends: HashMap<u64, (i32, u64, SocketKind)> = HashMap::new();
     for fd in f.fds.iter().filter(|fd| fd.dup_of.is_none()) {
         if let FdKind::UnixPair {
@@ -664,6 +673,10 @@ fn check_socket_pairs(f: &Files) -> Result<(), ValidationError> {
         }
     }
     for (socket, &(n, peer, kind)) in &ends {
+        if elsewhere.contains(socket) {
+            // Its peer is checked against the other member's image at restore.
+            continue;
+        }
         ensure!(
             ends.get(&peer)
                 .is_some_and(|&(_, back, k)| back == *socket && k == kind),

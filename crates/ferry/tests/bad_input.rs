@@ -557,6 +557,7 @@ fn restore_crafted_process_tree() {
         members: vec![member(pid, 1), member(child, pid)],
         shared: Vec::new(),
         shared_memory: Vec::new(),
+        split_pairs: Vec::new(),
     };
     write_tree(&tree);
     assert_refused_image(

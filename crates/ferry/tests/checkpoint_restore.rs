@@ -337,6 +337,49 @@ fn mapped_memfd_and_deleted_file() {
     .run();
 }
 
+/// A python3 process and its child talking over two socket pairs, one end each: a stream pair
+/// with bytes in flight towards the child, a datagram pair with five datagrams in flight
+/// towards the parent. Restore must make each pair whole again across the two processes.
+const PY_SOCKET_PAIRS_ACROSS: &str = "\
+import os, socket, time
+a, b = socket.socketpair()
+d1, d2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+child = os.fork()
+if child == 0:
+    a.close(); d1.close()
+    for i in range(5):
+        d2.send(b'datagram %d' % i)
+    time.sleep(0.6)
+    assert b.recv(5) == b'hello'
+    b.sendall(b'ok')
+    os._exit(0)
+b.close(); d2.close()
+a.sendall(b'hello')
+time.sleep(0.2)
+print('ready', flush=True)
+time.sleep(0.3)
+for i in range(5):
+    assert d1.recv(64) == b'datagram %d' % i
+assert a.recv(2) == b'ok'
+_, status = os.waitpid(child, 0)
+print('done', status, flush=True)
+";
+
+#[test]
+fn python3_socket_pairs_between_parent_and_child() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "py-pairs-across",
+        system_program("python3"),
+        Marker::Text("ready\n"),
+    )
+    .args(&[lit("-c"), lit(PY_SOCKET_PAIRS_ACROSS)])
+    .settle(ms(20))
+    .run();
+}
+
 #[test]
 fn python3_parent_and_child_sharing_memory() {
     if !needs_root() {

@@ -130,19 +130,22 @@ time.sleep(3)
 print('done', flush=True)
 ";
 
-/// A socket pair one end of which a child process holds too.
+/// A socket pair whose ends a process outside the tree holds too (an orphaned grandchild:
+/// no longer a descendant).
 const PY_SHARED_SOCKETPAIR: &str = "\
 import os, socket, time
 a, b = socket.socketpair()
 child = os.fork()
 if child == 0:
-    time.sleep(4)
+    if os.fork() == 0:
+        time.sleep(4)
+        os._exit(0)
     os._exit(0)
+os.waitpid(child, 0)
 print('ready', flush=True)
 time.sleep(3)
 a.sendall(b'x')
 assert b.recv(1) == b'x'
-os.waitpid(child, 0)
 print('done', flush=True)
 ";
 

@@ -9,9 +9,9 @@
 //!              description several members share is made by the first holder and taken by
 //!              the others with pidfd_getfd; shared anonymous memory is made by the first
 //!              member mapping it and mapped by the others through the first one's
-//!              /proc/PID/map_files entry; a pipe between members is made whole by the first
-//!              member holding an end of it, the ends it does not hold parked at spare fds
-//!              until the others took them
+//!              /proc/PID/map_files entry; a pipe or socket pair between members is made
+//!              whole by the first member holding an end of it, the ends it does not hold
+//!              parked at spare fds until the others took them
 //!  zombies     each zombie's vessel ends as it ended (exit_group, or its signal), and waits
 //!              for its parent to reap it; the SIGCHLD its parent got is taken back
 //!  start       children before parents
@@ -48,6 +48,7 @@ pub fn restore_tree(
     tree: &TreeImage,
     started: Instant,
 ) -> Result<RestoredTree, RestoreError> {
+    let elsewhere = tree.split_ends();
     let mut loaded: Vec<Option<LoadedImage>> = Vec::with_capacity(tree.members.len());
     for (i, m) in tree.members.iter().enumerate() {
         if m.zombie.is_some() {
@@ -59,7 +60,7 @@ pub fn restore_tree(
         } else {
             imagedir::member_dir(dir, m.pid)
         };
-        let image = LoadedImage::open(&at)?;
+        let image = LoadedImage::open_in_tree(&at, &elsewhere)?;
         if image.image.control.pid != m.pid {
             return Err(invalid(
                 &at,
@@ -121,7 +122,7 @@ pub fn restore_tree(
     }
     for (i, parked) in plan.parked.iter().enumerate() {
         if let (Some(&lo), Some(b)) = (parked.iter().min(), builders[i].as_mut()) {
-            b.with_injector("closing parked pipe ends", |inj| {
+            b.with_injector("closing parked ends", |inj| {
                 inj.call(
                     "close_range",
                     libc::SYS_close_range,
@@ -386,11 +387,19 @@ impl Builder {
     }
 }
 
+/// An object one member makes whole for all: a pipe, or a socket pair split between members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Whole {
+    Pipe(u64),
+    Pair(u64),
+}
+
 /// Who makes and who takes each shared object, and the images as the makers build them.
 struct Plan {
     /// Per member: what it takes from others.
     imports: Vec<Imports>,
-    /// Per member: the pipe ends it holds only for others, as extra fds of its image.
+    /// Per member: the pipe and socket ends it holds only for others, as extra fds of its
+    /// image.
     extra: Vec<Vec<Fd>>,
     /// Per member: the fd numbers of those ends (closed once everyone took theirs).
     parked: Vec<Vec<u64>>,
@@ -494,15 +503,36 @@ impl Plan {
                     .insert(from, (maker.pid, start, end));
             }
         }
-        // Pipes: every end held anywhere, by pipe and direction, in tree order.
-        let mut ends: BTreeMap<(u64, bool), Vec<(usize, &Fd)>> = BTreeMap::new();
-        let mut first_holder: HashMap<u64, usize> = HashMap::new();
+        // Objects with ends, made whole by one member: pipes (by inode, an end by direction)
+        // and socket pairs split between members (by their lower inode, an end by its own),
+        // every end held anywhere in tree order.
+        let split = tree.split_ends();
+        let end_of = |kind: &FdKind| match kind {
+            FdKind::Pipe { pipe, write, .. } => Some((Whole::Pipe(*pipe), u64::from(*write))),
+            FdKind::UnixPair { socket, peer, .. } if split.contains(socket) => {
+                Some((Whole::Pair(*socket.min(peer)), *socket))
+            }
+            _ => None,
+        };
+        let mut ends: BTreeMap<(Whole, u64), Vec<(usize, &Fd)>> = BTreeMap::new();
+        let mut first_holder: HashMap<Whole, usize> = HashMap::new();
         for (i, image) in loaded.iter().enumerate() {
             let Some(image) = image else { continue };
             for fd in image.image.files.fds.iter().filter(|f| f.dup_of.is_none()) {
-                if let FdKind::Pipe { pipe, write, .. } = &fd.kind {
-                    ends.entry((*pipe, *write)).or_default().push((i, fd));
-                    first_holder.entry(*pipe).or_insert(i);
+                if let Some((whole, end)) = end_of(&fd.kind) {
+                    ends.entry((whole, end)).or_default().push((i, fd));
+                    first_holder.entry(whole).or_insert(i);
+                }
+            }
+        }
+        for &(a, b) in &tree.split_pairs {
+            let whole = Whole::Pair(a.min(b));
+            for end in [a, b] {
+                if !ends.contains_key(&(whole, end)) {
+                    return Err(invalid(
+                        dir,
+                        format!("socket {end} of a split pair is held by no member"),
+                    ));
                 }
             }
         }
@@ -521,8 +551,8 @@ impl Plan {
                 })
             })
             .collect();
-        for (&(pipe, _), holders) in &ends {
-            let maker = first_holder[&pipe];
+        for (&(whole, _), holders) in &ends {
+            let maker = first_holder[&whole];
             if holders.iter().all(|&(i, _)| i == maker) {
                 continue;
             }
