@@ -881,7 +881,7 @@ impl Builder {
             );
         }
         let mut made = Vec::new();
-        let above = image.files.fds.iter().map(|f| f.number).max().unwrap_or(0) as u64 + 1;
+        let above = objects::above_every_fd(&image.files);
         for (file, (fd, _)) in unnamed {
             match linked.get(&file) {
                 Some(&n) => {

@@ -1006,7 +1006,7 @@ fn pipe_ends(files: &Files, same: impl Fn(&FdKind) -> bool) -> (Vec<&Fd>, u32, &
 }
 
 /// The lowest fd number above every fd of the image: where new objects wait to be placed.
-fn above_every_fd(files: &Files) -> u64 {
+pub(super) fn above_every_fd(files: &Files) -> u64 {
     files.fds.iter().map(|f| f.number).max().unwrap_or(0) as u64 + 1
 }
 
