@@ -892,17 +892,7 @@ impl Builder {
                 None => made.push(fd),
             }
         }
-        for fd in open.into_values().chain(shared_fds).chain(made) {
-            self.room(&mut q, 1, 0)?;
-            self.push(
-                &mut q,
-                Tag::Plain,
-                "close",
-                libc::SYS_close,
-                [fd, 0, 0, 0, 0, 0],
-            );
-            self.fds.close(fd);
-        }
+        self.close_all(&mut q, open.into_values().chain(shared_fds).chain(made))?;
         self.flush(&mut q)
     }
 
@@ -1105,17 +1095,8 @@ impl Builder {
             }
         }
         self.add_epoll_watches(&mut q, &image.files)?;
-        for kept in std::mem::take(&mut self.mapped_unnamed).into_values() {
-            self.room(&mut q, 1, 0)?;
-            self.push(
-                &mut q,
-                Tag::Plain,
-                "close",
-                libc::SYS_close,
-                [kept, 0, 0, 0, 0, 0],
-            );
-            self.fds.close(kept);
-        }
+        let kept = std::mem::take(&mut self.mapped_unnamed);
+        self.close_all(&mut q, kept.into_values())?;
         let cwd = &image.control.cwd;
         self.room(&mut q, 3, cwd.len() + 8)?;
         let p = q.batch.c_string(cwd);

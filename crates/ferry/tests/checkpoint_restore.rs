@@ -691,10 +691,7 @@ fn leave_running_thread_pool_finishes_unharmed() {
         Marker::Text("ready\n"),
     )
     .wake(Signal::SIGUSR1);
-    let reference = sc.reference(&scratch);
-    let dir = scratch.subdir("run");
-    let mut proc = sc.launch("run", &dir).spawn();
-    sc.wait_marker(&mut proc);
+    let (reference, mut proc) = sc.reference_and_run(&scratch);
     for i in 0..3 {
         let image = scratch.join(&format!("image-{i}"));
         let run = checkpoint(&scratch, &proc, &image, &["--leave-running"]);
@@ -732,11 +729,8 @@ fn leave_running_tree_then_restore_is_refused_while_it_runs() {
         Marker::Text("ready\n"),
     )
     .wake(Signal::SIGUSR1);
-    let reference = sc.reference(&scratch);
-    let dir = scratch.subdir("run");
+    let (reference, mut proc) = sc.reference_and_run(&scratch);
     let image = scratch.join("image");
-    let mut proc = sc.launch("run", &dir).spawn();
-    sc.wait_marker(&mut proc);
     let members = descendants(proc.raw_pid());
     let run = checkpoint(&scratch, &proc, &image, &["--leave-running"]);
     assert_left_running(&proc, &run.describe());
@@ -783,11 +777,8 @@ fn leave_running_counter_finishes_unharmed() {
         c_workload("counter"),
         Marker::Text("\n5\n"),
     );
-    let reference = sc.reference(&scratch);
-    let dir = scratch.subdir("run");
+    let (reference, mut proc) = sc.reference_and_run(&scratch);
     let image = scratch.join("image");
-    let mut proc = sc.launch("run", &dir).spawn();
-    sc.wait_marker(&mut proc);
     let run = checkpoint(&scratch, &proc, &image, &["--leave-running"]);
     assert_left_running(&proc, &run.describe());
     assert!(
@@ -842,11 +833,8 @@ fn leave_running_then_restore_the_image() {
         Marker::Text("ready"),
     )
     .wake(Signal::SIGUSR1);
-    let reference = sc.reference(&scratch);
-    let dir = scratch.subdir("run");
+    let (reference, mut proc) = sc.reference_and_run(&scratch);
     let image = scratch.join("image");
-    let mut proc = sc.launch("run", &dir).spawn();
-    sc.wait_marker(&mut proc);
     std::thread::sleep(ms(300));
     let run = checkpoint(&scratch, &proc, &image, &["--leave-running"]);
     assert_left_running(&proc, &run.describe());

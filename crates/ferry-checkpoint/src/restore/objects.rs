@@ -862,9 +862,14 @@ impl Builder {
         Ok(())
     }
 
-    fn close_all(&mut self, q: &mut Queue, fds: [u64; 2]) -> Result<(), RestoreError> {
-        self.room(q, 2, 0)?;
+    /// Queues closing every fd of `fds`.
+    pub(super) fn close_all(
+        &mut self,
+        q: &mut Queue,
+        fds: impl IntoIterator<Item = u64>,
+    ) -> Result<(), RestoreError> {
         for fd in fds {
+            self.room(q, 1, 0)?;
             self.push(q, Tag::Plain, "close", libc::SYS_close, [fd, 0, 0, 0, 0, 0]);
             self.fds.close(fd);
         }

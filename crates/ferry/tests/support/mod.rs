@@ -1185,6 +1185,16 @@ impl Scenario {
         }
     }
 
+    /// The uninterrupted run, then a second run (in SCRATCH/run) started and waited for until
+    /// it is mid-run.
+    pub fn reference_and_run(&self, scratch: &Scratch) -> (Reference, Proc) {
+        let reference = self.reference(scratch);
+        let dir = scratch.subdir("run");
+        let mut proc = self.launch("run", &dir).spawn();
+        self.wait_marker(&mut proc);
+        (reference, proc)
+    }
+
     /// The uninterrupted run, in SCRATCH/reference.
     pub fn reference(&self, scratch: &Scratch) -> Reference {
         let dir = scratch.subdir("reference");
