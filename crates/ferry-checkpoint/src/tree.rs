@@ -6,8 +6,8 @@
 //! Each living process is captured as an image of its own (`pid-N/` beside the root's),
 //! with the other members' pids as allowed co-holders of pipes and files; the manifest
 //! (`tree.img`, [`ferry_image::TreeImage`]) adds parent links, sessions, groups, exit signals,
-//! the open file descriptions several members share (found with `kcmp`) and the shared
-//! anonymous memory they map together.
+//! the open file descriptions several members share (found with `kcmp`), the shared anonymous
+//! memory they map together and the unix socket pairs whose ends two members hold.
 //!
 //! A checkpoint that kills the tree frees every pid for the restore: each member is killed
 //! after its children, and its parent (still frozen) reaps it by an injected `wait4` — left to
@@ -60,6 +60,15 @@ fn freeze_tree(root: Pid) -> Result<Vec<Held>, CheckpointError> {
             comm: stat.comm.chars().take(15).collect(),
         };
         if pid != root && stat.state == 'Z' {
+            if stat.num_threads > 1 {
+                return Err(refuse(
+                    pid,
+                    format!(
+                        "the main thread of pid {pid} has exited ({} other threads run on)",
+                        stat.num_threads - 1
+                    ),
+                ));
+            }
             member.zombie = Some(zombie_status(pid)?);
             held.push(Held {
                 member,

@@ -30,10 +30,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Freeze a process and write its image into DIR; the process ends once the image is
-    /// safely written, unless --leave-running.
+    /// Freeze a process (with its descendants, if it has children) and write its image into
+    /// DIR; the processes end once the image is safely written, unless --leave-running.
     Checkpoint {
-        /// The process to checkpoint.
+        /// The process to checkpoint (the root of the tree taken with it).
         pid: i32,
         /// Image directory (created; must not exist or be empty).
         #[arg(long)]
@@ -45,13 +45,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Bring the process in DIR back to life; ferry then waits for it and exits with its
-    /// status, unless --detach.
+    /// Bring the process (or process tree) in DIR back to life, with its old pids where
+    /// free (a tree needs them); ferry then waits for it and exits with its status, unless
+    /// --detach.
     Restore {
         /// Image directory written by `ferry checkpoint`.
         #[arg(long)]
         dir: PathBuf,
-        /// Print the new pid and return at once.
+        /// Print the pid and return at once.
         #[arg(long)]
         detach: bool,
         /// Report as JSON (stdout with --detach, else stderr).
