@@ -578,7 +578,8 @@ impl Plan {
         Ok(plan)
     }
 
-    /// Member `i`'s image as its builder takes it: with the pipe ends it parks for others.
+    /// Member `i`'s image as its builder takes it: with the pipe and socket ends it parks for
+    /// others.
     fn image_of(&self, i: usize, image: &ProcessImage) -> Arc<ProcessImage> {
         let mut image = image.clone();
         image.files.fds.extend(self.extra[i].iter().cloned());
