@@ -8,6 +8,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have gcc || need+=(gcc libc6-dev)
 have python3 || need+=(python3)
 have gzip || need+=(gzip)
+have make || need+=(make)
 have sha256sum || need+=(coreutils)
 have mount || need+=(mount)
 have ip || need+=(iproute2)

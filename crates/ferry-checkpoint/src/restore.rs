@@ -507,17 +507,18 @@ impl Builder {
     /// Checks the image against this host, empties the vessel, recreates the vDSO and every
     /// mapping. Page data comes next ([`Builder::write_pages`], or userfaultfd).
     pub fn new(vessel: Vessel, image: Arc<ProcessImage>) -> Result<Builder, RestoreError> {
+        check_restorable(&image)?;
         Builder::with_imports(vessel, image, Imports::default())
     }
 
     /// [`Builder::new`] for a member of a process tree, which takes `imports` from other
-    /// members (already built).
+    /// members (already built). The caller has checked the image against this host
+    /// ([`check_restorable`]) before making any vessel.
     fn with_imports(
         mut vessel: Vessel,
         image: Arc<ProcessImage>,
         imports: Imports,
     ) -> Result<Builder, RestoreError> {
-        check_restorable(&image)?;
         vessel.clear_of(&image)?;
         let has_pages = pages_per_vma(&image);
         let mut b = Builder {
