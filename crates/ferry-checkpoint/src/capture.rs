@@ -187,7 +187,10 @@ fn excise_checked(
     if opts.tree.is_empty() {
         mobility::check_no_children(pid)?;
     }
-    let (image, segments, pagemap_scan) = capture_frozen(&mut frozen, platform, opts)?;
+    let (mut image, segments, pagemap_scan) = capture_frozen(&mut frozen, platform, opts)?;
+    if let Some(ns) = crate::pidns::Localizer::for_processes(&[pid])? {
+        ns.image(&mut image);
+    }
     Ok(Excised {
         stats: ExcisionStats {
             excision: frozen.frozen_at.elapsed(),
@@ -497,6 +500,8 @@ pub(crate) fn capture_frozen(
         },
         timers: injected.timers,
         threads,
+        // Set once the image's ids are its namespace's (see `pidns`).
+        pid_namespace: None,
     };
     debug!(
         pid = pid.as_raw(),

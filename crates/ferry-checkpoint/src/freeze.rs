@@ -364,14 +364,16 @@ impl Frozen {
         // queue any signal for a thread of its own process.
         if let Some(scratch) = self.scratch {
             for _round in 0..8 {
-                let pid = self.pid.as_raw() as u64;
+                // Ids as the process's own PID namespace numbers them.
+                let own = |tid: Pid| ferry_sys::proc::own_id(self.pid, tid).as_raw() as u64;
+                let pid = own(self.pid);
                 let mut pending: Vec<(u64, Siginfo)> = std::mem::take(&mut self.deferred)
                     .into_iter()
                     .map(|info| (pid, info))
                     .collect();
                 self.requeued.extend(pending.iter().map(|(_, info)| *info));
                 for t in &mut self.threads {
-                    let tid = t.tid().as_raw() as u64;
+                    let tid = own(t.tid());
                     let theirs = std::mem::take(&mut t.deferred);
                     t.requeued.extend(theirs.iter().copied());
                     pending.extend(theirs.into_iter().map(|info| (tid, info)));

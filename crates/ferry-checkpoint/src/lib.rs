@@ -24,6 +24,7 @@ pub mod imagedir;
 pub mod mobility;
 pub mod objects;
 pub mod pagecopy;
+mod pidns;
 pub mod platform;
 pub mod restart;
 pub mod restore;

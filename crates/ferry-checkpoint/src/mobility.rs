@@ -26,6 +26,16 @@ const PF_KTHREAD: u32 = 0x0020_0000;
 /// Checks that need no ptrace: existence, permission, kind of process, threads, terminal,
 /// namespaces. Run before anything touches the process.
 pub fn preflight(pid: Pid) -> Result<(), CheckpointError> {
+    preflight_checks(pid, true)
+}
+
+/// [`preflight`] for a member of a process tree below its root: it may be any process of
+/// the root's PID namespace.
+pub(crate) fn preflight_member(pid: Pid) -> Result<(), CheckpointError> {
+    preflight_checks(pid, false)
+}
+
+fn preflight_checks(pid: Pid, root: bool) -> Result<(), CheckpointError> {
     let me = host::self_pid();
     if pid == me {
         return Err(refuse(pid, "ferry cannot checkpoint itself"));
@@ -80,7 +90,11 @@ pub fn preflight(pid: Pid) -> Result<(), CheckpointError> {
     {
         return Err(refuse(pid, "it runs under a seccomp filter"));
     }
-    for ns in ["mnt", "pid", "user"] {
+    // A PID namespace of its own, of which it is the init, moves with it.
+    if root {
+        crate::pidns::check(pid)?;
+    }
+    for ns in ["mnt", "user"] {
         let theirs = proc::stat_link(pid, &format!("ns/{ns}")).ok();
         let ours = proc::stat_link(me, &format!("ns/{ns}")).ok();
         if theirs.map(|s| s.inode) != ours.map(|s| s.inode) {

@@ -129,13 +129,7 @@ pub fn restore_loaded(
     started: Instant,
     load: Duration,
 ) -> Result<RestoredProcess, RestoreError> {
-    // The pid it had, if no process holds it here; else any.
-    let vessel = match Vessel::prepare_at(Some(Pid::from_raw(loaded.image.control.pid))) {
-        Err(RestoreError::Sys { source, .. }) if source.errno() == Some(Errno::EEXIST) => {
-            Vessel::prepare()?
-        }
-        other => other?,
-    };
+    let vessel = Vessel::prepare_for(&loaded.image)?;
     let mut builder = Builder::new(vessel, Arc::new(loaded.image.clone()))?;
     let segments: Vec<(u64, &[u8])> = loaded.runs().collect();
     builder.write_pages(&segments)?;
@@ -270,6 +264,8 @@ pub struct Vessel {
     scratch: Scratch,
     calls: u64,
     round_trips: u64,
+    /// The init of a PID namespace of its own: dropped, it ends the processes in it first.
+    init: bool,
 }
 
 impl Vessel {
@@ -281,13 +277,41 @@ impl Vessel {
 
     /// [`Vessel::prepare`] with process id `pid` (see [`spawn::vessel_at`]).
     pub fn prepare_at(pid: Option<Pid>) -> Result<Vessel, RestoreError> {
-        let tracee = spawn::vessel_at(pid).map_err(RestoreError::sys("creating the process"))?;
+        Vessel::around(spawn::vessel_at(pid).map_err(RestoreError::sys("creating the process"))?)
+    }
+
+    /// [`Vessel::prepare`] as the init of a new PID namespace (for an image with
+    /// [`ProcessImage::pid_namespace`]; see [`spawn::vessel_in_new_pid_namespace`]).
+    pub fn prepare_as_init() -> Result<Vessel, RestoreError> {
+        let mut vessel = Vessel::around(spawn::vessel_in_new_pid_namespace().map_err(
+            RestoreError::sys("creating a PID namespace for the process"),
+        )?)?;
+        vessel.init = true;
+        Ok(vessel)
+    }
+
+    /// The vessel for `image`: in a new PID namespace if it had one of its own, else one
+    /// with its pid if that is free here, else any.
+    pub fn prepare_for(image: &ProcessImage) -> Result<Vessel, RestoreError> {
+        if image.pid_namespace.is_some() {
+            return Vessel::prepare_as_init();
+        }
+        match Vessel::prepare_at(Some(Pid::from_raw(image.control.pid))) {
+            Err(RestoreError::Sys { source, .. }) if source.errno() == Some(Errno::EEXIST) => {
+                Vessel::prepare()
+            }
+            other => other,
+        }
+    }
+
+    fn around(tracee: Tracee) -> Result<Vessel, RestoreError> {
         let mut vessel = Vessel {
             tracee: Some(tracee),
             area: BatchArea::within(&Scratch { addr: 0, len: 0 }),
             scratch: Scratch { addr: 0, len: 0 },
             calls: 0,
             round_trips: 0,
+            init: false,
         };
         let pid = vessel.pid();
         vessel
@@ -416,6 +440,11 @@ impl Vessel {
 impl Drop for Vessel {
     fn drop(&mut self) {
         if let Some(t) = self.tracee.take() {
+            if self.init {
+                // An init ends only once its children are reaped, and ferry, their tracer,
+                // reaps them first.
+                host::kill_and_reap_descendants(t.pid());
+            }
             let _ = t.kill();
         }
     }
@@ -1353,7 +1382,8 @@ impl Builder {
     /// settings.
     fn restore_process_state(&mut self) -> Result<(), RestoreError> {
         let image = Arc::clone(&self.image);
-        let pid = self.pid().as_raw() as u64;
+        // Signals are queued by ids as the process's own PID namespace numbers it.
+        let pid = proc::own_id(self.pid(), self.pid()).as_raw() as u64;
         let c = &image.control;
         let e = &image.execution;
         let mut q = self.queue("restoring signals and settings");
@@ -1511,7 +1541,6 @@ impl Builder {
         let image = Arc::clone(&self.image);
         let creds = &image.credentials;
         let c = &image.control;
-        let pid = self.pid().as_raw();
         let last_cap = host::cap_last_cap().min(CAP_LAST_CAP_MAX);
         let mut q = self.queue("restoring credentials");
         for cap in 0..=last_cap {
@@ -1531,7 +1560,8 @@ impl Builder {
         let securebits = creds.securebits | if keep { 1 << 4 } else { 0 };
         let groups: Vec<u8> = creds.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
         let caps = creds.caps;
-        let capset = encode_capset(pid, caps.effective, caps.permitted, caps.inheritable);
+        // Header pid 0: the calling thread, whatever its PID namespace numbers it.
+        let capset = encode_capset(0, caps.effective, caps.permitted, caps.inheritable);
         self.room(&mut q, 8, groups.len() + capset.len())?;
         self.push(
             &mut q,
@@ -1670,7 +1700,7 @@ impl Builder {
             .trace_clones(true, true)
             .map_err(RestoreError::sys(step))?;
         let gadget = self.vessel.area.syscall_gadget();
-        let pid = self.pid().as_raw() as u64;
+        let pid = proc::own_id(self.pid(), self.pid()).as_raw() as u64;
         let data = self.vessel.area.data;
         for t in &image.threads {
             // The id it had, if free and if the kernel lets this process choose (set_tid needs
@@ -1698,7 +1728,7 @@ impl Builder {
             };
             made.list.push(thread);
             let tracee = made.list.last_mut().expect("just pushed");
-            let tid = tracee.pid().as_raw() as u64;
+            let tid = proc::own_id(self.pid(), tracee.pid()).as_raw() as u64;
             let e = &t.execution;
             let mut b = Batch::new(self.vessel.area);
             if e.robust_list.head != 0 {
@@ -1794,9 +1824,14 @@ impl Builder {
             .iter()
             .zip(threads)
             .map(|(t, tracee)| (t.tid, tracee.pid().as_raw(), &t.execution));
-        for (old, new, e) in mains.chain(others) {
+        for (old, host_id, e) in mains.chain(others) {
             let at = e.tid_address;
-            if old == new || at == 0 || !carried(at) {
+            if old == host_id || at == 0 || !carried(at) {
+                continue;
+            }
+            // The id as the process sees it (in a PID namespace of its own, not the host's).
+            let new = proc::own_id(pid, Pid::from_raw(host_id)).as_raw();
+            if old == new {
                 continue;
             }
             let mut word = [0u8; 4];

@@ -77,7 +77,8 @@ fn freeze_tree(root: Pid) -> Result<Vec<Held>, CheckpointError> {
             continue;
         }
         if pid != root {
-            mobility::preflight(pid)?;
+            // In the root's PID namespace, whatever that is (checked with the ids).
+            mobility::preflight_member(pid)?;
         }
         let frozen = match Frozen::freeze(pid) {
             Ok(f) => f,
@@ -337,13 +338,19 @@ pub(crate) fn checkpoint_tree(
         .iter()
         .map(|(pid, image, _, _, open)| (*pid, image, open.as_slice()))
         .collect();
-    let tree = TreeImage {
+    // Ids as the tree's own PID namespace numbers them, if it has one.
+    let all: Vec<Pid> = held.iter().map(|h| Pid::from_raw(h.member.pid)).collect();
+    let namespace = crate::pidns::Localizer::for_processes(&all)?;
+    let mut tree = TreeImage {
         members: held.iter().map(|h| h.member.clone()).collect(),
         shared: shared_files(&described)?,
         shared_memory,
         split_pairs: split_pairs(&described),
     };
     drop(described);
+    if let Some(ns) = &namespace {
+        ns.tree(&mut tree);
+    }
 
     // Pages of every member, then the manifest, the root's core.img last: a directory with a
     // core.img holds a complete tree.
@@ -362,12 +369,15 @@ pub(crate) fn checkpoint_tree(
         page_runs += image.memory.pages.runs.len();
         fds += image.files.fds.len();
         pagemap_scan_all &= pagemap_scan;
+        if let Some(ns) = &namespace {
+            ns.image(&mut image);
+        }
         if pid == root {
             pagecopy::copy_to_sink(pid, &segments, &mut root_writer)?;
             root_image = Some(image);
             continue;
         }
-        let member_dir = imagedir::member_dir(dir, pid.as_raw());
+        let member_dir = imagedir::member_dir(dir, image.control.pid);
         let mut w = ImageWriter::create(&member_dir, 0)?;
         written.members.push(member_dir);
         pagecopy::copy_to_sink(pid, &segments, &mut w)?;
@@ -392,9 +402,9 @@ pub(crate) fn checkpoint_tree(
             }
         }
     } else {
-        kill_tree(&mut held).map_err(CheckpointError::sys(
-            "ending the process tree after its checkpoint",
-        ))?;
+        kill_tree(&mut held, |p| namespace.as_ref().map_or(p, |ns| ns.id(p))).map_err(
+            CheckpointError::sys("ending the process tree after its checkpoint"),
+        )?;
     }
     let report = CheckpointReport {
         pid: root.as_raw(),
@@ -409,9 +419,10 @@ pub(crate) fn checkpoint_tree(
         injected_calls,
         interrupted,
         pagemap_scan: pagemap_scan_all,
-        children: tree.members[1..]
+        // Host pids, as the caller knows them.
+        children: held[1..]
             .iter()
-            .map(|m| (m.pid, m.zombie.is_some()))
+            .map(|h| (h.member.pid, h.member.zombie.is_some()))
             .collect(),
     };
     info!(?report, "tree checkpoint done");
@@ -438,8 +449,9 @@ impl Drop for TreeFiles<'_> {
 }
 
 /// Kills every member after its children; each non-root member is reaped by its parent
-/// (an injected `wait4`), so that its pid is free again at once.
-fn kill_tree(held: &mut [Held]) -> Result<(), SysError> {
+/// (an injected `wait4`, which names it as the parent's PID namespace does: `own_id`), so
+/// that its pid is free again at once.
+fn kill_tree(held: &mut [Held], own_id: impl Fn(i32) -> i32) -> Result<(), SysError> {
     let index: HashMap<i32, usize> = held
         .iter()
         .enumerate()
@@ -465,7 +477,7 @@ fn kill_tree(held: &mut [Held]) -> Result<(), SysError> {
             Injector::new(tracee, gadget, template).raw(
                 libc::SYS_wait4,
                 [
-                    pid as u64,
+                    own_id(pid) as u64,
                     0,
                     (libc::WNOHANG | libc::__WALL) as u64,
                     0,
@@ -475,7 +487,7 @@ fn kill_tree(held: &mut [Held]) -> Result<(), SysError> {
             )
         })();
         match reaped {
-            Ok(r) if r == i64::from(pid) => {}
+            Ok(r) if r == i64::from(own_id(pid)) => {}
             other => warn!(
                 pid,
                 ppid,

@@ -104,6 +104,51 @@ pub struct Jobs {
     messages: std::sync::OnceLock<std::sync::Arc<crate::messages::Service>>,
 }
 
+/// Starts a job's shell (ARGV, the whole environment ENV) as the init of a PID namespace of
+/// its own, so that its pids and thread ids restore exactly wherever it migrates; where the
+/// kernel refuses a new namespace (no `CAP_SYS_ADMIN`), as a plain child in a session of its
+/// own. Returns its pid.
+fn start_job(argv: &[String], env: &[String], spec: &RunSpec) -> Result<i32, String> {
+    use std::ffi::CString;
+    let c = |s: &str| CString::new(s).map_err(|_| format!("{s:?} holds a NUL byte"));
+    let cmd = ferry_sys::spawn::JobCommand {
+        program: c(&argv[0])?,
+        argv: argv.iter().map(|a| c(a)).collect::<Result<_, _>>()?,
+        env: env.iter().map(|e| c(e)).collect::<Result<_, _>>()?,
+        cwd: c(&spec.cwd)?,
+        uid: spec.uid,
+        gid: spec.gid,
+    };
+    match ferry_sys::spawn::job_in_new_pid_namespace(&cmd) {
+        Ok(pid) => return Ok(pid.as_raw()),
+        Err(e)
+            if matches!(
+                e.errno(),
+                Some(ferry_sys::Errno::EPERM | ferry_sys::Errno::EINVAL)
+            ) =>
+        {
+            warn!(error = %e, "no PID namespace for the job: its pids will change when it migrates");
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .envs(env.iter().filter_map(|e| e.split_once('=')))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .uid(spec.uid)
+        .gid(spec.gid);
+    ferry_sys::spawn::isolate(&mut command, None);
+    let child = command.spawn().map_err(|e| e.to_string())?;
+    // Not waited through `child`: the daemon reaps it (see `watch`).
+    Ok(child.id() as i32)
+}
+
 fn status_text(s: &ExitStatus) -> String {
     match s {
         ExitStatus::Exited(c) => format!("exited {c}"),
@@ -205,29 +250,24 @@ impl Jobs {
         } else {
             r#"o=$1; e=$2; shift 2; exec "$@" >"$o" 2>"$e""#
         };
-        use std::os::unix::process::CommandExt;
-        let child = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(script)
-            .arg("ferry-run")
-            .arg(&stdout)
-            .arg(&stderr)
-            .args(&spec.argv)
-            .current_dir(&spec.cwd)
-            .env_clear()
-            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("FERRY_JOB", id)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .uid(spec.uid)
-            .gid(spec.gid)
-            .process_group(0)
-            .spawn()
+        let mut argv: Vec<String> = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            script.into(),
+            "ferry-run".into(),
+            stdout.clone(),
+            stderr.clone(),
+        ];
+        argv.extend(spec.argv.iter().cloned());
+        let mut env: Vec<String> = spec
+            .env
+            .iter()
+            .filter(|(k, _)| k != "FERRY_JOB")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        env.push(format!("FERRY_JOB={id}"));
+        let pid = start_job(&argv, &env, spec)
             .map_err(|e| format!("starting {}: {e}", spec.argv.join(" ")))?;
-        let pid = child.id() as i32;
-        // Not waited through `child`: the daemon reaps it (see `watch`).
-        drop(child);
         // The daemon runs at a raised priority; the job gets the ordinary one. (It is still
         // the single-threaded shell here: std returns once it has been exec'd.)
         if let Err(e) = ferry_sys::host::set_nice(pid, 0) {

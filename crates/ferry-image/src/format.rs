@@ -20,11 +20,13 @@ pub const PAGES_MAGIC: [u8; 8] = *b"FERRYPGS";
 /// Version of the image format. Bump minor for additions old readers may ignore, major for
 /// anything else.
 pub const FORMAT_MAJOR: u16 = 1;
-pub const FORMAT_MINOR: u16 = 4;
+pub const FORMAT_MINOR: u16 = 5;
 /// The first minor version whose images list threads ([`ProcessImage::threads`]).
 const FIRST_MINOR_WITH_THREADS: u16 = 2;
 /// The first minor version whose socket pairs are [`FdKind::UnixPair`]s.
 const FIRST_MINOR_WITH_UNIX_PAIRS: u16 = 3;
+/// The first minor version whose images end with [`ProcessImage::pid_namespace`].
+const FIRST_MINOR_WITH_PID_NAMESPACE: u16 = 5;
 /// Size of the `pages.img` header; page data starts page-aligned right after it.
 pub const PAGES_HEADER_LEN: u64 = PAGE_SIZE;
 /// Largest `core.img` payload ferry accepts (the model of a process with the maximum number of
@@ -144,8 +146,12 @@ pub fn decode_core(bytes: &[u8]) -> Result<ProcessImage, FormatError> {
     let (minor, payload) = unframe("core.img", CORE_MAGIC, bytes)?;
     let mut payload = std::borrow::Cow::Borrowed(payload);
     if minor < FIRST_MINOR_WITH_THREADS {
-        // `threads` is the last field of the image: an older payload is a newer one that
+        // `threads` was the last field of the image: an older payload is a newer one that
         // lacks it, and postcard encodes an empty list as one zero byte.
+        payload.to_mut().push(0);
+    }
+    if minor < FIRST_MINOR_WITH_PID_NAMESPACE {
+        // Likewise `pid_namespace`, the last field since: `None` is one zero byte.
         payload.to_mut().push(0);
     }
     let (mut image, rest) = postcard::take_from_bytes::<ProcessImage>(&payload)
@@ -597,7 +603,10 @@ mod tests {
         };
         image.files.fds.push(end(5, 10, 11, b"queued"));
         image.files.fds.push(end(6, 11, 10, b""));
-        let mut bytes = encode_core(&image).unwrap();
+        // A 1.2 payload has no `pid_namespace` at its end.
+        let mut payload = encode_payload(&image).unwrap();
+        assert_eq!(payload.pop(), Some(0));
+        let mut bytes = wrap_payload(&payload);
         bytes[10..12].copy_from_slice(&2u16.to_le_bytes());
         let body = bytes.len() - 8;
         let sum = xxh3_64(&bytes[..body]);
@@ -638,7 +647,7 @@ mod tests {
         let err = decode_core(&bytes).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "core.img: image format 2.4 is not supported (this ferry reads 1.0 to 1.4)"
+            "core.img: image format 2.5 is not supported (this ferry reads 1.0 to 1.5)"
         );
         let mut bytes = encode_core(&sample_image()).unwrap();
         bytes[10..12].copy_from_slice(&(FORMAT_MINOR + 1).to_le_bytes());
@@ -652,7 +661,9 @@ mod tests {
     fn images_from_before_threads_decode_with_no_threads() {
         let image = sample_image();
         let mut payload = encode_payload(&image).unwrap();
-        // A 1.1 payload is a 1.2 payload without the trailing empty thread list.
+        // A 1.1 payload is a 1.5 payload without the trailing empty thread list and the
+        // trailing `None` (no PID namespace).
+        assert_eq!(payload.pop(), Some(0));
         assert_eq!(payload.pop(), Some(0));
         let mut bytes = wrap_payload(&payload);
         bytes[10..12].copy_from_slice(&1u16.to_le_bytes());
@@ -665,6 +676,24 @@ mod tests {
         let sum = xxh3_64(&bytes[..body]);
         bytes[body..].copy_from_slice(&sum.to_le_bytes());
         assert!(matches!(decode_core(&bytes), Err(FormatError::Decode(_))));
+    }
+
+    #[test]
+    fn images_from_before_pid_namespaces_decode_with_none() {
+        let image = sample_image();
+        let mut payload = encode_payload(&image).unwrap();
+        assert_eq!(payload.pop(), Some(0));
+        let mut bytes = wrap_payload(&payload);
+        bytes[10..12].copy_from_slice(&4u16.to_le_bytes());
+        let body = bytes.len() - 8;
+        let sum = xxh3_64(&bytes[..body]);
+        bytes[body..].copy_from_slice(&sum.to_le_bytes());
+        assert_eq!(decode_core(&bytes).unwrap(), image);
+        // And a 1.5 image in its own namespace keeps it.
+        let mut image = sample_image();
+        image.pid_namespace = Some(crate::model::PidNamespace { host_pid: 4242 });
+        let back = decode_core(&encode_core(&image).unwrap()).unwrap();
+        assert_eq!(back.pid_namespace, image.pid_namespace);
     }
 
     #[test]

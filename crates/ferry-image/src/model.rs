@@ -23,6 +23,17 @@ pub struct ProcessImage {
     /// order the kernel lists them. Empty for a single-threaded process (and in images of
     /// format 1.0 and 1.1, which had no threads).
     pub threads: Vec<Thread>,
+    /// Set when the process was the init (pid 1) of a PID namespace of its own: every id in
+    /// the image (its pid, its threads', its tree's) is that namespace's, and it is restored
+    /// as the init of a new one. `None` in images of format 1.4 and older.
+    pub pid_namespace: Option<PidNamespace>,
+}
+
+/// The PID namespace a process was the init of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PidNamespace {
+    /// Its pid on the host it was captured on (for display: the image's ids are 1, 2, ...).
+    pub host_pid: i32,
 }
 
 /// One thread other than the main one: its execution state, its signal mask and the signals
@@ -1007,6 +1018,7 @@ pub mod tests_support {
             },
             timers: Timers::default(),
             threads: Vec::new(),
+            pid_namespace: None,
         }
     }
 }

@@ -154,6 +154,19 @@ fn validate_control(image: &ProcessImage) -> Result<(), ValidationError> {
     check_path("executable", &c.exe)?;
     check_path("working directory", &c.cwd)?;
     ensure!(c.umask <= 0o777, "umask {:o} out of range", c.umask);
+    if let Some(ns) = image.pid_namespace {
+        ensure!(
+            c.pid == 1 && c.ppid == 0,
+            "pid {} (parent {}) as the init of its own PID namespace: an init is pid 1 of no parent there",
+            c.pid,
+            c.ppid
+        );
+        ensure!(
+            ns.host_pid > 0,
+            "host pid {} of a PID namespace",
+            ns.host_pid
+        );
+    }
     ensure!(c.dumpable <= 2, "dumpable {} out of range", c.dumpable);
     ensure!(
         (0..=64).contains(&c.pdeathsig),
@@ -1418,6 +1431,18 @@ mod tests {
         for p in ["", "/etc/passwd", "self/../../etc", "self//x", "./x"] {
             assert!(bad(4, proc_file(p)).contains("/proc path"), "{p}");
         }
+    }
+
+    #[test]
+    fn an_init_of_its_own_pid_namespace_is_pid_1() {
+        let mut image = sample_image();
+        image.pid_namespace = Some(crate::model::PidNamespace { host_pid: 900 });
+        image.control.pid = 1;
+        image.control.ppid = 0;
+        validate(&image).unwrap();
+        image.control.pid = 7;
+        let err = validate(&image).unwrap_err().to_string();
+        assert!(err.contains("pid 7 (parent 0) as the init"), "{err}");
     }
 
     fn with_thread(tid: i32) -> ProcessImage {

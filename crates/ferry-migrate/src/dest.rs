@@ -396,16 +396,25 @@ impl Dest {
         };
         info!(migration = id, %peer, %algorithm, comm = %offer.comm, "rebuilding");
 
-        // The vessel: a warm one if there is, else a new one.
-        let vessel = match self.warm.lock().await.take() {
-            Some(v) => v,
-            None => Pinned::spawn("ferry-vessel", || Vessel::prepare().map(Slot::Warm))
+        // The vessel: the init of a new PID namespace for a process that had one of its own
+        // (its ids come back exactly); else a warm one if there is, else a new one.
+        let vessel = if image.pid_namespace.is_some() {
+            Pinned::spawn("ferry-vessel", || Vessel::prepare_as_init().map(Slot::Warm))
                 .await
                 .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?,
+                .map_err(|e| e.to_string())?
+        } else {
+            let vessel = match self.warm.lock().await.take() {
+                Some(v) => v,
+                None => Pinned::spawn("ferry-vessel", || Vessel::prepare().map(Slot::Warm))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?,
+            };
+            let again = Arc::clone(self);
+            tokio::spawn(async move { again.warm_up().await });
+            vessel
         };
-        let again = Arc::clone(self);
-        tokio::spawn(async move { again.warm_up().await });
 
         let img = Arc::clone(&image);
         let built = vessel

@@ -100,11 +100,15 @@ pub struct MigrationReport {
     pub from: String,
     pub to: String,
     pub pid: i32,
-    /// The process's pid at the destination (its threads' ids change likewise).
+    /// The process's pid at the destination, as that host numbers it.
     pub new_pid: i32,
     /// Threads of the process, the main one included.
     #[serde(default)]
     pub threads: u32,
+    /// The process is the init of a PID namespace of its own (a job of `ferry run`): it kept
+    /// its pid (1) and its threads' ids there. Otherwise they are new at the destination.
+    #[serde(default)]
+    pub ids_kept: bool,
     /// Targets that refused, with their reason, before `to` accepted.
     pub rejected: Vec<(String, String)>,
     /// Request received → process executing at the destination.

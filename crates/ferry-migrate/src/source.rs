@@ -412,6 +412,7 @@ impl Run {
         let state_bytes = postcard_len(&state);
         report.state_bytes = state_bytes;
         report.threads = image.threads.len() as u32 + 1;
+        report.ids_kept = image.pid_namespace.is_some();
         ctl_tx
             .send_msg(&ToDest::State(Box::new(state)))
             .await

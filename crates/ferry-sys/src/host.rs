@@ -50,6 +50,34 @@ pub fn send_signal(pid: Pid, sig: i32) -> Result<()> {
     Ok(())
 }
 
+/// Kills every descendant of `pid` (SIGKILL) and reaps those this process may wait for (its
+/// children, the processes it traces), children after their own children. For the init of a
+/// PID namespace whose processes ferry traces: the init ends only once they are reaped.
+pub fn kill_and_reap_descendants(pid: Pid) {
+    let mut all = Vec::new();
+    let mut next = vec![pid];
+    while let Some(p) = next.pop() {
+        let children = crate::proc::children(p).unwrap_or_default();
+        next.extend(children.iter().copied());
+        all.extend(children);
+    }
+    for &p in &all {
+        let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+    }
+    for &p in all.iter().rev() {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        // Until it is gone or not ours to wait for (ECHILD); stops on the way out are let go.
+        while let Ok(status) = waitpid(p, Some(WaitPidFlag::__WALL)) {
+            match status {
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => break,
+                _ => {
+                    let _ = nix::sys::ptrace::cont(p, None);
+                }
+            }
+        }
+    }
+}
+
 /// Sends signal `sig` to thread `tid` of process `pid` (`tgkill`).
 pub fn send_thread_signal(pid: Pid, tid: Pid, sig: i32) -> Result<()> {
     // SAFETY: tgkill(2) takes plain integers.

@@ -37,6 +37,8 @@ pub struct Injector<'t> {
     calls: u64,
     singles: u64,
     batches: u64,
+    /// [`Injector::own_pid`], once read.
+    own_pid: Option<i32>,
 }
 
 fn is_syscall_stop(s: &Stop) -> bool {
@@ -54,6 +56,7 @@ impl<'t> Injector<'t> {
             calls: 0,
             singles: 0,
             batches: 0,
+            own_pid: None,
         }
     }
 
@@ -118,6 +121,14 @@ impl<'t> Injector<'t> {
             });
         }
         Ok(ret as u64)
+    }
+
+    /// The tracee's process id in its own PID namespace (what `getpid` returns there).
+    fn own_pid(&mut self) -> i32 {
+        let tgid = self.tracee.tgid();
+        *self
+            .own_pid
+            .get_or_insert_with(|| proc::own_id(tgid, tgid).as_raw())
     }
 
     /// Creates a thread of the tracee's process with an injected `clone(flags)` (no stack, no
@@ -497,8 +508,12 @@ impl Injector<'_> {
                 Stop::Signal { sig: libc::SIGSTOP } => {
                     let info = self.tracee.siginfo()?;
                     let f = crate::abi::Fields::new(&info);
-                    // Our own tgkill: si_code SI_TKILL, si_pid the tracee's process.
-                    if f.i32(8) == libc::SI_TKILL && f.i32(16) == self.tracee.tgid().as_raw() {
+                    // Our own tgkill: si_code SI_TKILL, si_pid the tracee's process as its
+                    // own PID namespace numbers it (1 for the init of a namespace).
+                    let from = f.i32(16);
+                    if f.i32(8) == libc::SI_TKILL
+                        && (from == self.tracee.tgid().as_raw() || from == self.own_pid())
+                    {
                         break;
                     }
                     self.tracee.defer(info);

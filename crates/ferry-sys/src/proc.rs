@@ -192,6 +192,16 @@ pub fn thread_status(pid: Pid, tid: Pid) -> Result<Status> {
         .map_err(|e| procfs_err(pid, &format!("task/{tid}/status"), e))
 }
 
+/// Thread `tid` of process `pid` as the process's own PID namespace numbers it (what
+/// `gettid` returns in it; `tid == pid` for the process): the last of its `NSpid` ids, or
+/// `tid` when that cannot be read.
+pub fn own_id(pid: Pid, tid: Pid) -> Pid {
+    thread_status(pid, tid)
+        .ok()
+        .and_then(|s| s.nspid?.last().copied())
+        .map_or(tid, Pid::from_raw)
+}
+
 /// Target of a `/proc/PID/*` link (`exe`, `cwd`, `root`, `fd/N`), raw bytes.
 pub fn readlink(pid: Pid, link: &str) -> Result<Vec<u8>> {
     let path = format!("/proc/{pid}/{link}");

@@ -308,6 +308,12 @@ fn print_human(dir: &Path, image: &ProcessImage) {
         o.platform.xsave.size
     );
     println!("process    pid {} \"{}\" {}", c.pid, c.comm, c.exe);
+    if let Some(ns) = image.pid_namespace {
+        println!(
+            "namespace  init of a PID namespace of its own (pid {} on the host it came from): restored in a new one, ids kept",
+            ns.host_pid
+        );
+    }
     println!("command    {}", c.argv.join(" "));
     println!("cwd        {}  umask {:03o}", c.cwd, c.umask);
     println!(
@@ -432,6 +438,7 @@ fn to_json(image: &ProcessImage) -> Value {
         "process": {
             "pid": c.pid, "ppid": c.ppid, "comm": c.comm, "exe": c.exe, "argv": c.argv,
             "cwd": c.cwd, "umask": c.umask, "stopped": c.stopped,
+            "pid_namespace": image.pid_namespace.map(|ns| serde_json::json!({"host_pid": ns.host_pid})),
         },
         "credentials": {
             "uid": [image.credentials.uid.real, image.credentials.uid.effective, image.credentials.uid.saved],

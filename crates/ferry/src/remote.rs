@@ -195,8 +195,15 @@ pub fn table(reports: &[MigrationReport]) -> Table {
     };
     t.add_row(row("route", &|r| format!("{} → {}", r.from, r.to)));
     t.add_row(row("pid", &|r| format!("{} → {}", r.pid, r.new_pid)));
+    t.add_row(row("ids", &|r| {
+        if r.ids_kept {
+            "kept (pid 1 of its own PID namespace)".into()
+        } else {
+            "new pid and thread ids (not in a PID namespace of its own)".into()
+        }
+    }));
     if reports.iter().any(|r| r.threads > 1) {
-        t.add_row(row("threads (new ids)", &|r| r.threads.to_string()));
+        t.add_row(row("threads", &|r| r.threads.to_string()));
     }
     t.add_row(row("migration latency", &|r| ms(r.latency_ms)));
     t.add_row(row("freeze time", &|r| ms(r.freeze_ms)));

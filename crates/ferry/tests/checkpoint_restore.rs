@@ -766,6 +766,112 @@ fn leave_running_tree_then_restore_is_refused_while_it_runs() {
     );
 }
 
+/// The pid a process has in its own PID namespace (the last of its `NSpid` ids).
+fn own_pid(pid: i32) -> i32 {
+    proc_status(pid, "NSpid")
+        .and_then(|ids| ids.split_whitespace().last()?.parse().ok())
+        .unwrap_or_else(|| panic!("no NSpid for pid {pid}"))
+}
+
+/// The same tree, started as the init of a PID namespace of its own (`unshare --pid --fork`,
+/// as `ferry run` starts jobs), checkpointed while it keeps running: its image restores at
+/// once, in a new namespace, with every pid as its namespace numbered it (1 for the root),
+/// although the original still holds those ids in its own; the copy then finishes as an
+/// uninterrupted run does.
+#[test]
+fn tree_in_its_own_pid_namespace_restores_while_the_original_runs() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("pidns-tree");
+    let sc = Scenario::new("pidns-tree", c_workload("tree"), Marker::Text("ready\n"))
+        .wake(Signal::SIGUSR1);
+    let reference = sc.reference(&scratch);
+    let dir = scratch.subdir("run");
+    // stderr apart: unshare reports there when its child is killed.
+    let mut outer = Launch::new("unshare", "unshare", &dir)
+        .args([os("--pid"), os("--fork"), c_workload("tree").as_os_str()])
+        .cwd(&dir)
+        .spawn();
+    wait_for_text(&mut outer, "ready\n");
+    let init = match descendants(outer.raw_pid()).first() {
+        Some(&p) => p,
+        None => panic!("unshare has no child\n{}", outer.diagnostics()),
+    };
+    assert_eq!(
+        own_pid(init),
+        1,
+        "the workload should be its namespace's init"
+    );
+    let inner_ids = |root: i32| {
+        let mut ids: Vec<i32> = std::iter::once(root)
+            .chain(descendants(root))
+            .map(own_pid)
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let original = inner_ids(init);
+    let image = scratch.join("image");
+    let run = ferry(
+        &scratch,
+        &[
+            os("checkpoint"),
+            os(&init.to_string()),
+            os("--dir"),
+            image.as_os_str(),
+            os("--leave-running"),
+        ],
+    );
+    assert_eq!(run.code(), 0, "checkpoint failed\n{}", run.describe());
+    let inspect = ferry(&scratch, &[os("inspect"), image.as_os_str(), os("--json")]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&inspect.stdout).expect("ferry inspect --json prints JSON");
+    assert_eq!(
+        (
+            &summary["process"]["pid"],
+            &summary["process"]["pid_namespace"]["host_pid"]
+        ),
+        (&serde_json::json!(1), &serde_json::json!(init)),
+        "the image holds the ids of the namespace: {summary}"
+    );
+    let mut restored = restore_detached(
+        &scratch,
+        &image,
+        "pidns-tree-restored",
+        Some(outer.stdout.clone().expect("stdout file")),
+        None,
+    );
+    let context = run.describe();
+    assert_eq!(
+        inner_ids(init),
+        original,
+        "the original tree changed\n{context}"
+    );
+    assert_ne!(restored.raw_pid(), init);
+    assert_eq!(
+        inner_ids(restored.raw_pid()),
+        original,
+        "the copy should have every pid its namespace gave the original\n{context}"
+    );
+    // The original goes (the whole namespace with its init); the copy finishes.
+    outer.kill_tree();
+    restored.signal(Signal::SIGUSR1);
+    let exit = restored.wait(TIMEOUT);
+    assert_eq!(
+        exit,
+        reference.exit,
+        "the restored tree ended with {exit}\n{context}{}",
+        restored.diagnostics()
+    );
+    assert_same(
+        "output of the tree restored in a new PID namespace",
+        &restored.output_bytes(),
+        &reference.stdout,
+        &context,
+    );
+}
+
 #[test]
 fn leave_running_counter_finishes_unharmed() {
     if !needs_root() {

@@ -545,3 +545,60 @@ fn another_users_process_when_not_root() {
     assert_eq!(exit.shell_code(), 0);
     assert!(proc.output().ends_with("done\n"), "{}", proc.output());
 }
+
+/// A process inside a PID namespace that is not the namespace's init cannot get its ids back
+/// alone (the namespace moves whole, from its init): refused with its id there named, and
+/// left running.
+#[test]
+fn process_inside_a_pid_namespace_it_does_not_lead() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("immobile-pidns");
+    let dir = scratch.subdir("run");
+    let mut outer = Launch::new("unshare", "unshare", &dir)
+        .args(["--pid", "--fork", "/bin/sh", "-c", "sleep 60 & wait"])
+        .spawn();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let sleeper = loop {
+        if let Some(&p) = descendants(outer.raw_pid()).get(1) {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no sleep in the namespace\n{}",
+            outer.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let image = scratch.join("image");
+    let run = ferry(
+        &scratch,
+        &[
+            os("checkpoint"),
+            os(&sleeper.to_string()),
+            os("--dir"),
+            image.as_os_str(),
+        ],
+    );
+    assert_eq!(run.code(), 3, "{}", run.describe());
+    assert!(
+        run.stderr
+            .contains("not migratable: it is pid 2 of a PID namespace; that namespace moves whole"),
+        "{}",
+        run.describe()
+    );
+    let stat = proc_stat(sleeper).expect("the refused process is gone");
+    assert!(
+        !matches!(stat.state, 'T' | 't' | 'Z' | 'X'),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(
+        proc_status(sleeper, "TracerPid").as_deref(),
+        Some("0"),
+        "{}",
+        run.describe()
+    );
+    outer.kill_tree();
+}

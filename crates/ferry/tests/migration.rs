@@ -162,6 +162,109 @@ fn thread_pool_with_every_algorithm() {
     );
 }
 
+/// The ids a process and its threads have in its own PID namespace (the last `NSpid` of
+/// each), the process's first.
+fn own_ids(pid: i32) -> Vec<i32> {
+    let last = |status: String| -> Option<i32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))?
+            .split_whitespace()
+            .last()?
+            .parse()
+            .ok()
+    };
+    let mut tids: Vec<i32> = fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    tids.sort_unstable_by_key(|&t| (t != pid, t));
+    tids.into_iter()
+        .filter_map(|t| last(fs::read_to_string(format!("/proc/{pid}/task/{t}/status")).ok()?))
+        .collect()
+}
+
+/// A job of `ferry run` is the init of a PID namespace of its own: moved n1 -> n2 -> n1 ...
+/// with each algorithm in turn, it is pid 1 with the same 16 thread ids after every hop
+/// (though the frozen original still holds its ids on the host each time), and ends as an
+/// uninterrupted run does (`workloads/c/thread_pool.c 13`, which checks `pthread_kill` on
+/// every worker itself).
+#[test]
+fn ferry_run_job_keeps_its_pid_and_thread_ids_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("mig-pidns");
+    let sc = Scenario::new(
+        "mig-pidns",
+        c_workload("thread_pool"),
+        Marker::Text("ready\n"),
+    )
+    .args(&[lit("13")])
+    .wake(Signal::SIGUSR1)
+    .stderr_to_stdout();
+    let reference = sc.reference(&scratch);
+    let cluster = Cluster::up(2, &[]);
+    let dir = scratch.subdir("run");
+    let out = dir.join("out");
+    let bin = ferry_bin().to_string_lossy().into_owned();
+    let program = c_workload("thread_pool").to_string_lossy().into_owned();
+    let out_arg = out.to_string_lossy().into_owned();
+    let started = cluster.testnet(&[
+        "exec", "n1", "--", &bin, "run", "--on", "n1", "--json", "--stdout", &out_arg, "--stderr",
+        &out_arg, "--", &program, "13",
+    ]);
+    assert!(
+        started.status.success(),
+        "ferry run failed: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let job: serde_json::Value = serde_json::from_slice(&started.stdout).expect("JSON job");
+    let mut pid = job["pid"].as_i64().expect("the job's pid") as i32;
+    let deadline = Instant::now() + TIMEOUT;
+    while !fs::read_to_string(&out).is_ok_and(|t| t.contains("ready\n")) {
+        assert!(
+            Instant::now() < deadline,
+            "the job never got ready\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(ms(20));
+    }
+    std::thread::sleep(ms(100));
+    let ids = own_ids(pid);
+    assert_eq!(ids.len(), 16, "thread_pool 13 runs 16 threads: {ids:?}");
+    assert_eq!(ids[0], 1, "a job is the init of its PID namespace: {ids:?}");
+    let mut here = "n1";
+    let mut hops = Vec::new();
+    for algorithm in ALGORITHMS {
+        let to = if here == "n1" { "n2" } else { "n1" };
+        let (moved, report) = cluster.migrate_ok(here, pid, to, algorithm, &[]);
+        assert_ne!(moved.pid, pid, "{algorithm}: a new process on the host");
+        assert_eq!(report["ids_kept"], true, "{algorithm}: {report}");
+        assert_eq!(
+            own_ids(moved.pid),
+            ids,
+            "{algorithm}: pid and thread ids in its namespace should be kept: {report}"
+        );
+        pid = moved.pid;
+        here = to;
+        hops.push(moved);
+    }
+    let last = hops.last().expect("five hops");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(last.pid), Signal::SIGUSR1)
+        .expect("waking the job");
+    let status = last.wait(&cluster, TIMEOUT);
+    assert_eq!(status, support::cluster::logged_status(reference.exit));
+    assert_same(
+        "output of the job moved five times",
+        &fs::read(&out).unwrap_or_default(),
+        &reference.stdout,
+        &cluster.logs(),
+    );
+}
+
 /// Unmodified python3 with four worker threads on a `queue.Queue` and a sleeping thread.
 #[test]
 fn python3_threads_with_every_algorithm() {

@@ -19,6 +19,8 @@
 //!
 //! Pids must be free: a tree's processes know each other by pid (a shell waits for its
 //! children's), so a member whose pid is taken fails the restore with the name of the holder.
+//! A tree whose root was the init of a PID namespace of its own (a job of `ferry run`) is
+//! rebuilt in a new namespace, where every pid it needs is free (see `crate::pidns`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -77,10 +79,16 @@ pub fn restore_tree(
     let plan = Plan::new(dir, tree, &loaded)?;
 
     // Vessels, parents first, sessions and groups formed on the way.
-    let mut vessels: Vec<Option<Vessel>> = Vec::with_capacity(tree.members.len());
+    // Declared first, dropped last: a member has a builder only once its parent has one.
+    let mut builders: ChildrenFirst<Builder> =
+        ChildrenFirst(Vec::with_capacity(tree.members.len()));
+    let mut vessels: ChildrenFirst<Vessel> = ChildrenFirst(Vec::with_capacity(tree.members.len()));
     for (i, m) in tree.members.iter().enumerate() {
         let mut vessel = if i == 0 {
-            root_vessel(m)?
+            match loaded[0].as_ref() {
+                Some(root) if root.image.pid_namespace.is_some() => Vessel::prepare_as_init()?,
+                _ => root_vessel(m)?,
+            }
         } else {
             let parent = tree
                 .members
@@ -93,9 +101,34 @@ pub fn restore_tree(
         vessel.lead(m)?;
         vessels.push(Some(vessel));
     }
-    let outside_group = proc::stat(vessels[0].as_ref().map_or(host::self_pid(), Vessel::pid))
-        .map_err(RestoreError::sys("reading the root's process group"))?
-        .pgrp;
+    // Host pids of the members (the image's are their namespace's, when they have one).
+    let host_pids: Vec<Pid> = vessels
+        .iter()
+        .map(|v| v.as_ref().map_or(Pid::from_raw(0), Vessel::pid))
+        .collect();
+    let host_pid = |image_pid: i32| {
+        tree.members
+            .iter()
+            .position(|m| m.pid == image_pid)
+            .map_or(image_pid, |i| host_pids[i].as_raw())
+    };
+    let mut plan = plan;
+    for imports in &mut plan.imports {
+        // Opened through /proc, which numbers processes as the host does.
+        for (from, _, _) in imports.memory.values_mut() {
+            *from = host_pid(*from);
+        }
+    }
+    // A group outside the tree is the root vessel's; inside a PID namespace of the tree's
+    // own, no group outside can be named: a member stays in the one it was born into.
+    let outside_group = match loaded[0].as_ref() {
+        Some(root) if root.image.pid_namespace.is_some() => None,
+        _ => Some(
+            proc::stat(vessels[0].as_ref().map_or(host::self_pid(), Vessel::pid))
+                .map_err(RestoreError::sys("reading the root's process group"))?
+                .pgrp,
+        ),
+    };
     for (m, vessel) in tree.members.iter().zip(vessels.iter_mut()) {
         if let Some(v) = vessel {
             v.join_group(m, tree, outside_group)?;
@@ -103,7 +136,6 @@ pub fn restore_tree(
     }
 
     // Every living member built, in tree order (a shared description's maker first).
-    let mut builders: Vec<Option<Builder>> = Vec::with_capacity(tree.members.len());
     for (i, m) in tree.members.iter().enumerate() {
         let (Some(image), Some(vessel)) = (&loaded[i], vessels[i].take_if(|_| m.zombie.is_none()))
         else {
@@ -152,11 +184,8 @@ pub fn restore_tree(
     }
 
     // Children first: a parent never runs without its children.
-    let mut members: Vec<(Pid, Option<RestoreReport>)> = tree
-        .members
-        .iter()
-        .map(|m| (Pid::from_raw(m.pid), None))
-        .collect();
+    let mut members: Vec<(Pid, Option<RestoreReport>)> =
+        host_pids.iter().map(|&pid| (pid, None)).collect();
     for i in (0..tree.members.len()).rev() {
         if let Some(b) = builders[i].take() {
             let (pid, report) = b.start()?;
@@ -176,6 +205,32 @@ pub fn restore_tree(
         total,
         load,
     })
+}
+
+/// Vessels or builders in tree order that, dropped on a failure, end the children before
+/// their parents: the init of a PID namespace ends only once its children are reaped, which
+/// a child ferry still traces never is.
+struct ChildrenFirst<T>(Vec<Option<T>>);
+
+impl<T> std::ops::Deref for ChildrenFirst<T> {
+    type Target = Vec<Option<T>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for ChildrenFirst<T> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<T> Drop for ChildrenFirst<T> {
+    fn drop(&mut self) {
+        while let Some(last) = self.0.pop() {
+            drop(last);
+        }
+    }
 }
 
 fn invalid(path: &Path, detail: String) -> RestoreError {
@@ -248,6 +303,7 @@ impl Vessel {
             scratch: self.scratch,
             calls: 0,
             round_trips: 0,
+            init: false,
         })
     }
 
@@ -273,7 +329,7 @@ impl Vessel {
         &mut self,
         m: &TreeMember,
         tree: &TreeImage,
-        outside: i32,
+        outside: Option<i32>,
     ) -> Result<(), RestoreError> {
         if m.sid == m.pid || m.pgid == m.pid {
             return Ok(());
@@ -281,7 +337,10 @@ impl Vessel {
         let group = if tree.member(m.pgid).is_some() {
             m.pgid
         } else {
-            outside
+            match outside {
+                Some(g) => g,
+                None => return Ok(()),
+            }
         };
         let gadget = self.area.syscall_gadget();
         self.single("joining its process group", gadget, |inj| {

@@ -330,6 +330,11 @@ pub fn migrate_scenario(
     let mut hops: Vec<Moved> = Vec::new();
     for to in route {
         let (m, report) = cluster.migrate_ok(&here, pid, to, algorithm, extra);
+        // Started by the test, not by `ferry run`: no PID namespace of its own.
+        assert_eq!(
+            report["ids_kept"], false,
+            "a process in the host's PID namespace gets new ids: {report}"
+        );
         here = m.node.clone();
         pid = m.pid;
         hops.push(m);
