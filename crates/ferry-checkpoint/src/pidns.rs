@@ -64,6 +64,22 @@ impl Localizer {
         if theirs == ours {
             return Ok(None);
         }
+        // Every process of the namespace must be in the tree: one that joined it from outside
+        // (`setns`) would be lost.
+        let namespace = |p: Pid| proc::stat_link(p, "ns/pid").ok().map(|s| s.inode);
+        let theirs_ns = namespace(root);
+        for p in proc::pids().map_err(CheckpointError::sys("listing processes"))? {
+            let ns = namespace(p);
+            if ns.is_some() && ns == theirs_ns && !pids.contains(&p) {
+                return Err(refuse(
+                    root,
+                    format!(
+                        "pid {p} ({}) lives in its PID namespace without descending from it (it joined with setns)",
+                        proc::read_text(p, "comm").unwrap_or_default().trim()
+                    ),
+                ));
+            }
+        }
         let mut ids = HashMap::new();
         for &pid in pids {
             let status = proc::status(pid).map_err(CheckpointError::sys("reading status"))?;

@@ -172,6 +172,15 @@ pub fn exists(pid: Pid) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// Every process this /proc shows (its numeric entries), in no particular order.
+pub fn pids() -> Result<Vec<Pid>> {
+    Ok(fs::read_dir("/proc")
+        .map_err(|e| SysError::io("/proc", e))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .map(Pid::from_raw)
+        .collect())
+}
+
 /// The thread ids of a process (`/proc/PID/task`), the main thread first, then ascending.
 pub fn thread_ids(pid: Pid) -> Result<Vec<Pid>> {
     let path = format!("/proc/{pid}/task");

@@ -602,3 +602,63 @@ fn process_inside_a_pid_namespace_it_does_not_lead() {
     );
     outer.kill_tree();
 }
+
+/// The init of a PID namespace that a process outside its tree joined (`nsenter`, i.e.
+/// `setns`): restoring the tree would lose that process, so the init is refused with the
+/// joiner named, and left running.
+#[test]
+fn pid_namespace_joined_from_outside() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("immobile-pidns-joined");
+    let dir = scratch.subdir("run");
+    let mut outer = Launch::new("unshare", "unshare", &dir)
+        .args(["--pid", "--fork", "sleep", "60"])
+        .spawn();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let init = loop {
+        if let Some(&p) = descendants(outer.raw_pid()).first() {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "no init");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let init_arg = init.to_string();
+    let mut joiner = Launch::new("nsenter", "nsenter", &dir)
+        .args(["--target", init_arg.as_str(), "--pid", "--", "sleep", "60"])
+        .spawn();
+    while descendants(joiner.raw_pid()).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nsenter made no process\n{}",
+            joiner.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let image = scratch.join("image");
+    let run = ferry(
+        &scratch,
+        &[
+            os("checkpoint"),
+            os(&init_arg),
+            os("--dir"),
+            image.as_os_str(),
+        ],
+    );
+    assert_eq!(run.code(), 3, "{}", run.describe());
+    assert!(
+        run.stderr
+            .contains("without descending from it (it joined with setns)"),
+        "{}",
+        run.describe()
+    );
+    let stat = proc_stat(init).expect("the refused init is gone");
+    assert!(
+        !matches!(stat.state, 'T' | 't' | 'Z' | 'X'),
+        "{}",
+        run.describe()
+    );
+    joiner.kill_tree();
+    outer.kill_tree();
+}
