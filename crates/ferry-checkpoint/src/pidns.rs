@@ -61,6 +61,14 @@ impl Localizer {
         };
         let ours = depth(host::self_pid())?;
         let theirs = depth(root)?;
+        for &pid in &pids[1..] {
+            if depth(pid)? != theirs {
+                return Err(refuse(
+                    pid,
+                    "it lives in another PID namespace than the root of its tree",
+                ));
+            }
+        }
         if theirs == ours {
             return Ok(None);
         }
@@ -84,13 +92,10 @@ impl Localizer {
         for &pid in pids {
             let status = proc::status(pid).map_err(CheckpointError::sys("reading status"))?;
             let nspid = status.nspid.unwrap_or_default();
-            if nspid.len() != theirs {
-                return Err(refuse(
-                    pid,
-                    "it lives in another PID namespace than the root of its tree",
-                ));
-            }
-            ids.insert(pid.as_raw(), nspid[theirs - 1]);
+            let Some(&inner) = nspid.get(theirs - 1) else {
+                return Err(CheckpointError::NoSuchProcess { pid: pid.as_raw() });
+            };
+            ids.insert(pid.as_raw(), inner);
             let zombie = status.state.starts_with('Z');
             for tid in proc::thread_ids(pid)
                 .ok()

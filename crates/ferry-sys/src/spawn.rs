@@ -118,13 +118,7 @@ pub fn isolate(cmd: &mut std::process::Command, controlling_tty: Option<&std::pa
                 }
                 libc::close(fd);
             }
-            if libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) != 0
-            {
+            if !cloexec_above_stderr() {
                 return Err(std::io::Error::last_os_error());
             }
         }
@@ -133,6 +127,20 @@ pub fn isolate(cmd: &mut std::process::Command, controlling_tty: Option<&std::pa
     // SAFETY: `hook` is async-signal-safe (see above), as pre_exec requires.
     unsafe {
         cmd.pre_exec(hook);
+    }
+}
+
+/// Marks every fd above 2 close-on-exec; false on failure (errno set). Async-signal-safe:
+/// for a child between fork and exec.
+fn cloexec_above_stderr() -> bool {
+    // SAFETY: close_range takes plain integers.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) == 0
     }
 }
 
@@ -237,13 +245,7 @@ pub fn job_in_new_pid_namespace(cmd: &JobCommand) -> Result<Pid> {
             if null > 2 {
                 libc::close(null);
             }
-            if libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) != 0
-            {
+            if !cloexec_above_stderr() {
                 fail(6);
             }
             libc::execve(cmd.program.as_ptr(), argv.as_ptr(), envp.as_ptr());

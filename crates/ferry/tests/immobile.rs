@@ -546,6 +546,23 @@ fn another_users_process_when_not_root() {
     assert!(proc.output().ends_with("done\n"), "{}", proc.output());
 }
 
+/// Descendant N of PROC (in `descendants` order), once it exists.
+fn nth_descendant(proc: &Proc, n: usize) -> i32 {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        if let Some(&p) = descendants(proc.raw_pid()).get(n) {
+            return p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} has no descendant {n}\n{}",
+            proc.label,
+            proc.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A process inside a PID namespace that is not the namespace's init cannot get its ids back
 /// alone (the namespace moves whole, from its init): refused with its id there named, and
 /// left running.
@@ -559,18 +576,7 @@ fn process_inside_a_pid_namespace_it_does_not_lead() {
     let mut outer = Launch::new("unshare", "unshare", &dir)
         .args(["--pid", "--fork", "/bin/sh", "-c", "sleep 60 & wait"])
         .spawn();
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    let sleeper = loop {
-        if let Some(&p) = descendants(outer.raw_pid()).get(1) {
-            break p;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no sleep in the namespace\n{}",
-            outer.diagnostics()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let sleeper = nth_descendant(&outer, 1);
     let image = scratch.join("image");
     let run = ferry(
         &scratch,
@@ -601,6 +607,39 @@ fn process_inside_a_pid_namespace_it_does_not_lead() {
         run.describe()
     );
     outer.kill_tree();
+
+    // A tree of the host's namespace with a member in a namespace of its own: refused too
+    // (its ids there would not come back).
+    let mut shell = Launch::new("sh", "/bin/sh", &dir)
+        .args(["-c", "unshare --pid --fork sleep 60; echo over"])
+        .spawn();
+    nth_descendant(&shell, 1);
+    let image = scratch.join("image-tree");
+    let run = ferry(
+        &scratch,
+        &[
+            os("checkpoint"),
+            os(&shell.raw_pid().to_string()),
+            os("--dir"),
+            image.as_os_str(),
+        ],
+    );
+    assert_eq!(run.code(), 3, "{}", run.describe());
+    assert!(
+        run.stderr
+            .contains("it lives in another PID namespace than the root of its tree"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        !matches!(
+            proc_stat(shell.raw_pid()).map(|s| s.state),
+            Some('T' | 't') | None
+        ),
+        "the refused tree must run on\n{}",
+        run.describe()
+    );
+    shell.kill_tree();
 }
 
 /// The init of a PID namespace that a process outside its tree joined (`nsenter`, i.e.
@@ -616,26 +655,12 @@ fn pid_namespace_joined_from_outside() {
     let mut outer = Launch::new("unshare", "unshare", &dir)
         .args(["--pid", "--fork", "sleep", "60"])
         .spawn();
-    let deadline = std::time::Instant::now() + TIMEOUT;
-    let init = loop {
-        if let Some(&p) = descendants(outer.raw_pid()).first() {
-            break p;
-        }
-        assert!(std::time::Instant::now() < deadline, "no init");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let init = nth_descendant(&outer, 0);
     let init_arg = init.to_string();
     let mut joiner = Launch::new("nsenter", "nsenter", &dir)
         .args(["--target", init_arg.as_str(), "--pid", "--", "sleep", "60"])
         .spawn();
-    while descendants(joiner.raw_pid()).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nsenter made no process\n{}",
-            joiner.diagnostics()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    nth_descendant(&joiner, 0);
     let image = scratch.join("image");
     let run = ferry(
         &scratch,
