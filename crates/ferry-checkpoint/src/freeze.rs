@@ -364,23 +364,27 @@ impl Frozen {
         // queue any signal for a thread of its own process.
         if let Some(scratch) = self.scratch {
             for _round in 0..8 {
-                // Ids as the process's own PID namespace numbers them.
-                let own = |tid: Pid| ferry_sys::proc::own_id(self.pid, tid).as_raw() as u64;
-                let pid = own(self.pid);
-                let mut pending: Vec<(u64, Siginfo)> = std::mem::take(&mut self.deferred)
+                let mut pending: Vec<(Pid, Siginfo)> = std::mem::take(&mut self.deferred)
                     .into_iter()
-                    .map(|info| (pid, info))
+                    .map(|info| (self.pid, info))
                     .collect();
                 self.requeued.extend(pending.iter().map(|(_, info)| *info));
                 for t in &mut self.threads {
-                    let tid = own(t.tid());
                     let theirs = std::mem::take(&mut t.deferred);
                     t.requeued.extend(theirs.iter().copied());
-                    pending.extend(theirs.into_iter().map(|info| (tid, info)));
+                    pending.extend(theirs.into_iter().map(|info| (t.tid(), info)));
                 }
                 if pending.is_empty() {
                     break;
                 }
+                // Queued by ids as the process's own PID namespace numbers them.
+                let pid = ferry_sys::proc::own_id(self.pid, self.pid).as_raw() as u64;
+                let pending: Vec<(u64, Siginfo)> = pending
+                    .into_iter()
+                    .map(|(tid, info)| {
+                        (ferry_sys::proc::own_id(self.pid, tid).as_raw() as u64, info)
+                    })
+                    .collect();
                 let area = BatchArea::within(&scratch);
                 for chunk in pending.chunks(area.table_entries.min(16)) {
                     let mut batch = Batch::new(area);

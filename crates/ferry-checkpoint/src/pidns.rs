@@ -60,11 +60,16 @@ impl Localizer {
             return Ok(None);
         };
         let ours = depth(host::self_pid())?;
-        let theirs = depth(root)?;
-        for &pid in &pids[1..] {
-            if depth(pid)? != theirs {
+        let mut statuses = Vec::with_capacity(pids.len());
+        for &pid in pids {
+            let status = proc::status(pid).map_err(CheckpointError::sys("reading status"))?;
+            statuses.push((pid, status.nspid.unwrap_or_default(), status.state));
+        }
+        let theirs = statuses[0].1.len().max(1);
+        for (pid, nspid, _) in &statuses[1..] {
+            if nspid.len().max(1) != theirs {
                 return Err(refuse(
-                    pid,
+                    *pid,
                     "it lives in another PID namespace than the root of its tree",
                 ));
             }
@@ -89,14 +94,9 @@ impl Localizer {
             }
         }
         let mut ids = HashMap::new();
-        for &pid in pids {
-            let status = proc::status(pid).map_err(CheckpointError::sys("reading status"))?;
-            let nspid = status.nspid.unwrap_or_default();
-            let Some(&inner) = nspid.get(theirs - 1) else {
-                return Err(CheckpointError::NoSuchProcess { pid: pid.as_raw() });
-            };
-            ids.insert(pid.as_raw(), inner);
-            let zombie = status.state.starts_with('Z');
+        for (pid, nspid, state) in statuses {
+            ids.insert(pid.as_raw(), nspid[theirs - 1]);
+            let zombie = state.starts_with('Z');
             for tid in proc::thread_ids(pid)
                 .ok()
                 .filter(|_| !zombie)

@@ -1382,8 +1382,6 @@ impl Builder {
     /// settings.
     fn restore_process_state(&mut self) -> Result<(), RestoreError> {
         let image = Arc::clone(&self.image);
-        // Signals are queued by ids as the process's own PID namespace numbers it.
-        let pid = proc::own_id(self.pid(), self.pid()).as_raw() as u64;
         let c = &image.control;
         let e = &image.execution;
         let mut q = self.queue("restoring signals and settings");
@@ -1426,6 +1424,8 @@ impl Builder {
         );
         // Queued while every signal is blocked: delivered once the real mask is set.
         for p in &image.signals.pending {
+            // Queued by the id the process's own PID namespace gives it.
+            let pid = proc::own_id(self.pid(), self.pid()).as_raw() as u64;
             self.room(&mut q, 1, p.siginfo.len())?;
             let at = q.batch.bytes(&p.siginfo);
             let signo = p.signo() as u64;
@@ -1700,7 +1700,6 @@ impl Builder {
             .trace_clones(true, true)
             .map_err(RestoreError::sys(step))?;
         let gadget = self.vessel.area.syscall_gadget();
-        let pid = proc::own_id(self.pid(), self.pid()).as_raw() as u64;
         let data = self.vessel.area.data;
         for t in &image.threads {
             // The id it had, if free and if the kernel lets this process choose (set_tid needs
@@ -1728,7 +1727,6 @@ impl Builder {
             };
             made.list.push(thread);
             let tracee = made.list.last_mut().expect("just pushed");
-            let tid = proc::own_id(self.pid(), tracee.pid()).as_raw() as u64;
             let e = &t.execution;
             let mut b = Batch::new(self.vessel.area);
             if e.robust_list.head != 0 {
@@ -1770,6 +1768,9 @@ impl Builder {
                     ));
                 }
                 let at = b.bytes(&p.siginfo);
+                // Queued by the ids the process's own PID namespace gives.
+                let pid = proc::own_id(self.pid(), self.pid()).as_raw() as u64;
+                let tid = proc::own_id(self.pid(), tracee.pid()).as_raw() as u64;
                 b.push(
                     "rt_tgsigqueueinfo",
                     libc::SYS_rt_tgsigqueueinfo,

@@ -175,18 +175,16 @@ const JOB_STEPS: [&str; 8] = [
 /// stderr on `/dev/null` and every other fd closed on exec. Returns its pid here once it
 /// exec'd, or the step that failed in the child.
 pub fn job_in_new_pid_namespace(cmd: &JobCommand) -> Result<Pid> {
-    let argv: Vec<*const libc::c_char> = cmd
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = cmd
-        .env
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
+    // NULL-terminated arrays of pointers, as execve takes them.
+    let pointers = |strings: &[std::ffi::CString]| -> Vec<*const libc::c_char> {
+        strings
+            .iter()
+            .map(|a| a.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect()
+    };
+    let argv = pointers(&cmd.argv);
+    let envp = pointers(&cmd.env);
     let dev_null = c"/dev/null";
     let root = nix::unistd::geteuid().is_root();
     let (report_rx, report_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)

@@ -546,6 +546,20 @@ fn another_users_process_when_not_root() {
     assert!(proc.output().ends_with("done\n"), "{}", proc.output());
 }
 
+/// `ferry checkpoint PID` into SCRATCH/IMAGE, which must be refused (exit 3) with NEEDLE on
+/// stderr.
+fn refused_pid(scratch: &Scratch, pid: i32, image: &str, needle: &str) -> FerryRun {
+    let image = scratch.join(image);
+    let pid = pid.to_string();
+    let run = ferry(
+        scratch,
+        &[os("checkpoint"), os(&pid), os("--dir"), image.as_os_str()],
+    );
+    assert_eq!(run.code(), 3, "{}", run.describe());
+    assert!(run.stderr.contains(needle), "{}", run.describe());
+    run
+}
+
 /// Descendant N of PROC (in `descendants` order), once it exists.
 fn nth_descendant(proc: &Proc, n: usize) -> i32 {
     let deadline = std::time::Instant::now() + TIMEOUT;
@@ -577,22 +591,11 @@ fn process_inside_a_pid_namespace_it_does_not_lead() {
         .args(["--pid", "--fork", "/bin/sh", "-c", "sleep 60 & wait"])
         .spawn();
     let sleeper = nth_descendant(&outer, 1);
-    let image = scratch.join("image");
-    let run = ferry(
+    let run = refused_pid(
         &scratch,
-        &[
-            os("checkpoint"),
-            os(&sleeper.to_string()),
-            os("--dir"),
-            image.as_os_str(),
-        ],
-    );
-    assert_eq!(run.code(), 3, "{}", run.describe());
-    assert!(
-        run.stderr
-            .contains("not migratable: it is pid 2 of a PID namespace; that namespace moves whole"),
-        "{}",
-        run.describe()
+        sleeper,
+        "image",
+        "not migratable: it is pid 2 of a PID namespace; that namespace moves whole",
     );
     let stat = proc_stat(sleeper).expect("the refused process is gone");
     assert!(
@@ -614,22 +617,11 @@ fn process_inside_a_pid_namespace_it_does_not_lead() {
         .args(["-c", "unshare --pid --fork sleep 60; echo over"])
         .spawn();
     nth_descendant(&shell, 1);
-    let image = scratch.join("image-tree");
-    let run = ferry(
+    let run = refused_pid(
         &scratch,
-        &[
-            os("checkpoint"),
-            os(&shell.raw_pid().to_string()),
-            os("--dir"),
-            image.as_os_str(),
-        ],
-    );
-    assert_eq!(run.code(), 3, "{}", run.describe());
-    assert!(
-        run.stderr
-            .contains("it lives in another PID namespace than the root of its tree"),
-        "{}",
-        run.describe()
+        shell.raw_pid(),
+        "image-tree",
+        "it lives in another PID namespace than the root of its tree",
     );
     assert!(
         !matches!(
@@ -661,22 +653,11 @@ fn pid_namespace_joined_from_outside() {
         .args(["--target", init_arg.as_str(), "--pid", "--", "sleep", "60"])
         .spawn();
     nth_descendant(&joiner, 0);
-    let image = scratch.join("image");
-    let run = ferry(
+    let run = refused_pid(
         &scratch,
-        &[
-            os("checkpoint"),
-            os(&init_arg),
-            os("--dir"),
-            image.as_os_str(),
-        ],
-    );
-    assert_eq!(run.code(), 3, "{}", run.describe());
-    assert!(
-        run.stderr
-            .contains("without descending from it (it joined with setns)"),
-        "{}",
-        run.describe()
+        init,
+        "image",
+        "without descending from it (it joined with setns)",
     );
     let stat = proc_stat(init).expect("the refused init is gone");
     assert!(
