@@ -14,6 +14,7 @@ have mount || need+=(mount)
 have ip || need+=(iproute2)
 have tc || need+=(iproute2)
 have nsenter || need+=(util-linux)
+have unshare || need+=(util-linux)
 have setsid || need+=(util-linux)
 have flock || need+=(util-linux)
 
