@@ -118,9 +118,10 @@ fn preflight_checks(pid: Pid, root: bool) -> Result<(), CheckpointError> {
     check_threads(pid, &status)
 }
 
-/// Refuses a process with children (living or not yet reaped): a migration moves one
-/// process, and children left behind would lose their parent (and it them).
-/// `ferry checkpoint` takes them along instead ([`crate::tree`]).
+/// Refuses a process with children (living or not yet reaped), for a capture of one process:
+/// children left behind would lose their parent (and it them). A process that has children
+/// when a checkpoint or migration begins moves with them, as a tree ([`crate::tree`]); this
+/// catches children born after that.
 pub fn check_no_children(pid: Pid) -> Result<(), CheckpointError> {
     let children = proc::children(pid).map_err(CheckpointError::sys("listing children"))?;
     let Some(&child) = children.first() else {
@@ -130,12 +131,25 @@ pub fn check_no_children(pid: Pid) -> Result<(), CheckpointError> {
     Err(refuse(
         pid,
         format!(
-            "it has {} child process{} (pid {child} {comm}{}); process trees move with ferry checkpoint and restore, not yet by migration",
+            "it started {} child process{} (pid {child} {comm}{}) after ferry looked at it; try again, and its tree moves whole",
             children.len(),
             if children.len() == 1 { "" } else { "es" },
             if children.len() > 1 { ", …" } else { "" }
         ),
     ))
+}
+
+/// Every descendant of `pid` (as far as they can be listed): the processes that move with
+/// it.
+pub fn descendants(pid: Pid) -> Vec<Pid> {
+    let mut out = Vec::new();
+    let mut next = vec![pid];
+    while let Some(p) = next.pop() {
+        let children = proc::children(p).unwrap_or_default();
+        out.extend(children.iter().copied());
+        next.extend(children);
+    }
+    out
 }
 
 /// Checks that must hold while the process is frozen (threads may have appeared since the

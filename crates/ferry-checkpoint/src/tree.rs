@@ -288,17 +288,90 @@ fn split_pairs(members: &[(Pid, &ProcessImage, &[OpenFd])]) -> Vec<(u64, u64)> {
     pairs.into_iter().collect()
 }
 
-/// Checkpoints `root` and its descendants into `dir`: the root's image in `dir`, every other
-/// living member's in `dir/pid-N`, and `tree.img`. Fails with every process left running.
-pub(crate) fn checkpoint_tree(
+/// A process tree frozen and captured but for the bytes of its pages (what a migration of a
+/// tree starts from): every member stays parked, its pages readable, until the tree is
+/// resumed or killed (dropped: resumed, children first).
+pub struct ExcisedTree {
+    held: Vec<Held>,
+    /// The manifest, ids as the tree's own PID namespace numbers them if it has one.
+    pub tree: TreeImage,
+    /// Every living member in tree order (the root first).
+    pub members: Vec<ExcisedMember>,
+    namespace: Option<crate::pidns::Localizer>,
+    /// When the root stopped.
+    pub frozen_at: Instant,
+    pub injected_calls: u64,
+    /// From the root's stop to every member captured.
+    pub excision: std::time::Duration,
+}
+
+/// One living member of an [`ExcisedTree`].
+pub struct ExcisedMember {
+    /// Its pid on this host (its image holds its namespace's, when the tree has one).
+    pub pid: Pid,
+    pub image: ProcessImage,
+    /// Its page runs, with how to read each from the frozen process.
+    pub segments: Vec<pagecopy::Segment>,
+    pub pagemap_scan: bool,
+}
+
+impl ExcisedTree {
+    /// Host pids of every member (zombies too), in tree order, as the caller knows them.
+    pub fn host_pids(&self) -> Vec<(i32, bool)> {
+        self.held
+            .iter()
+            .map(|h| (h.member.pid, h.member.zombie.is_some()))
+            .collect()
+    }
+
+    /// How the root's thread was caught (e.g. inside a restartable system call).
+    pub fn interrupted(&self) -> String {
+        self.held[0]
+            .frozen
+            .as_ref()
+            .map(|f| format!("{:?}", restart::classify(&f.regs)))
+            .unwrap_or_default()
+    }
+
+    /// Puts every member back as it was and lets the tree run (children first).
+    pub fn resume(mut self) -> Result<(), SysError> {
+        self.resume_all()
+    }
+
+    fn resume_all(&mut self) -> Result<(), SysError> {
+        for h in self.held.iter_mut().rev() {
+            if let Some(f) = h.frozen.take() {
+                f.resume()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the tree: each member after its children, reaped by its parent (its pids are free
+    /// again at once).
+    pub fn kill(mut self) -> Result<(), SysError> {
+        let namespace = self.namespace.take();
+        kill_tree(&mut self.held, |p| {
+            namespace.as_ref().map_or(p, |ns| ns.id(p))
+        })
+    }
+}
+
+impl Drop for ExcisedTree {
+    fn drop(&mut self) {
+        if let Err(e) = self.resume_all() {
+            warn!(error = %e, "could not resume a process tree cleanly");
+        }
+    }
+}
+
+/// Freezes `root` and every descendant and captures them (all but their page bytes), with
+/// `rules` for each. Fails with every process left running.
+pub fn excise_tree(
     root: Pid,
-    dir: &Path,
-    opts: CheckpointOptions,
-    rules: mobility::Options,
+    rules: &mobility::Options,
     platform: Platform,
-    started: Instant,
-) -> Result<CheckpointReport, CheckpointError> {
-    let mut root_writer = ImageWriter::create(dir, 0)?;
+) -> Result<ExcisedTree, CheckpointError> {
     let mut held = freeze_tree(root)?;
     let frozen_at = held[0]
         .frozen
@@ -351,6 +424,43 @@ pub(crate) fn checkpoint_tree(
     if let Some(ns) = &namespace {
         ns.tree(&mut tree);
     }
+    let members = captured
+        .into_iter()
+        .map(|(pid, mut image, segments, pagemap_scan, _)| {
+            if let Some(ns) = &namespace {
+                ns.image(&mut image);
+            }
+            ExcisedMember {
+                pid,
+                image,
+                segments,
+                pagemap_scan,
+            }
+        })
+        .collect();
+    Ok(ExcisedTree {
+        held,
+        tree,
+        members,
+        namespace,
+        frozen_at,
+        injected_calls,
+        excision: frozen_at.elapsed(),
+    })
+}
+
+/// Checkpoints `root` and its descendants into `dir`: the root's image in `dir`, every other
+/// living member's in `dir/pid-N`, and `tree.img`. Fails with every process left running.
+pub(crate) fn checkpoint_tree(
+    root: Pid,
+    dir: &Path,
+    opts: CheckpointOptions,
+    rules: mobility::Options,
+    platform: Platform,
+    started: Instant,
+) -> Result<CheckpointReport, CheckpointError> {
+    let mut root_writer = ImageWriter::create(dir, 0)?;
+    let mut excised = excise_tree(root, &rules, platform)?;
 
     // Pages of every member, then the manifest, the root's core.img last: a directory with a
     // core.img holds a complete tree.
@@ -363,15 +473,18 @@ pub(crate) fn checkpoint_tree(
     let mut root_image = None;
     let (mut memory_bytes, mut mappings, mut page_runs, mut fds) = (0, 0, 0, 0);
     let mut pagemap_scan_all = true;
-    for (pid, mut image, segments, pagemap_scan, _) in captured {
+    for m in std::mem::take(&mut excised.members) {
+        let ExcisedMember {
+            pid,
+            mut image,
+            segments,
+            pagemap_scan,
+        } = m;
         memory_bytes += image.memory.pages.bytes;
         mappings += image.memory.vmas.len();
         page_runs += image.memory.pages.runs.len();
         fds += image.files.fds.len();
         pagemap_scan_all &= pagemap_scan;
-        if let Some(ns) = &namespace {
-            ns.image(&mut image);
-        }
         if pid == root {
             pagecopy::copy_to_sink(pid, &segments, &mut root_writer)?;
             root_image = Some(image);
@@ -384,27 +497,24 @@ pub(crate) fn checkpoint_tree(
         w.finish(&mut image)?;
     }
     let mut root_image = root_image.expect("the root lives");
-    imagedir::write_tree(dir, &tree)?;
+    imagedir::write_tree(dir, &excised.tree)?;
     root_writer.finish(&mut root_image)?;
     written.done = true;
     let memory_copy = copy_started.elapsed();
 
-    let interrupted = held[0]
-        .frozen
-        .as_ref()
-        .map(|f| format!("{:?}", restart::classify(&f.regs)))
-        .unwrap_or_default();
+    let interrupted = excised.interrupted();
+    let injected_calls = excised.injected_calls;
+    let frozen_at = excised.frozen_at;
+    // Host pids, as the caller knows them.
+    let children = excised.host_pids()[1..].to_vec();
     if opts.leave_running {
-        for h in held.iter_mut().rev() {
-            if let Some(f) = h.frozen.take() {
-                f.resume()
-                    .map_err(CheckpointError::sys("resuming the process"))?;
-            }
-        }
+        excised
+            .resume()
+            .map_err(CheckpointError::sys("resuming the process"))?;
     } else {
-        kill_tree(&mut held, |p| namespace.as_ref().map_or(p, |ns| ns.id(p))).map_err(
-            CheckpointError::sys("ending the process tree after its checkpoint"),
-        )?;
+        excised.kill().map_err(CheckpointError::sys(
+            "ending the process tree after its checkpoint",
+        ))?;
     }
     let report = CheckpointReport {
         pid: root.as_raw(),
@@ -419,11 +529,7 @@ pub(crate) fn checkpoint_tree(
         injected_calls,
         interrupted,
         pagemap_scan: pagemap_scan_all,
-        // Host pids, as the caller knows them.
-        children: held[1..]
-            .iter()
-            .map(|h| (h.member.pid, h.member.zombie.is_some()))
-            .collect(),
+        children,
     };
     info!(?report, "tree checkpoint done");
     Ok(report)

@@ -385,8 +385,8 @@ impl Jobs {
             return verdict.clone();
         }
         let pid = Pid::from_raw(job.pid);
+        // A job with children moves with them (a tree): what it shares with them is fine.
         let verdict = ferry_checkpoint::mobility::preflight(pid)
-            .and_then(|()| ferry_checkpoint::mobility::check_no_children(pid))
             .and_then(|()| {
                 let opts = ferry_checkpoint::MobilityOptions {
                     links: self
@@ -394,6 +394,7 @@ impl Jobs {
                         .get()
                         .map(|m| m.links_of(job.pid).into_iter().map(|(_, fd)| fd).collect())
                         .unwrap_or_default(),
+                    tree: ferry_checkpoint::mobility::descendants(pid),
                     ..Default::default()
                 };
                 ferry_checkpoint::mobility::check_resources(pid, &opts)

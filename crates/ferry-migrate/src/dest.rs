@@ -26,6 +26,7 @@ use ferry_wire::{Connection, Received, Receiver, Role, Sender};
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tracing::{debug, error, info, warn};
 
+use crate::assembly::Assembly;
 use crate::changes::Changes;
 use crate::pages::PageMap;
 use crate::pinned::Pinned;
@@ -94,6 +95,33 @@ pub struct Dest {
     warm: Mutex<Option<VesselThread>>,
     /// Processes that still depend on another host for pages, by pid.
     pagers: Mutex<HashMap<i32, Arc<Pager>>>,
+    /// Process trees arriving, by their root's migration.
+    trees: Mutex<HashMap<String, Arc<Assembly>>>,
+}
+
+/// What one incoming flow carries.
+enum Part {
+    /// A process on its own.
+    Whole,
+    /// A tree's root (its flow commits the tree).
+    Root(Arc<Assembly>),
+    /// Another process of a tree.
+    Member(Arc<Assembly>),
+}
+
+impl Part {
+    fn assembly(&self) -> Option<&Arc<Assembly>> {
+        match self {
+            Part::Whole => None,
+            Part::Root(a) | Part::Member(a) => Some(a),
+        }
+    }
+}
+
+/// Where a flow's process is being built.
+enum Shell {
+    Vessel(VesselThread),
+    Tree(Arc<Assembly>),
 }
 
 impl Dest {
@@ -104,7 +132,19 @@ impl Dest {
             arrived: Notify::new(),
             warm: Mutex::new(None),
             pagers: Mutex::new(HashMap::new()),
+            trees: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The assembly of tree migration `id` (made by whichever of its flows comes first).
+    async fn assembly(&self, id: &str) -> Arc<Assembly> {
+        Arc::clone(
+            self.trees
+                .lock()
+                .await
+                .entry(id.to_string())
+                .or_insert_with(|| Assembly::new(id)),
+        )
     }
 
     /// If `pid` still depends on another host for pages, fetches them all now (so that it can
@@ -302,22 +342,43 @@ impl Dest {
                 };
                 if let Err(reason) = self.judge(&offer) {
                     info!(%peer, migration = %offer.migration, %reason, "refusing after the fact");
+                    if offer.processes > 1 {
+                        self.assembly(&offer.migration).await.fail(&reason);
+                        self.trees.lock().await.remove(&offer.migration);
+                    }
                     let _ = tx.send_msg(&ToSource::Abort { reason }).await;
                     return Ok(());
                 }
                 (offer, Some(state))
             }
+            ToDest::Member { tree, migration } => {
+                let part = Part::Member(self.assembly(&tree).await);
+                return self
+                    .incoming(&peer, &migration, None, part, None, tx, rx)
+                    .await;
+            }
             other => return Err(format!("unexpected first message {other:?}")),
         };
         let id = offer.migration.clone();
-        self.incoming(&peer, &id, offer, state, tx, rx).await
+        let part = if offer.processes > 1 {
+            Part::Root(self.assembly(&id).await)
+        } else {
+            Part::Whole
+        };
+        let result = self
+            .incoming(&peer, &id, Some(offer), part, state, tx, rx)
+            .await;
+        self.trees.lock().await.remove(&id);
+        result
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn incoming(
         self: &Arc<Dest>,
         peer: &str,
         id: &str,
-        offer: Offer,
+        offer: Option<Offer>,
+        part: Part,
         state: Option<Box<State>>,
         mut tx: Sender,
         mut rx: Receiver,
@@ -325,7 +386,7 @@ impl Dest {
         // Until the process runs here, any failure is reported to the source, which then
         // resumes it there.
         let lazy = match self
-            .build_and_start(peer, id, offer, state, &mut tx, &mut rx)
+            .build_and_start(peer, id, offer, part, state, &mut tx, &mut rx)
             .await
         {
             Ok(lazy) => lazy,
@@ -354,11 +415,13 @@ impl Dest {
     }
 
     /// Everything up to `Started`. Returns what the lazy phase needs, for lazy algorithms.
+    #[allow(clippy::too_many_arguments)]
     async fn build_and_start(
         self: &Arc<Dest>,
         peer: &str,
         id: &str,
-        offer: Offer,
+        offer: Option<Offer>,
+        part: Part,
         state: Option<Box<State>>,
         tx: &mut Sender,
         rx: &mut Receiver,
@@ -370,7 +433,8 @@ impl Dest {
         let sink = Arc::new(PageSink::new());
         let reader = tokio::spawn(read_pages(pages_rx, Arc::clone(&sink)));
 
-        // Pre-copy rounds stream in (into staging) while we wait for the state.
+        // Pre-copy rounds stream in (into staging) while we wait for the state. (A tree's
+        // process that ended before the freeze never gets one: its flow just ends.)
         let state = match state {
             Some(s) => s,
             None => match rx.recv_msg::<ToDest>().await.map_err(|e| e.to_string())? {
@@ -379,6 +443,43 @@ impl Dest {
                 other => return Err(format!("expected the state, got {other:?}")),
             },
         };
+        let built = self
+            .build_from_state(
+                peer,
+                id,
+                offer.as_ref(),
+                &part,
+                state,
+                sink,
+                &reader,
+                tx,
+                rx,
+            )
+            .await;
+        if let (Err(e), Some(tree)) = (&built, part.assembly()) {
+            // The tree's other processes stop waiting for this one.
+            tree.fail(e);
+        }
+        if built.is_err() || matches!(built, Ok(None)) {
+            reader.abort();
+        }
+        built.map(|lazy| lazy.map(|(pager, sink, running)| (pager, sink, reader, running)))
+    }
+
+    /// [`Dest::build_and_start`] once the state is in.
+    #[allow(clippy::too_many_arguments)]
+    async fn build_from_state(
+        self: &Arc<Dest>,
+        peer: &str,
+        id: &str,
+        offer: Option<&Offer>,
+        part: &Part,
+        state: Box<State>,
+        sink: Arc<PageSink>,
+        reader: &tokio::task::JoinHandle<()>,
+        tx: &mut Sender,
+        rx: &mut Receiver,
+    ) -> Result<Option<(Arc<Pager>, Arc<PageSink>, Instant)>, String> {
         let received = Instant::now();
         let mut tl = Timeline::new();
         let algorithm = state.algorithm;
@@ -394,11 +495,192 @@ impl Dest {
             ),
             _ => None,
         };
-        info!(migration = id, %peer, %algorithm, comm = %offer.comm, "rebuilding");
+        let wait = self.cfg.timeout.max(Duration::from_secs(600));
+        info!(migration = id, %peer, %algorithm, pid = image.control.pid, "rebuilding");
 
-        // The vessel: the init of a new PID namespace for a process that had one of its own
-        // (its ids come back exactly); else a warm one if there is, else a new one.
-        let vessel = if image.pid_namespace.is_some() {
+        let (shell, pid, lazy_ranges) = match part {
+            Part::Whole => {
+                let vessel = self.vessel_for(&image).await?;
+                let img = Arc::clone(&image);
+                let built = vessel
+                    .call(
+                        move |slot| -> Result<(Pid, Vec<(u64, u64)>), RestoreError> {
+                            let Some(Slot::Warm(v)) = slot.take() else {
+                                return Err(RestoreError::PermissionDenied("no vessel".into()));
+                            };
+                            let b = Builder::new(v, img)?;
+                            let out = (b.pid(), b.lazy_ranges());
+                            *slot = Some(Slot::Building(Box::new(b)));
+                            Ok(out)
+                        },
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (pid, lazy) = built.map_err(|e| e.to_string())?;
+                (Shell::Vessel(vessel), pid, lazy)
+            }
+            Part::Root(tree) | Part::Member(tree) => {
+                // Built with the tree's other processes, once all are here.
+                let (pid, lazy) =
+                    watching(rx, tree.build(Arc::clone(&image), state.tree.clone(), wait)).await?;
+                (Shell::Tree(Arc::clone(tree)), pid, lazy)
+            }
+        };
+        tl.mark("vessel: mappings");
+        let lazy_ranges_kept = lazy_ranges.clone();
+
+        // Staged pages (pre-copy), then what follows the state, straight into the vessel. The
+        // state may overtake the last round on the other connection: wait for its end.
+        sink.wait_staged(wait)
+            .await
+            .map_err(|e| format!("pages: {e}"))?;
+        {
+            let staging = sink.staging.lock().await;
+            let (segments, _missing) = staging.for_runs(&image.memory.pages.runs);
+            ferry_checkpoint::restore::write_segments(pid, &segments).map_err(|e| e.to_string())?;
+        }
+        sink.target.send_replace(Target::Vessel(pid));
+        tl.mark("staged pages");
+        sink.wait_eager_done(wait)
+            .await
+            .map_err(|e| format!("pages: {e}"))?;
+        if let Some(e) = sink.failure.lock().await.take() {
+            return Err(e);
+        }
+
+        // Lazy algorithms: the rest of the memory comes through userfaultfd.
+        let map = Arc::new(PageMap::new(&image.memory.pages.runs));
+        tl.mark("first pages");
+        let uffd = if algorithm.lazy() {
+            let make = move |b: &mut Builder| lazy_uffd(b, &lazy_ranges);
+            let uffd = match &shell {
+                Shell::Vessel(vessel) => vessel
+                    .call(move |slot| match slot.as_mut() {
+                        Some(Slot::Building(b)) => make(b),
+                        _ => Err("no vessel".into()),
+                    })
+                    .await
+                    .map_err(|e| e.to_string())??,
+                Shell::Tree(tree) => tree.make_uffd(image.control.pid, make).await?,
+            };
+            Some(Arc::new(uffd))
+        } else {
+            None
+        };
+
+        // Complete, still stopped (a tree: every process of it).
+        match &shell {
+            Shell::Vessel(vessel) => vessel
+                .call(|slot| match slot.as_mut() {
+                    Some(Slot::Building(b)) => b.finish().map_err(|e| e.to_string()),
+                    _ => Err("no vessel".into()),
+                })
+                .await
+                .map_err(|e| e.to_string())??,
+            Shell::Tree(tree) => watching(rx, tree.prepared(image.control.pid, wait)).await?,
+        }
+        tl.mark("uffd + finish");
+        let insertion_ms = ms(received.elapsed());
+        tx.send_msg(&ToSource::Ready { insertion_ms })
+            .await
+            .map_err(|e| e.to_string())?;
+        let started = match (part, &shell) {
+            // Another process of a tree: it starts with the tree, on the root's commit.
+            (Part::Member(tree), _) => watching(rx, tree.started(image.control.pid, wait)).await?,
+            (_, shell) => {
+                match rx.recv_msg::<ToDest>().await {
+                    Ok(ToDest::Commit) => {}
+                    Ok(ToDest::Abort { reason }) => {
+                        self.record(id, "aborted");
+                        return Err(format!("the source gave up: {reason}"));
+                    }
+                    other => {
+                        // Lost before the commit: the process will not run here.
+                        self.record(id, "aborted");
+                        return Err(format!("no commit: {other:?}"));
+                    }
+                }
+                // Recorded before the start: a source that lost the link and asks meanwhile
+                // hears "pending", never "not started" about a process that may be running.
+                tl.mark("ready → commit");
+                self.record(id, "committed");
+                let started = match shell {
+                    Shell::Vessel(vessel) => vessel
+                        .call(|slot| match slot.take() {
+                            Some(Slot::Building(b)) => (*b).start().map_err(|e| e.to_string()),
+                            _ => Err("no vessel".into()),
+                        })
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map(|(pid, _report)| pid)),
+                    Shell::Tree(tree) => tree.start().await,
+                };
+                match started {
+                    Ok(pid) => pid,
+                    Err(e) => {
+                        // The vessel is dead (never detached): the source may resume its copy.
+                        self.record(id, "aborted");
+                        return Err(format!("starting the process failed: {e}"));
+                    }
+                }
+            }
+        };
+        drop(shell);
+        if !matches!(part, Part::Member(_)) {
+            self.record(id, &format!("started {}", started.as_raw()));
+        }
+        let pid = started;
+        tl.mark("start");
+        debug!(migration = id, timeline = %tl, "destination timeline");
+        let running = Instant::now();
+        // It runs: from here nothing is reported as an abort. A source that misses this asks
+        // (Query) and reads the commit record.
+        if let Err(e) = tx.send_msg(&ToSource::Started { pid: pid.as_raw() }).await {
+            warn!(migration = id, pid = pid.as_raw(), error = %e, "started, but lost the source");
+        }
+        info!(migration = id, pid = pid.as_raw(), insertion_ms, "running");
+        // The daemon's child (a tree's root): announced, and reaped when it ends. The tree's
+        // other processes are their parents' children.
+        if let Some(offer) = offer {
+            if let Some(events) = &self.cfg.events {
+                let _ = events.send(DestEvent::Started {
+                    migration: id.to_string(),
+                    from: offer.from.clone(),
+                    pid: pid.as_raw(),
+                    tag: offer.tag.clone(),
+                });
+            }
+            reap_when_done(pid, self.cfg.events.clone());
+        }
+
+        let Some(uffd) = uffd else {
+            return Ok(None);
+        };
+        // If this daemon dies, the kernel would fill the missing pages with zeros and the
+        // process would run on with wrong memory: the guard ends it instead.
+        let guard = ferry_sys::uffd::PagerGuard::new(&uffd)
+            .map_err(|e| format!("guarding the pager: {e}"))?;
+        let _ = reader;
+        let pager = Pager::new(
+            id.to_string(),
+            algorithm,
+            Registered {
+                pid,
+                uffd: Arc::clone(&uffd),
+                ranges: lazy_ranges_kept,
+                guard,
+            },
+            map,
+            store,
+        )?;
+        Ok(Some((Arc::new(pager), sink, running)))
+    }
+
+    /// The vessel for a process on its own: the init of a new PID namespace for a process
+    /// that had one of its own (its ids come back exactly); else a warm one if there is,
+    /// else a new one.
+    async fn vessel_for(self: &Arc<Dest>, image: &ProcessImage) -> Result<VesselThread, String> {
+        Ok(if image.pid_namespace.is_some() {
             Pinned::spawn("ferry-vessel", || Vessel::prepare_as_init().map(Slot::Warm))
                 .await
                 .map_err(|e| e.to_string())?
@@ -414,180 +696,47 @@ impl Dest {
             let again = Arc::clone(self);
             tokio::spawn(async move { again.warm_up().await });
             vessel
-        };
+        })
+    }
+}
 
-        let img = Arc::clone(&image);
-        let built = vessel
-            .call(
-                move |slot| -> Result<(Pid, Vec<(u64, u64)>), RestoreError> {
-                    let Some(Slot::Warm(v)) = slot.take() else {
-                        return Err(RestoreError::PermissionDenied("no vessel".into()));
-                    };
-                    let b = Builder::new(v, img)?;
-                    let out = (b.pid(), b.lazy_ranges());
-                    *slot = Some(Slot::Building(Box::new(b)));
-                    Ok(out)
-                },
-            )
-            .await
+/// A userfaultfd made inside a process being built, with its lazy ranges registered.
+fn lazy_uffd(b: &mut Builder, lazy_ranges: &[(u64, u64)]) -> Result<Uffd, String> {
+    // A full uffd (not user-mode-only): the process's own system calls must wait for missing
+    // pages too, not fail with EFAULT. The vessel is still privileged here.
+    let mut uffd = b
+        .with_injector("creating a userfaultfd", |inj| {
+            Uffd::create_in_tracee(inj, 0)
+        })
+        .map_err(|e| e.to_string())?;
+    // The process's unmap/discard/move must be seen before more pages land.
+    uffd.api(
+        ferry_sys::abi::UFFD_FEATURE_EVENT_UNMAP
+            | ferry_sys::abi::UFFD_FEATURE_EVENT_REMOVE
+            | ferry_sys::abi::UFFD_FEATURE_EVENT_REMAP,
+    )
+    .map_err(|e| e.to_string())?;
+    for &(s, e) in lazy_ranges {
+        uffd.register(s, e - s, RegisterMode::MISSING)
             .map_err(|e| e.to_string())?;
-        let (pid, lazy_ranges) = built.map_err(|e| e.to_string())?;
-        tl.mark("vessel: mappings");
-        let lazy_ranges_kept = lazy_ranges.clone();
+    }
+    Ok(uffd)
+}
 
-        // Staged pages (pre-copy), then what follows the state, straight into the vessel. The
-        // state may overtake the last round on the other connection: wait for its end.
-        sink.wait_staged(self.cfg.timeout.max(Duration::from_secs(600)))
-            .await
-            .map_err(|e| format!("pages: {e}"))?;
-        {
-            let staging = sink.staging.lock().await;
-            let (segments, _missing) = staging.for_runs(&image.memory.pages.runs);
-            ferry_checkpoint::restore::write_segments(pid, &segments).map_err(|e| e.to_string())?;
-        }
-        sink.target.send_replace(Target::Vessel(pid));
-        tl.mark("staged pages");
-        sink.wait_eager_done(self.cfg.timeout.max(Duration::from_secs(600)))
-            .await
-            .map_err(|e| format!("pages: {e}"))?;
-        if let Some(e) = sink.failure.lock().await.take() {
-            return Err(e);
-        }
-
-        // Lazy algorithms: the rest of the memory comes through userfaultfd.
-        let map = Arc::new(PageMap::new(&image.memory.pages.runs));
-        tl.mark("first pages");
-        let uffd = if algorithm.lazy() {
-            let uffd = vessel
-                .call(move |slot| -> Result<Uffd, String> {
-                    let Some(Slot::Building(b)) = slot.as_mut() else {
-                        return Err("no vessel".into());
-                    };
-                    // A full uffd (not user-mode-only): the process's own system calls must
-                    // wait for missing pages too, not fail with EFAULT. The vessel is still
-                    // privileged here.
-                    let mut uffd = b
-                        .with_injector("creating a userfaultfd", |inj| {
-                            Uffd::create_in_tracee(inj, 0)
-                        })
-                        .map_err(|e| e.to_string())?;
-                    // The process's unmap/discard/move must be seen before more pages land.
-                    uffd.api(
-                        ferry_sys::abi::UFFD_FEATURE_EVENT_UNMAP
-                            | ferry_sys::abi::UFFD_FEATURE_EVENT_REMOVE
-                            | ferry_sys::abi::UFFD_FEATURE_EVENT_REMAP,
-                    )
-                    .map_err(|e| e.to_string())?;
-                    for &(s, e) in lazy_ranges.iter() {
-                        uffd.register(s, e - s, RegisterMode::MISSING)
-                            .map_err(|e| e.to_string())?;
-                    }
-                    Ok(uffd)
-                })
-                .await
-                .map_err(|e| e.to_string())??;
-            Some(Arc::new(uffd))
-        } else {
-            None
-        };
-
-        // Complete, still stopped.
-        vessel
-            .call(|slot| match slot.as_mut() {
-                Some(Slot::Building(b)) => b.finish().map_err(|e| e.to_string()),
-                _ => Err("no vessel".into()),
-            })
-            .await
-            .map_err(|e| e.to_string())??;
-        tl.mark("uffd + finish");
-        let insertion_ms = ms(received.elapsed());
-        tx.send_msg(&ToSource::Ready { insertion_ms })
-            .await
-            .map_err(|e| e.to_string())?;
-        match rx.recv_msg::<ToDest>().await {
-            Ok(ToDest::Commit) => {}
-            Ok(ToDest::Abort { reason }) => {
-                self.record(id, "aborted");
-                return Err(format!("the source gave up: {reason}"));
-            }
-            other => {
-                // Lost before the commit: the process will not run here.
-                self.record(id, "aborted");
-                return Err(format!("no commit: {other:?}"));
-            }
-        }
-        // Recorded before the start: a source that lost the link and asks meanwhile hears
-        // "pending", never "not started" about a process that may be running.
-        tl.mark("ready → commit");
-        self.record(id, "committed");
-        let started = vessel
-            .call(|slot| match slot.take() {
-                Some(Slot::Building(b)) => (*b).start().map_err(|e| e.to_string()),
-                _ => Err("no vessel".into()),
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-        drop(vessel);
-        let (pid, _report) = match started {
-            Ok(s) => s,
-            Err(e) => {
-                // The vessel is dead (never detached): the source may resume its copy.
-                self.record(id, "aborted");
-                return Err(format!("starting the process failed: {e}"));
-            }
-        };
-        self.record(id, &format!("started {}", pid.as_raw()));
-        tl.mark("start");
-        debug!(migration = id, timeline = %tl, "destination timeline");
-        let running = Instant::now();
-        // It runs: from here nothing is reported as an abort. A source that misses this asks
-        // (Query) and reads the commit record.
-        if let Err(e) = tx.send_msg(&ToSource::Started { pid: pid.as_raw() }).await {
-            warn!(migration = id, pid = pid.as_raw(), error = %e, "started, but lost the source");
-        }
-        info!(migration = id, pid = pid.as_raw(), insertion_ms, "running");
-        if let Some(events) = &self.cfg.events {
-            let _ = events.send(DestEvent::Started {
-                migration: id.to_string(),
-                from: offer.from.clone(),
-                pid: pid.as_raw(),
-                tag: offer.tag.clone(),
-            });
-        }
-        reap_when_done(pid, self.cfg.events.clone());
-
-        let Some(uffd) = uffd else {
-            reader.abort();
-            return Ok(None);
-        };
-        // If this daemon dies, the kernel would fill the missing pages with zeros and the
-        // process would run on with wrong memory: the guard ends it instead.
-        // (The pages reader waits for the pager for stream frames: end it if there is none.)
-        let guard = match ferry_sys::uffd::PagerGuard::new(&uffd) {
-            Ok(g) => g,
-            Err(e) => {
-                reader.abort();
-                return Err(format!("guarding the pager: {e}"));
-            }
-        };
-        let pager = Pager::new(
-            id.to_string(),
-            algorithm,
-            Registered {
-                pid,
-                uffd: Arc::clone(&uffd),
-                ranges: lazy_ranges_kept,
-                guard,
-            },
-            map,
-            store,
-        )
-        .map_err(|e| {
-            reader.abort();
-            e.to_string()
-        })?;
-        Ok(Some((Arc::new(pager), sink, reader, running)))
+/// Runs `fut` (a wait for the tree's other processes) while watching the source's control
+/// connection, on which nothing is expected meanwhile: a message (an abort) or a broken link
+/// ends the wait.
+async fn watching<T>(
+    rx: &mut Receiver,
+    fut: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::select! {
+        r = fut => r,
+        m = rx.recv_msg::<ToDest>() => Err(match m {
+            Ok(ToDest::Abort { reason }) => format!("the source gave up: {reason}"),
+            Ok(other) => format!("unexpected {other:?}"),
+            Err(e) => format!("lost the source: {e}"),
+        }),
     }
 }
 

@@ -1,5 +1,6 @@
 //! Live migration of a process from one host to another.
 //!
+//! - `assembly`: a process tree arriving in one flow per process, rebuilt as one.
 //! - [`pinned`]: ptrace-bound state (a frozen source, a vessel) on a thread of its own.
 //! - [`changes`]: address-space changes of a lazily restored process, and what they mean
 //!   for its image pages.
@@ -12,6 +13,7 @@
 //!   in page-store role.
 #![forbid(unsafe_code)]
 
+mod assembly;
 pub mod changes;
 pub mod dest;
 pub mod hot;

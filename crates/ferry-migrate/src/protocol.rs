@@ -33,12 +33,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use ferry_image::{Platform, ProcessImage};
+use ferry_image::{Platform, ProcessImage, TreeImage};
 
 use crate::report::{Algorithm, FaultStats};
 
 /// Version of this protocol; both ends must speak the same.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 
 /// Page frame tags.
 pub mod tag {
@@ -65,6 +65,9 @@ pub struct Offer {
     pub platform: Platform,
     /// What the layer above says about the process (the cluster's job record), carried as is.
     pub tag: Option<String>,
+    /// Processes that move: 1, or a tree's living members (each comes on a flow of its own,
+    /// introduced by `ToDest::Member`; `memory_bytes` and `files` are the whole tree's).
+    pub processes: u32,
 }
 
 /// The frozen process's state.
@@ -73,6 +76,9 @@ pub struct State {
     pub migration: String,
     pub algorithm: Algorithm,
     pub image: ProcessImage,
+    /// A tree's manifest, on its root's state: the destination rebuilds the tree once every
+    /// living member's state arrived.
+    pub tree: Option<TreeImage>,
     /// Pages that follow right after this message, as page frames, before `PagesEnd`.
     pub eager_bytes: u64,
     /// The offer, for freeze-free (which skips the negotiation).
@@ -98,6 +104,13 @@ pub enum ToDest {
         migration: String,
     },
     Offer(Box<Offer>),
+    /// First message of a tree member's control connection: it belongs to the tree whose
+    /// root is migration `tree`, and is migration `migration` itself (its pages connection
+    /// attaches with that name).
+    Member {
+        tree: String,
+        migration: String,
+    },
     State(Box<State>),
     /// Pre-copy: round `round` of pages (page frames) follows.
     Round {

@@ -109,6 +109,9 @@ pub struct MigrationReport {
     /// its pid (1) and its threads' ids there. Otherwise they are new at the destination.
     #[serde(default)]
     pub ids_kept: bool,
+    /// Processes moved: 1, or a tree's living members (0 in reports of older daemons).
+    #[serde(default)]
+    pub processes: u32,
     /// Targets that refused, with their reason, before `to` accepted.
     pub rejected: Vec<(String, String)>,
     /// Request received → process executing at the destination.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use ferry_checkpoint::mobility::LinkFd;
 use ferry_checkpoint::pagecopy::Segment;
 use ferry_checkpoint::{CheckpointError, Excised, MobilityOptions};
-use ferry_image::{Backing, PAGE_SIZE, ProcessImage};
+use ferry_image::{Backing, PAGE_SIZE, ProcessImage, TreeImage};
 use ferry_sys::dirty::{DirtyTracker, UffdWpTracker};
 use ferry_sys::{Pid, mem};
 use ferry_wire::{ClusterSecret, Connection, Mode, Received, Receiver, Role, Sender};
@@ -33,6 +33,8 @@ use crate::pinned::Pinned;
 use crate::protocol::{self, Offer, PROTOCOL, State, ToDest, ToSource, tag};
 use crate::report::{Algorithm, MigrationReport, Timeline};
 use crate::store::PageStore;
+
+mod tree;
 
 /// How the source behaves.
 #[derive(Clone)]
@@ -172,7 +174,12 @@ pub async fn migrate_out(
             rejected_before: rejected.clone(),
             links: links.clone(),
         };
-        match run.attempt(&offer, &mut timeline).await {
+        let attempt = if offer.processes > 1 {
+            run.attempt_tree(&offer, &mut timeline).await
+        } else {
+            run.attempt(&offer, &mut timeline).await
+        };
+        match attempt {
             Ok(report) => return Ok(report),
             Err(Attempt::Rejected(reason)) => {
                 info!(migration = %id, target = %target.name, %reason, "refused");
@@ -185,6 +192,7 @@ pub async fn migrate_out(
 }
 
 /// What the destination must know before it accepts: checked while the process still runs.
+/// A process with children offers its whole tree (every descendant moves with it).
 fn make_offer(
     cfg: &SourceConfig,
     id: &str,
@@ -195,17 +203,64 @@ fn make_offer(
 ) -> Result<Offer, MigrateError> {
     let p = Pid::from_raw(pid);
     ferry_checkpoint::mobility::preflight(p).map_err(checkpoint_error)?;
-    ferry_checkpoint::mobility::check_no_children(p).map_err(checkpoint_error)?;
-    let opts = MobilityOptions {
+    let members = ferry_checkpoint::mobility::descendants(p);
+    let mut opts = MobilityOptions {
         links: links.to_vec(),
+        tree: members.clone(),
         ..Default::default()
     };
     ferry_checkpoint::mobility::check_resources(p, &opts).map_err(checkpoint_error)?;
+    opts.links.clear();
     let status = ferry_sys::proc::status(p).map_err(|e| MigrateError::Failed(e.to_string()))?;
-    // Files the destination must have (a memfd's or deleted file's contents travel in the
-    // image; a deleted file needs its directory).
+    let mut memory_bytes = 0;
     let mut files: Vec<String> = Vec::new();
-    if let Ok(fds) = ferry_sys::proc::open_fds(p) {
+    for (i, &member) in std::iter::once(&p).chain(&members).enumerate() {
+        if i > 0 {
+            // Checked again, whole, once the tree is frozen; a member that ends meanwhile is
+            // no reason to refuse.
+            opts.tree = std::iter::once(p)
+                .chain(members.iter().copied())
+                .filter(|&m| m != member)
+                .collect();
+            match ferry_checkpoint::mobility::check_resources(member, &opts) {
+                Err(CheckpointError::NotMigratable { reason, .. }) => {
+                    return Err(MigrateError::NotMigratable(format!(
+                        "process {member} of its tree: {reason}"
+                    )));
+                }
+                Err(e) => debug!(pid = member.as_raw(), error = %e, "a member of the tree"),
+                Ok(()) => {}
+            }
+        }
+        if let Ok(s) = ferry_sys::proc::status(member) {
+            memory_bytes += (s.rssanon.unwrap_or(0) + s.rssshmem.unwrap_or(0)) * 1024;
+        }
+        needed_files(member, &mut files);
+    }
+    files.sort();
+    files.dedup();
+    let platform = ferry_checkpoint::platform::host_platform()
+        .map_err(|e| MigrateError::Failed(format!("fingerprinting this host: {e}")))?;
+    Ok(Offer {
+        protocol: PROTOCOL,
+        migration: id.to_string(),
+        from: cfg.node.clone(),
+        algorithm,
+        comm: status.name.clone(),
+        pid,
+        uid: status.ruid,
+        memory_bytes,
+        files,
+        platform,
+        tag,
+        processes: 1 + members.len() as u32,
+    })
+}
+
+/// Files `pid` has open or mapped, which the destination must have (a memfd's or deleted
+/// file's contents travel in the image; a deleted file needs its directory).
+fn needed_files(pid: Pid, files: &mut Vec<String>) {
+    if let Ok(fds) = ferry_sys::proc::open_fds(pid) {
         for fd in fds.iter().filter(|f| f.target.starts_with(b"/")) {
             let target = String::from_utf8_lossy(&fd.target);
             if target.starts_with("/memfd:") {
@@ -220,34 +275,58 @@ fn make_offer(
             }
         }
     }
-    if let Ok(maps) = ferry_sys::proc::read_maps(p) {
+    if let Ok(maps) = ferry_sys::proc::read_maps(pid) {
         files.extend(
             maps.iter()
                 .filter(|m| m.path.starts_with(b"/") && !m.path.ends_with(b" (deleted)"))
                 .map(|m| String::from_utf8_lossy(&m.path).into_owned()),
         );
     }
-    files.sort();
-    files.dedup();
-    let platform = ferry_checkpoint::platform::host_platform()
-        .map_err(|e| MigrateError::Failed(format!("fingerprinting this host: {e}")))?;
-    Ok(Offer {
-        protocol: PROTOCOL,
-        migration: id.to_string(),
-        from: cfg.node.clone(),
-        algorithm,
-        comm: status.name.clone(),
-        pid,
-        uid: status.ruid,
-        memory_bytes: (status.rssanon.unwrap_or(0) + status.rssshmem.unwrap_or(0)) * 1024,
-        files,
-        platform,
-        tag,
-    })
 }
 
 /// The frozen process, on its own thread.
 type FrozenProc = Pinned<Excised>;
+
+/// One process's connections to the destination, and its figures so far.
+struct Flow {
+    ctl_tx: Sender,
+    ctl_rx: Receiver,
+    pages: Sender,
+    report: MigrationReport,
+    precopy: Option<PreCopy>,
+}
+
+/// How a flow introduces itself to the destination.
+enum Hello<'a> {
+    /// A process, or a tree's root: the offer (freeze-free sends it with the state).
+    Offer(&'a Offer),
+    /// Another process of the tree migration `tree` (whose root made the offer).
+    Member { tree: &'a str },
+}
+
+/// Why a commit did not end with the process running at the destination.
+enum Uncommitted {
+    /// It never will start there: the process may resume here.
+    NotStarted(String),
+    /// Nobody knows: it must stay frozen here.
+    Unknown(MigrateError),
+}
+
+/// From here on the processes must never resume here unless the destination says it did
+/// not start them. A pending SIGSTOP makes that hold even if this daemon dies: the kernel
+/// then detaches each frozen process, which stops instead of running a second copy.
+fn stop_for_commit(pids: &[i32]) {
+    for &pid in pids {
+        let _ = ferry_sys::host::send_signal(Pid::from_raw(pid), ferry_sys::libc::SIGSTOP);
+    }
+}
+
+/// Undoes [`stop_for_commit`]: SIGCONT discards the pending SIGSTOP.
+fn resume_after_commit(pids: &[i32]) {
+    for &pid in pids {
+        let _ = ferry_sys::host::send_signal(Pid::from_raw(pid), ferry_sys::libc::SIGCONT);
+    }
+}
 
 struct Run {
     cfg: Arc<SourceConfig>,
@@ -307,54 +386,19 @@ impl Run {
     }
 
     async fn attempt(&self, offer: &Offer, tl: &mut Timeline) -> Result<MigrationReport, Attempt> {
-        let control = self.connect(Role::Control, true).await?;
-        tl.mark("connect (control)");
-        let (mut ctl_tx, mut ctl_rx) = control.into_split();
-        if self.algorithm != Algorithm::FreezeFree {
-            ctl_tx
-                .send_msg(&ToDest::Offer(Box::new(offer.clone())))
-                .await
-                .map_err(|e| Attempt::Rejected(format!("lost: {e}")))?;
-            match self.recv(&mut ctl_rx, "the answer to the offer").await? {
-                ToSource::Accept => {}
-                ToSource::Reject { reason } => return Err(Attempt::Rejected(reason)),
-                other => {
-                    return Err(Attempt::Rejected(format!("unexpected answer {other:?}")));
-                }
-            }
-        }
-        let pages_conn = self.connect(Role::Pages, self.cfg.encrypt_pages).await?;
-        tl.mark("connect (pages)");
-        let (mut pages, _pages_rx) = pages_conn.into_split();
-        pages
-            .send_msg(&ToDest::Attach {
-                migration: self.id.clone(),
-            })
-            .await
-            .map_err(|e| Attempt::Rejected(format!("lost: {e}")))?;
-
-        let mut report = MigrationReport {
-            id: self.id.clone(),
-            algorithm: Some(self.algorithm),
-            from: self.cfg.node.clone(),
-            to: self.target.name.clone(),
-            pid: self.pid,
-            rejected: self.rejected_before.clone(),
-            ..MigrationReport::default()
-        };
+        let mut flow = self.open(Hello::Offer(offer), tl).await?;
 
         // Pre-copy: copy while the process runs.
-        let mut precopy = match self.algorithm {
-            Algorithm::PreCopy => Some(self.precopy(&mut pages, &mut report).await?),
-            _ => None,
-        };
+        if self.algorithm == Algorithm::PreCopy {
+            flow.precopy = Some(self.precopy(&mut flow.pages, &mut flow.report).await?);
+        }
 
         // Freeze.
         self.progress("freezing", 0, 0);
         let freeze_at = Instant::now();
         let pid = Pid::from_raw(self.pid);
         let opts = MobilityOptions {
-            own_write_protect: precopy.is_some(),
+            own_write_protect: flow.precopy.is_some(),
             links: self.links.clone(),
             ..MobilityOptions::default()
         };
@@ -373,187 +417,302 @@ impl Run {
             })
             .await
             .map_err(|e| Attempt::Fatal(MigrateError::Failed(e.to_string())))?;
-        report.excision_ms = ms(excision);
+        flow.report.excision_ms = ms(excision);
         let _ = self.updates.send(Update::Frozen);
         tl.mark("freeze + excise");
-        let map = PageMap::new(&image.memory.pages.runs);
 
-        // Which pages go now, with the state.
-        let eager: Vec<(u64, u64)> = match self.algorithm {
-            Algorithm::TotalCopy => segments.iter().map(|s| (s.addr, s.len)).collect(),
-            Algorithm::PreCopy => {
-                let tracked = precopy.as_mut().expect("pre-copy state");
-                tracked.final_pages(&segments).map_err(Attempt::Fatal)?
+        // Until `Commit`, any failure resumes the process here (dropping `frozen`).
+        let eager = self.eager_pages(flow.precopy.as_mut(), &image, &segments)?;
+        self.send_state(&mut flow, &image, None, &eager, offer)
+            .await?;
+        self.send_eager(&mut flow, &eager, &segments).await?;
+        tl.mark("send state + first pages");
+        self.await_ready(&mut flow).await?;
+        tl.mark("destination ready");
+
+        stop_for_commit(&[self.pid]);
+        let started = match self.commit(&mut flow).await {
+            Ok(pid) => pid,
+            // It did not start there (and never will): resume here.
+            Err(Uncommitted::NotStarted(why)) => {
+                resume_after_commit(&[self.pid]);
+                drop(frozen);
+                return Err(Attempt::Rejected(why));
             }
-            Algorithm::DemandPaging | Algorithm::FileServer => {
-                let mut e = not_faultable(&image, &segments);
-                e.extend(touched_at_start(&image, &map));
+            Err(Uncommitted::Unknown(e)) => {
+                // Unknown outcome: keep the process frozen (and this thread) rather than
+                // risk two running copies. An operator decides.
+                std::mem::forget(frozen);
+                return Err(Attempt::Fatal(e));
+            }
+        };
+        tl.mark("commit → started");
+        debug!(migration = %self.id, timeline = %tl, "source timeline");
+        self.running(&mut flow.report, started, freeze_at);
+
+        let served = self
+            .after_start(flow, Arc::new(segments), Arc::new(eager), Arc::new(image))
+            .await;
+        // Nothing can be needed from here any more (or the lazy phase failed: the process ran
+        // at the destination and must never resume here): release the process.
+        let _ = frozen.call(|e| e.take().map(|e| e.frozen.kill())).await;
+        let mut report = served.map_err(Attempt::Fatal)?;
+        report.total_ms = Some(ms(self.t0.elapsed()));
+        info!(migration = %self.id, ?report, "migration complete");
+        Ok(report)
+    }
+
+    /// Connects to the target (control and pages) and introduces the process: its offer,
+    /// answered before anything is frozen (freeze-free sends it with the state), or as a
+    /// member of a tree already offered.
+    async fn open(&self, hello: Hello<'_>, tl: &mut Timeline) -> Result<Flow, Attempt> {
+        let control = self.connect(Role::Control, true).await?;
+        tl.mark("connect (control)");
+        let (mut ctl_tx, mut ctl_rx) = control.into_split();
+        match hello {
+            Hello::Offer(_) if self.algorithm == Algorithm::FreezeFree => {}
+            Hello::Offer(offer) => {
+                ctl_tx
+                    .send_msg(&ToDest::Offer(Box::new(offer.clone())))
+                    .await
+                    .map_err(|e| Attempt::Rejected(format!("lost: {e}")))?;
+                match self.recv(&mut ctl_rx, "the answer to the offer").await? {
+                    ToSource::Accept => {}
+                    ToSource::Reject { reason } => return Err(Attempt::Rejected(reason)),
+                    other => {
+                        return Err(Attempt::Rejected(format!("unexpected answer {other:?}")));
+                    }
+                }
+            }
+            Hello::Member { tree } => ctl_tx
+                .send_msg(&ToDest::Member {
+                    tree: tree.to_string(),
+                    migration: self.id.clone(),
+                })
+                .await
+                .map_err(|e| Attempt::Rejected(format!("lost: {e}")))?,
+        }
+        let pages_conn = self.connect(Role::Pages, self.cfg.encrypt_pages).await?;
+        tl.mark("connect (pages)");
+        let (mut pages, _pages_rx) = pages_conn.into_split();
+        pages
+            .send_msg(&ToDest::Attach {
+                migration: self.id.clone(),
+            })
+            .await
+            .map_err(|e| Attempt::Rejected(format!("lost: {e}")))?;
+        let report = MigrationReport {
+            id: self.id.clone(),
+            algorithm: Some(self.algorithm),
+            from: self.cfg.node.clone(),
+            to: self.target.name.clone(),
+            pid: self.pid,
+            processes: 1,
+            rejected: self.rejected_before.clone(),
+            ..MigrationReport::default()
+        };
+        Ok(Flow {
+            ctl_tx,
+            ctl_rx,
+            pages,
+            report,
+            precopy: None,
+        })
+    }
+
+    /// The pages that go with the state (the others follow, or are fetched, as the algorithm
+    /// says).
+    fn eager_pages(
+        &self,
+        precopy: Option<&mut PreCopy>,
+        image: &ProcessImage,
+        segments: &[Segment],
+    ) -> Result<Vec<(u64, u64)>, Attempt> {
+        let map = PageMap::new(&image.memory.pages.runs);
+        Ok(match (self.algorithm, precopy) {
+            (Algorithm::PreCopy, Some(tracked)) => {
+                tracked.final_pages(segments).map_err(Attempt::Fatal)?
+            }
+            // Pre-copy of a process that did not exist before the freeze, and total copy.
+            (Algorithm::TotalCopy | Algorithm::PreCopy, _) => {
+                segments.iter().map(|s| (s.addr, s.len)).collect()
+            }
+            (Algorithm::DemandPaging | Algorithm::FileServer, _) => {
+                let mut e = not_faultable(image, segments);
+                e.extend(touched_at_start(image, &map));
                 merge_runs(e)
             }
-            Algorithm::FreezeFree => {
-                let mut hot: Vec<(u64, u64)> = hot_pages(&image, &map)
+            (Algorithm::FreezeFree, _) => {
+                let mut hot: Vec<(u64, u64)> = hot_pages(image, &map)
                     .into_iter()
                     .filter_map(|off| map.addr_at(off).map(|a| (a, PAGE_SIZE)))
                     .collect();
-                hot.extend(not_faultable(&image, &segments));
-                hot.extend(touched_at_start(&image, &map));
+                hot.extend(not_faultable(image, segments));
+                hot.extend(touched_at_start(image, &map));
                 merge_runs(hot)
             }
-        };
-        let eager_bytes: u64 = eager.iter().map(|r| r.1).sum();
+        })
+    }
+
+    /// Sends the frozen process's state (with a tree's manifest, for its root), and marks
+    /// the end of the pre-copy rounds on the pages connection.
+    async fn send_state(
+        &self,
+        flow: &mut Flow,
+        image: &ProcessImage,
+        tree: Option<TreeImage>,
+        eager: &[(u64, u64)],
+        offer: &Offer,
+    ) -> Result<(), Attempt> {
         let state = State {
             migration: self.id.clone(),
             algorithm: self.algorithm,
             image: image.clone(),
-            eager_bytes,
-            offer: (self.algorithm == Algorithm::FreezeFree).then(|| offer.clone()),
+            tree,
+            eager_bytes: eager.iter().map(|r| r.1).sum(),
+            offer: (self.algorithm == Algorithm::FreezeFree && flow.report.pid == offer.pid)
+                .then(|| offer.clone()),
             store: self.cfg.store.as_ref().map(PageStore::describe),
         };
-        let state_bytes = postcard_len(&state);
-        report.state_bytes = state_bytes;
-        report.threads = image.threads.len() as u32 + 1;
-        report.ids_kept = image.pid_namespace.is_some();
-        ctl_tx
+        flow.report.state_bytes = postcard_len(&state);
+        flow.report.threads = image.threads.len() as u32 + 1;
+        flow.report.ids_kept = image.pid_namespace.is_some();
+        flow.ctl_tx
             .send_msg(&ToDest::State(Box::new(state)))
             .await
             .map_err(|e| Attempt::Rejected(format!("lost sending the state: {e}")))?;
-        pages
+        flow.pages
             .send_msg(&ToDest::Final)
             .await
-            .map_err(|e| Attempt::Rejected(format!("lost: {e}")))?;
+            .map_err(|e| Attempt::Rejected(format!("lost: {e}")))
+    }
+
+    /// Sends the pages that go with the state, then `PagesEnd`.
+    async fn send_eager(
+        &self,
+        flow: &mut Flow,
+        eager: &[(u64, u64)],
+        segments: &[Segment],
+    ) -> Result<(), Attempt> {
         let phase = match self.algorithm {
             Algorithm::TotalCopy => "copying memory",
             Algorithm::PreCopy => "copying the last dirty pages",
             _ => "sending the first pages",
         };
         let sent = self
-            .send_pages(&mut pages, &eager, &segments, phase)
+            .send_pages(&mut flow.pages, eager, segments, phase)
             .await
             .map_err(|e| Attempt::Rejected(format!("lost sending pages: {e}")))?;
-        pages
+        flow.pages
             .send_msg(&ToDest::PagesEnd { bytes: sent })
             .await
             .map_err(|e| Attempt::Rejected(format!("lost: {e}")))?;
         match self.algorithm {
-            Algorithm::PreCopy => report.resent_bytes += sent,
-            _ => report.page_bytes += sent,
+            Algorithm::PreCopy => flow.report.resent_bytes += sent,
+            _ => flow.report.page_bytes += sent,
         }
+        Ok(())
+    }
 
-        // Ready → Commit → Started.
-        tl.mark("send state + first pages");
+    /// Waits until the destination built the process (stopped, waiting for `Commit`).
+    async fn await_ready(&self, flow: &mut Flow) -> Result<(), Attempt> {
         self.progress("waiting for the destination", 0, 0);
         match self
-            .recv(&mut ctl_rx, "the destination to be ready")
+            .recv(&mut flow.ctl_rx, "the destination to be ready")
             .await?
         {
-            ToSource::Ready { insertion_ms } => report.insertion_ms = insertion_ms,
+            ToSource::Ready { insertion_ms } => {
+                flow.report.insertion_ms = insertion_ms;
+                Ok(())
+            }
             ToSource::Abort { reason } | ToSource::Reject { reason } => {
-                // Nothing committed: the process resumes here (dropping `frozen`).
-                drop(frozen);
-                if let Some(p) = precopy {
-                    p.stop();
-                }
-                return Err(Attempt::Rejected(reason));
+                Err(Attempt::Rejected(reason))
             }
-            other => {
-                return Err(Attempt::Rejected(format!("unexpected answer {other:?}")));
-            }
+            other => Err(Attempt::Rejected(format!("unexpected answer {other:?}"))),
         }
-        tl.mark("destination ready");
-        // From here on the process must never resume here unless the destination says it
-        // did not start it. A pending SIGSTOP makes that hold even if this daemon dies: the
-        // kernel then detaches the frozen process, which stops instead of running a second
-        // copy. (SIGCONT discards it again on the path that resumes the process here.)
-        let _ = ferry_sys::host::send_signal(Pid::from_raw(self.pid), ferry_sys::libc::SIGSTOP);
-        let sent_commit = ctl_tx.send_msg(&ToDest::Commit).await;
+    }
+
+    /// Tells the destination to start the process (for a tree: every process) and returns
+    /// its pid there. The caller stopped the process ([`stop_for_commit`]) before.
+    async fn commit(&self, flow: &mut Flow) -> Result<i32, Uncommitted> {
+        let sent_commit = flow.ctl_tx.send_msg(&ToDest::Commit).await;
         if sent_commit.is_ok() {
             let _ = self.updates.send(Update::Committed {
                 to: self.target.name.clone(),
             });
         }
         let answer = match sent_commit {
-            Ok(()) => tokio::time::timeout(self.cfg.timeout, ctl_rx.recv_msg::<ToSource>())
+            Ok(()) => tokio::time::timeout(self.cfg.timeout, flow.ctl_rx.recv_msg::<ToSource>())
                 .await
                 .ok(),
             Err(_) => None,
         };
-        let started = match answer {
-            Some(Ok(ToSource::Started { pid })) => pid,
+        match answer {
+            Some(Ok(ToSource::Started { pid })) => Ok(pid),
             other => {
                 warn!(migration = %self.id, ?other, "no Started after Commit; asking again");
                 match self.query_outcome().await {
-                    Ok(Some(pid)) => pid,
-                    // It did not start there (and never will): resume here.
-                    Ok(None) => {
-                        let _ = ferry_sys::host::send_signal(
-                            Pid::from_raw(self.pid),
-                            ferry_sys::libc::SIGCONT,
-                        );
-                        drop(frozen);
-                        return Err(Attempt::Rejected(
-                            "the destination lost the process before starting it".into(),
-                        ));
-                    }
-                    Err(e) => {
-                        // Unknown outcome: keep the process frozen (and this thread) rather than
-                        // risk two running copies. An operator decides.
-                        std::mem::forget(frozen);
-                        return Err(Attempt::Fatal(e));
-                    }
+                    Ok(Some(pid)) => Ok(pid),
+                    Ok(None) => Err(Uncommitted::NotStarted(
+                        "the destination lost the process before starting it".into(),
+                    )),
+                    Err(e) => Err(Uncommitted::Unknown(e)),
                 }
             }
-        };
+        }
+    }
+
+    /// Figures of a process that now runs at the destination as `started`.
+    fn running(&self, report: &mut MigrationReport, started: i32, freeze_at: Instant) {
         report.new_pid = started;
-        tl.mark("commit → started");
-        debug!(migration = %self.id, timeline = %tl, "source timeline");
         report.latency_ms = ms(self.t0.elapsed());
         report.freeze_ms = ms(freeze_at.elapsed());
-        let running_at = Instant::now();
         info!(migration = %self.id, to = %self.target.name, pid = started, latency_ms = report.latency_ms, "running at the destination");
         let _ = self.updates.send(Update::Running(Box::new(report.clone())));
+    }
 
-        // What the destination still needs from here.
-        if let Some(p) = precopy.take() {
+    /// What the destination still needs from here once the process runs there; returns the
+    /// flow's report. A failure means the process ran there but may have lost its memory.
+    async fn after_start(
+        &self,
+        mut flow: Flow,
+        segments: Arc<Vec<Segment>>,
+        eager: Arc<Vec<(u64, u64)>>,
+        image: Arc<ProcessImage>,
+    ) -> Result<MigrationReport, MigrateError> {
+        let running_at = Instant::now();
+        if let Some(p) = flow.precopy.take() {
             p.stop();
         }
-        let control: Control = Arc::new(Mutex::new(ctl_tx));
-        match self.algorithm {
-            Algorithm::TotalCopy | Algorithm::PreCopy => {
-                report.residual_ms = Some(0.0);
-            }
-            Algorithm::DemandPaging | Algorithm::FileServer | Algorithm::FreezeFree => {
-                let served = self
-                    .serve(
-                        &control,
-                        &mut ctl_rx,
-                        pages,
-                        &segments,
-                        &eager,
-                        &image,
-                        &mut report,
-                    )
-                    .await;
-                if let Err(e) = served {
-                    // The process ran at the destination: it must never resume here (nor may
-                    // another target be tried), even though the destination may have lost it.
-                    let err = match e {
-                        Attempt::Rejected(why) => MigrateError::Failed(format!(
-                            "the process ran at {}, but serving its memory from here failed: {why}",
-                            self.target.name
-                        )),
-                        Attempt::Fatal(e) => e,
-                    };
-                    error!(migration = %self.id, error = %err, "the lazy phase failed; ending the frozen copy here");
-                    let _ = frozen.call(|e| e.take().map(|e| e.frozen.kill())).await;
-                    return Err(Attempt::Fatal(err));
-                }
-                report.residual_ms = Some(ms(running_at.elapsed()));
-            }
+        let mut report = flow.report;
+        if !self.algorithm.lazy() {
+            report.residual_ms = Some(0.0);
+            return Ok(report);
         }
-        // Nothing can be needed from here any more: release the process.
-        let _ = frozen.call(|e| e.take().map(|e| e.frozen.kill())).await;
-        report.total_ms = Some(ms(self.t0.elapsed()));
-        info!(migration = %self.id, ?report, "migration complete");
+        let control: Control = Arc::new(Mutex::new(flow.ctl_tx));
+        let served = self
+            .serve(
+                &control,
+                &mut flow.ctl_rx,
+                flow.pages,
+                &segments,
+                &eager,
+                &image,
+                &mut report,
+            )
+            .await;
+        if let Err(e) = served {
+            let err = match e {
+                Attempt::Rejected(why) => MigrateError::Failed(format!(
+                    "the process ran at {}, but serving its memory from here failed: {why}",
+                    self.target.name
+                )),
+                Attempt::Fatal(e) => e,
+            };
+            error!(migration = %self.id, error = %err, "the lazy phase failed; ending the frozen copy here");
+            return Err(err);
+        }
+        report.residual_ms = Some(ms(running_at.elapsed()));
         Ok(report)
     }
 

@@ -265,6 +265,219 @@ fn ferry_run_job_keeps_its_pid_and_thread_ids_with_every_algorithm() {
     );
 }
 
+// --- process trees: jobs of `ferry run` ----------------------------------------------------------
+
+/// Namespace pids of PID's descendants, sorted (as the tree's namespace numbers them).
+fn tree_ids(pid: i32) -> Vec<i32> {
+    let mut ids: Vec<i32> = descendants(pid)
+        .into_iter()
+        .filter_map(|p| own_ids(p).first().copied())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+/// A job that is a process tree: `sh -c SCRIPT sh DIR ARG` started with `ferry run` on n1 (its
+/// shell is the init of a PID namespace of its own), moved to n2 once `mid_run(pid, out)` says
+/// it is at work, with each algorithm in turn (a fresh job each time, in a directory DIR of its
+/// own). Each must report at least `min_processes` processes moved with their ids, and end as
+/// the uninterrupted reference did, byte for byte. `stable`: the tree does not change shape
+/// while it runs, so its namespace pids after the move must be those before.
+fn job_tree_with_every_algorithm(
+    label: &str,
+    script: &str,
+    arg: &str,
+    min_processes: u64,
+    stable: bool,
+    mid_run: impl Fn(i32, &std::path::Path) -> bool,
+) {
+    let scratch = Scratch::new(label);
+    let sh = system_program("sh").to_string_lossy().into_owned();
+    let ref_dir = scratch.subdir("reference");
+    let ref_out = ref_dir.join("out");
+    let out_file = fs::File::create(&ref_out).expect("reference output");
+    let status = std::process::Command::new(&sh)
+        .args(["-c", script, "sh"])
+        .arg(&ref_dir)
+        .arg(arg)
+        .stdin(std::process::Stdio::null())
+        .stderr(out_file.try_clone().expect("reference output"))
+        .stdout(out_file)
+        .status()
+        .expect("running the reference");
+    assert!(status.success(), "the reference run failed: {status}");
+    let reference = fs::read(&ref_out).expect("reference output");
+    let cluster = Cluster::up(2, &[]);
+    let bin = ferry_bin().to_string_lossy().into_owned();
+    for algorithm in ALGORITHMS {
+        let dir = scratch.subdir(algorithm);
+        let out = dir.join("out");
+        let (dir_arg, out_arg) = (
+            dir.to_string_lossy().into_owned(),
+            out.to_string_lossy().into_owned(),
+        );
+        let started = cluster.testnet(&[
+            "exec", "n1", "--", &bin, "run", "--on", "n1", "--json", "--stdout", &out_arg,
+            "--stderr", &out_arg, "--", &sh, "-c", script, "sh", &dir_arg, arg,
+        ]);
+        assert!(
+            started.status.success(),
+            "ferry run failed: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        let job: serde_json::Value = serde_json::from_slice(&started.stdout).expect("JSON job");
+        let pid = job["pid"].as_i64().expect("the job's pid") as i32;
+        let deadline = Instant::now() + TIMEOUT;
+        while !mid_run(pid, &out) {
+            assert!(
+                Instant::now() < deadline,
+                "{algorithm}: the job never got to work\n{}\n{}",
+                String::from_utf8_lossy(&fs::read(&out).unwrap_or_default()),
+                cluster.logs()
+            );
+            std::thread::sleep(ms(5));
+        }
+        let before = tree_ids(pid);
+        // A stable tree is compared as soon as it runs there (not once it has all its memory:
+        // by then it may have ended).
+        let wait: &[&str] = if stable { &["--wait", "0"] } else { &[] };
+        let (moved, report) = cluster.migrate_ok("n1", pid, "n2", algorithm, wait);
+        let context = format!(
+            "{algorithm}: {report}\n{} processes before the move: {before:?}",
+            before.len()
+        );
+        assert!(
+            report["processes"].as_u64().unwrap_or(0) >= min_processes,
+            "{context}"
+        );
+        assert_eq!(report["ids_kept"], true, "{context}");
+        if stable {
+            assert_eq!(tree_ids(moved.pid), before, "namespace pids: {context}");
+        }
+        let status = moved.wait(&cluster, Duration::from_secs(180));
+        assert_eq!(status, "Exited(0)", "{context}\n{}", cluster.logs());
+        assert_same(
+            &format!("output of the tree moved with {algorithm}"),
+            &fs::read(&out).unwrap_or_default(),
+            &reference,
+            &format!("{context}\n{}", cluster.logs()),
+        );
+    }
+}
+
+/// A shell pipeline (`cat | gzip | sha256sum`, 48 MiB of input, output to a file) moved mid-run
+/// with each algorithm: four processes, the pipes between them with data in flight.
+#[test]
+fn shell_pipeline_job_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("mig-pipeline-input");
+    let input = repeated_block_file(scratch.join("input"), 48);
+    job_tree_with_every_algorithm(
+        "mig-pipeline",
+        "cat \"$2\" | gzip -n -1 | sha256sum; echo \"pipeline done\"",
+        &input.path.to_string_lossy(),
+        4,
+        true,
+        // Once all three run and data flows.
+        |pid, _| {
+            descendants(pid).len() >= 3 && {
+                std::thread::sleep(ms(300));
+                true
+            }
+        },
+    );
+}
+
+/// `make -j2` building a small C project, moved with each algorithm while two compilers run
+/// (make, its jobserver pipe, the gcc drivers and their cc1 children; processes come and go
+/// while it is moved). The build must finish, and its program print the same number.
+#[test]
+fn make_j2_job_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("mig-make-src");
+    let src = scratch.join("src");
+    c_project(&src);
+    job_tree_with_every_algorithm(
+        "mig-make",
+        "cd \"$1\" && cp \"$2\"/* . && make -s -j2 && ./prog && echo \"build done\"",
+        &src.to_string_lossy(),
+        5,
+        false,
+        |pid, _| {
+            descendants(pid)
+                .into_iter()
+                .filter(|&p| {
+                    fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "cc1")
+                })
+                .count()
+                >= 2
+        },
+    );
+}
+
+/// Unmodified python3 with a `multiprocessing.Pool` of 2 workers (`workloads/python/pool.py`),
+/// moved with each algorithm after its eighth result: pipes between the three processes, the
+/// pool's threads, its locks (POSIX semaphores whose unlinked files all three map).
+#[test]
+fn python3_multiprocessing_pool_job_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    let pool = python_workload("pool.py").to_string_lossy().into_owned();
+    job_tree_with_every_algorithm("mig-pool", "python3 \"$2\"", &pool, 4, true, |_, out| {
+        String::from_utf8_lossy(&fs::read(out).unwrap_or_default()).contains("\n8 ")
+    });
+}
+
+/// A tree started outside a PID namespace of its own (not by `ferry run`) keeps its pids when
+/// it moves; where they are taken (here: the test hosts share one kernel, and the frozen
+/// original holds them) the destination refuses it, and the tree runs on at the source and
+/// ends as an uninterrupted run does.
+#[test]
+fn tree_whose_pids_are_taken_at_the_destination_runs_on() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("mig-tree-pids");
+    let input = repeated_block_file(scratch.join("input"), 32);
+    let dir = scratch.subdir("run");
+    let script = "cat \"$1\" | gzip -n -1 | sha256sum";
+    let reference = std::process::Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(&input.path)
+        .output()
+        .expect("the reference");
+    let cluster = Cluster::up(2, &[]);
+    let launch = Launch::new("tree-pids", system_program("sh"), &dir)
+        .args(["-c", script, "sh"])
+        .arg(&input.path);
+    let proc = cluster.spawn("n1", &launch);
+    let deadline = Instant::now() + TIMEOUT;
+    while descendants(proc.raw_pid()).len() < 3 {
+        assert!(Instant::now() < deadline, "the pipeline never started");
+        std::thread::sleep(ms(5));
+    }
+    let refused = cluster
+        .migrate("n1", proc.raw_pid(), "n2", "total-copy", &[])
+        .expect_err("the tree's pids are taken at the destination");
+    assert!(
+        refused.contains(&format!("pid {} is in use", proc.raw_pid())),
+        "{refused}"
+    );
+    let mut proc = proc;
+    assert_eq!(proc.wait(TIMEOUT), Exit::Code(0), "{}", proc.diagnostics());
+    assert_same(
+        "output of the tree that stayed",
+        &proc.output_bytes(),
+        &reference.stdout,
+        &cluster.logs(),
+    );
+}
+
 /// Unmodified python3 with four worker threads on a `queue.Queue` and a sleeping thread.
 #[test]
 fn python3_threads_with_every_algorithm() {

@@ -12,30 +12,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// A generated input file, removed on drop whatever happens.
-struct BigFile {
-    path: PathBuf,
-    len: u64,
-}
-
-impl Drop for BigFile {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
-    }
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
 /// LEN bytes of text-like data: words from a 4096-word vocabulary, numbers, punctuation and
 /// line breaks in PRNG order. It compresses (about 2:1 with gzip), but not trivially.
 fn text_file(path: PathBuf, len: u64) -> BigFile {
@@ -74,25 +50,6 @@ fn text_file(path: PathBuf, len: u64) -> BigFile {
         let take = piece.len().min((len - written) as usize);
         w.write_all(&piece[..take]).expect("writing the input file");
         written += take as u64;
-    }
-    w.flush().expect("writing the input file");
-    big
-}
-
-/// MIB MiB made of one pseudo-random 1 MiB block, repeated.
-fn repeated_block_file(path: PathBuf, mib: u64) -> BigFile {
-    let mut rng = Rng(0x5a5a);
-    let block: Vec<u8> = (0..(1 << 20) / 8)
-        .flat_map(|_| rng.next().to_le_bytes())
-        .collect();
-    let file = File::create(&path).expect("creating the input file");
-    let big = BigFile {
-        path,
-        len: mib << 20,
-    };
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    for _ in 0..mib {
-        w.write_all(&block).expect("writing the input file");
     }
     w.flush().expect("writing the input file");
     big
@@ -271,43 +228,6 @@ fn shell_pipeline() {
 
 /// A small C project generated in DIR: 8 units of generated arithmetic (each takes gcc -O2
 /// a good fraction of a second), a main printing the result, and a Makefile.
-fn c_project(dir: &Path) {
-    fs::create_dir_all(dir).expect("project dir");
-    let mut main = String::from("#include <stdio.h>\n");
-    let mut calls = String::new();
-    for unit in 1..=8u64 {
-        let mut src =
-            format!("unsigned long unit{unit}(unsigned long x)\n{{\n\tunsigned long a = x;\n");
-        for k in 0..1200u64 {
-            src.push_str(&format!(
-                "\ta = a * {}UL + (a >> {}) ^ {}UL;\n",
-                k * 7 + unit * 13 + 1,
-                k % 13 + 1,
-                k * 31 + unit
-            ));
-        }
-        src.push_str("\treturn a;\n}\n");
-        fs::write(dir.join(format!("unit{unit}.c")), src).expect("writing a unit");
-        main.push_str(&format!("unsigned long unit{unit}(unsigned long);\n"));
-        calls.push_str(&format!("\tx = unit{unit}(x);\n"));
-    }
-    main.push_str(&format!(
-        "int main(void)\n{{\n\tunsigned long x = 1;\n{calls}\tprintf(\"%lu\\n\", x);\n\treturn 0;\n}}\n"
-    ));
-    fs::write(dir.join("main.c"), main).expect("writing main.c");
-    let objs: Vec<String> = std::iter::once("main.o".to_string())
-        .chain((1..=8).map(|u| format!("unit{u}.o")))
-        .collect();
-    fs::write(
-        dir.join("Makefile"),
-        format!(
-            "OBJS = {}\nprog: $(OBJS)\n\tgcc -o $@ $(OBJS)\n%.o: %.c\n\tgcc -O2 -c $< -o $@\n",
-            objs.join(" ")
-        ),
-    )
-    .expect("writing the Makefile");
-}
-
 /// `make -j2` building a small C project, checkpointed while two compilers run (make, its
 /// jobserver pipe, gcc drivers and their cc1 children: a tree of five or more) and restored;
 /// the build must finish with the same output and a program that prints the same number.

@@ -72,126 +72,22 @@ pub fn restore_tree(
                 ),
             ));
         }
-        check_restorable(&image.image)?;
         loaded.push(Some(image));
     }
     let load = started.elapsed();
-    let plan = Plan::new(dir, tree, &loaded)?;
-
-    // Vessels, parents first, sessions and groups formed on the way.
-    // Declared first, dropped last: a member has a builder only once its parent has one.
-    let mut builders: ChildrenFirst<Builder> =
-        ChildrenFirst(Vec::with_capacity(tree.members.len()));
-    let mut vessels: ChildrenFirst<Vessel> = ChildrenFirst(Vec::with_capacity(tree.members.len()));
-    for (i, m) in tree.members.iter().enumerate() {
-        let mut vessel = if i == 0 {
-            match loaded[0].as_ref() {
-                Some(root) if root.image.pid_namespace.is_some() => Vessel::prepare_as_init()?,
-                _ => root_vessel(m)?,
-            }
-        } else {
-            let parent = tree
-                .members
-                .iter()
-                .position(|p| p.pid == m.ppid)
-                .and_then(|p| vessels[p].as_mut())
-                .ok_or_else(|| invalid(dir, format!("pid {}: no parent to fork it", m.pid)))?;
-            parent.fork_member(m)?
-        };
-        vessel.lead(m)?;
-        vessels.push(Some(vessel));
-    }
-    // Host pids of the members (the image's are their namespace's, when they have one).
-    let host_pids: Vec<Pid> = vessels
+    let images: Vec<Option<&ProcessImage>> = loaded
         .iter()
-        .map(|v| v.as_ref().map_or(Pid::from_raw(0), Vessel::pid))
+        .map(|l| l.as_ref().map(|l| &l.image))
         .collect();
-    let host_pid = |image_pid: i32| {
-        tree.members
-            .iter()
-            .position(|m| m.pid == image_pid)
-            .map_or(image_pid, |i| host_pids[i].as_raw())
-    };
-    let mut plan = plan;
-    for imports in &mut plan.imports {
-        // Opened through /proc, which numbers processes as the host does.
-        for (from, _, _) in imports.memory.values_mut() {
-            *from = host_pid(*from);
+    let mut rebuild = TreeRebuild::new(dir, tree, &images)?;
+    for (i, image) in loaded.iter().enumerate() {
+        if let (Some(image), Some(b)) = (image, rebuild.member_mut(i)) {
+            let segments: Vec<(u64, &[u8])> = image.runs().collect();
+            b.write_pages(&segments)?;
         }
     }
-    // A group outside the tree is the root vessel's; inside a PID namespace of the tree's
-    // own, no group outside can be named: a member stays in the one it was born into.
-    let outside_group = match loaded[0].as_ref() {
-        Some(root) if root.image.pid_namespace.is_some() => None,
-        _ => Some(
-            proc::stat(vessels[0].as_ref().map_or(host::self_pid(), Vessel::pid))
-                .map_err(RestoreError::sys("reading the root's process group"))?
-                .pgrp,
-        ),
-    };
-    for (m, vessel) in tree.members.iter().zip(vessels.iter_mut()) {
-        if let Some(v) = vessel {
-            v.join_group(m, tree, outside_group)?;
-        }
-    }
-
-    // Every living member built, in tree order (a shared description's maker first).
-    for (i, m) in tree.members.iter().enumerate() {
-        let (Some(image), Some(vessel)) = (&loaded[i], vessels[i].take_if(|_| m.zombie.is_none()))
-        else {
-            builders.push(None);
-            continue;
-        };
-        let mut b = Builder::with_imports(
-            vessel,
-            plan.image_of(i, &image.image),
-            plan.imports[i].clone(),
-        )?;
-        let segments: Vec<(u64, &[u8])> = image.runs().collect();
-        b.write_pages(&segments)?;
-        b.finish()?;
-        builders.push(Some(b));
-    }
-    for (i, parked) in plan.parked.iter().enumerate() {
-        if let (Some(&lo), Some(b)) = (parked.iter().min(), builders[i].as_mut()) {
-            b.with_injector("closing parked ends", |inj| {
-                inj.call(
-                    "close_range",
-                    libc::SYS_close_range,
-                    [lo, u32::MAX as u64, 0, 0, 0, 0],
-                )
-                .map(drop)
-            })?;
-        }
-    }
-
-    // Zombies end, then their parents forget the SIGCHLD this sent.
-    for (i, m) in tree.members.iter().enumerate() {
-        let Some(status) = m.zombie.and_then(ExitStatus::from_wait) else {
-            continue;
-        };
-        let vessel = vessels[i]
-            .take()
-            .expect("a zombie's vessel waits until here");
-        vessel.end_as(status, &m.comm)?;
-        let parent = tree
-            .members
-            .iter()
-            .position(|p| p.pid == m.ppid)
-            .and_then(|p| builders[p].as_mut())
-            .expect("validation: a zombie's parent lives");
-        parent.await_zombie(m.pid)?;
-    }
-
-    // Children first: a parent never runs without its children.
-    let mut members: Vec<(Pid, Option<RestoreReport>)> =
-        host_pids.iter().map(|&pid| (pid, None)).collect();
-    for i in (0..tree.members.len()).rev() {
-        if let Some(b) = builders[i].take() {
-            let (pid, report) = b.start()?;
-            members[i] = (pid, Some(report));
-        }
-    }
+    rebuild.finish()?;
+    let members = rebuild.start()?;
     let total = started.elapsed();
     info!(
         root = tree.root().pid,
@@ -205,6 +101,214 @@ pub fn restore_tree(
         total,
         load,
     })
+}
+
+/// A process tree being rebuilt: every vessel made, sessions and groups formed, every living
+/// member's mappings in place; page data comes next (written with
+/// [`Builder::write_pages`], or through a userfaultfd), then [`TreeRebuild::finish`] and
+/// [`TreeRebuild::start`]. Dropped before the start, every process ends (children first).
+pub struct TreeRebuild {
+    // Dropped first: vessels are members built after (below or beside) those with builders.
+    vessels: ChildrenFirst<Vessel>,
+    builders: ChildrenFirst<Builder>,
+    tree: TreeImage,
+    /// Per member: the fds parked for others (closed once all took theirs).
+    parked: Vec<Vec<u64>>,
+    host_pids: Vec<Pid>,
+}
+
+impl TreeRebuild {
+    /// Checks every image against this host, makes the vessels (parents first) and every
+    /// living member's mappings (in tree order: shared memory's maker first). `images`: per
+    /// member of `tree`, `None` for a zombie; `origin` names where they came from in errors.
+    pub fn new(
+        origin: &Path,
+        tree: &TreeImage,
+        images: &[Option<&ProcessImage>],
+    ) -> Result<TreeRebuild, RestoreError> {
+        for (m, image) in tree.members.iter().zip(images) {
+            match image {
+                Some(image) if m.zombie.is_none() && image.control.pid == m.pid => {
+                    check_restorable(image)?
+                }
+                None if m.zombie.is_some() => {}
+                _ => {
+                    return Err(invalid(
+                        origin,
+                        format!("pid {}: no image, or one of another process", m.pid),
+                    ));
+                }
+            }
+        }
+        let mut plan = Plan::new(origin, tree, images)?;
+
+        // Vessels, parents first, sessions and groups formed on the way.
+        let mut rebuild = TreeRebuild {
+            vessels: ChildrenFirst(Vec::with_capacity(tree.members.len())),
+            builders: ChildrenFirst(Vec::with_capacity(tree.members.len())),
+            tree: tree.clone(),
+            parked: std::mem::take(&mut plan.parked),
+            host_pids: Vec::new(),
+        };
+        let in_namespace = images[0].is_some_and(|root| root.pid_namespace.is_some());
+        let vessels = &mut rebuild.vessels;
+        for (i, m) in tree.members.iter().enumerate() {
+            let mut vessel = if i == 0 {
+                if in_namespace {
+                    Vessel::prepare_as_init()?
+                } else {
+                    root_vessel(m)?
+                }
+            } else {
+                let parent = tree
+                    .members
+                    .iter()
+                    .position(|p| p.pid == m.ppid)
+                    .and_then(|p| vessels[p].as_mut())
+                    .ok_or_else(|| {
+                        invalid(origin, format!("pid {}: no parent to fork it", m.pid))
+                    })?;
+                parent.fork_member(m)?
+            };
+            vessel.lead(m)?;
+            vessels.push(Some(vessel));
+        }
+        // Host pids of the members (the image's are their namespace's, when they have one).
+        rebuild.host_pids = vessels
+            .iter()
+            .map(|v| v.as_ref().map_or(Pid::from_raw(0), Vessel::pid))
+            .collect();
+        let host_pids = &rebuild.host_pids;
+        let host_pid = |image_pid: i32| {
+            tree.members
+                .iter()
+                .position(|m| m.pid == image_pid)
+                .map_or(image_pid, |i| host_pids[i].as_raw())
+        };
+        for imports in &mut plan.imports {
+            // Opened through /proc, which numbers processes as the host does.
+            for (from, _, _) in imports.memory.values_mut() {
+                *from = host_pid(*from);
+            }
+        }
+        // A group outside the tree is the root vessel's; inside a PID namespace of the tree's
+        // own, no group outside can be named: a member stays in the one it was born into.
+        let outside_group = if in_namespace {
+            None
+        } else {
+            Some(
+                proc::stat(vessels[0].as_ref().map_or(host::self_pid(), Vessel::pid))
+                    .map_err(RestoreError::sys("reading the root's process group"))?
+                    .pgrp,
+            )
+        };
+        for (m, vessel) in tree.members.iter().zip(vessels.iter_mut()) {
+            if let Some(v) = vessel {
+                v.join_group(m, tree, outside_group)?;
+            }
+        }
+
+        // Every living member's mappings, in tree order (shared memory's maker first).
+        for (i, m) in tree.members.iter().enumerate() {
+            let (Some(image), Some(vessel)) = (
+                images[i],
+                rebuild.vessels[i].take_if(|_| m.zombie.is_none()),
+            ) else {
+                rebuild.builders.push(None);
+                continue;
+            };
+            let b = Builder::with_imports(
+                vessel,
+                plan.image_of(i, image),
+                std::mem::take(&mut plan.imports[i]),
+            )?;
+            rebuild.builders.push(Some(b));
+        }
+        Ok(rebuild)
+    }
+
+    /// Every living member: the pid its image names, and its index in tree order.
+    pub fn members(&self) -> Vec<(i32, usize)> {
+        self.tree
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.zombie.is_none())
+            .map(|(i, m)| (m.pid, i))
+            .collect()
+    }
+
+    /// The index in tree order of the member whose image names `pid`.
+    pub fn index_of(&self, pid: i32) -> Option<usize> {
+        self.tree.members.iter().position(|m| m.pid == pid)
+    }
+
+    /// Member `i`'s pid on this host.
+    pub fn pid(&self, i: usize) -> Pid {
+        self.host_pids[i]
+    }
+
+    /// The builder of living member `i` (tree order), until the start.
+    pub fn member_mut(&mut self, i: usize) -> Option<&mut Builder> {
+        self.builders.get_mut(i).and_then(Option::as_mut)
+    }
+
+    /// Every living member completed in tree order (an open file description several share
+    /// is made by the first holder and taken by the others), the ends parked for others
+    /// closed, every zombie ended as it ended. Page data must be in (or registered with a
+    /// userfaultfd) before.
+    pub fn finish(&mut self) -> Result<(), RestoreError> {
+        for b in self.builders.iter_mut().flatten() {
+            b.finish()?;
+        }
+        for (i, parked) in self.parked.iter().enumerate() {
+            if let (Some(&lo), Some(b)) = (parked.iter().min(), self.builders[i].as_mut()) {
+                b.with_injector("closing parked ends", |inj| {
+                    inj.call(
+                        "close_range",
+                        libc::SYS_close_range,
+                        [lo, u32::MAX as u64, 0, 0, 0, 0],
+                    )
+                    .map(drop)
+                })?;
+            }
+        }
+
+        // Zombies end, then their parents forget the SIGCHLD this sent.
+        let tree = &self.tree;
+        for (i, m) in tree.members.iter().enumerate() {
+            let Some(status) = m.zombie.and_then(ExitStatus::from_wait) else {
+                continue;
+            };
+            let Some(vessel) = self.vessels[i].take() else {
+                continue;
+            };
+            vessel.end_as(status, &m.comm)?;
+            let parent = tree
+                .members
+                .iter()
+                .position(|p| p.pid == m.ppid)
+                .and_then(|p| self.builders[p].as_mut())
+                .expect("validation: a zombie's parent lives");
+            parent.await_zombie(m.pid)?;
+        }
+        Ok(())
+    }
+
+    /// Starts every living member, children first (a parent never runs without its
+    /// children). Returns every member's pid in tree order, with its report (`None` for a
+    /// zombie).
+    pub fn start(mut self) -> Result<Vec<(Pid, Option<RestoreReport>)>, RestoreError> {
+        let mut members: Vec<(Pid, Option<RestoreReport>)> =
+            self.host_pids.iter().map(|&pid| (pid, None)).collect();
+        for i in (0..self.tree.members.len()).rev() {
+            if let Some(b) = self.builders[i].take() {
+                let (pid, report) = b.start()?;
+                members[i] = (pid, Some(report));
+            }
+        }
+        Ok(members)
+    }
 }
 
 /// Vessels or builders in tree order that, dropped on a failure, end the children before
@@ -468,7 +572,7 @@ impl Plan {
     fn new(
         dir: &Path,
         tree: &TreeImage,
-        loaded: &[Option<LoadedImage>],
+        loaded: &[Option<&ProcessImage>],
     ) -> Result<Plan, RestoreError> {
         let n = tree.members.len();
         let mut plan = Plan {
@@ -483,9 +587,7 @@ impl Plan {
             .map(|(i, m)| (m.pid, i))
             .collect();
         let primary = |i: usize, fd: i32| -> Option<&Fd> {
-            loaded[i]
-                .as_ref()?
-                .image
+            loaded[i]?
                 .files
                 .fds
                 .iter()
@@ -521,9 +623,8 @@ impl Plan {
         }
         let shared_vma = |h: &MemRef| -> Result<(u64, u64), RestoreError> {
             loaded[index[&h.pid]]
-                .as_ref()
                 .and_then(|l| {
-                    l.image.memory.vmas.iter().find(|v| {
+                    l.memory.vmas.iter().find(|v| {
                         v.start == h.start
                             && v.shared
                             && matches!(
@@ -577,7 +678,7 @@ impl Plan {
         let mut first_holder: HashMap<Whole, usize> = HashMap::new();
         for (i, image) in loaded.iter().enumerate() {
             let Some(image) = image else { continue };
-            for fd in image.image.files.fds.iter().filter(|f| f.dup_of.is_none()) {
+            for fd in image.files.fds.iter().filter(|f| f.dup_of.is_none()) {
                 if let Some((whole, end)) = end_of(&fd.kind) {
                     ends.entry((whole, end)).or_default().push((i, fd));
                     first_holder.entry(whole).or_insert(i);
@@ -598,15 +699,8 @@ impl Plan {
         let mut next_park: Vec<u64> = loaded
             .iter()
             .map(|l| {
-                l.as_ref().map_or(0, |l| {
-                    l.image
-                        .files
-                        .fds
-                        .iter()
-                        .map(|f| f.number)
-                        .max()
-                        .unwrap_or(0) as u64
-                        + 1
+                l.map_or(0, |l| {
+                    l.files.fds.iter().map(|f| f.number).max().unwrap_or(0) as u64 + 1
                 })
             })
             .collect();
