@@ -91,14 +91,14 @@ impl Assembly {
         &self,
         what: &str,
         timeout: Duration,
-        ready: impl Fn(&State) -> Option<T>,
+        ready: impl Fn(&State) -> Option<Result<T, String>>,
     ) -> Result<T, String> {
         let deadline = Instant::now() + timeout;
         loop {
             let n = self.changed.notified();
             let answer = self.with(|s| match &s.failed {
                 Some(why) => Some(Err(why.clone())),
-                None => ready(s).map(Ok),
+                None => ready(s),
             })?;
             if let Some(a) = answer {
                 return a;
@@ -149,7 +149,11 @@ impl Assembly {
             self.changed.notify_waiters();
         }
         self.wait("building", timeout, |s| {
-            s.built.as_ref().and_then(|b| b.get(&me).cloned())
+            s.built.as_ref().map(|b| {
+                b.get(&me)
+                    .cloned()
+                    .ok_or_else(|| format!("pid {me} is no living process of the tree"))
+            })
         })
         .await
     }
@@ -245,7 +249,7 @@ impl Assembly {
             })?;
         }
         self.changed.notify_waiters();
-        self.wait("finishing", timeout, |s| s.finished.then_some(()))
+        self.wait("finishing", timeout, |s| s.finished.then_some(Ok(())))
             .await
     }
 
@@ -292,7 +296,11 @@ impl Assembly {
     /// Waits until the tree runs; returns member `image_pid`'s pid here.
     pub(crate) async fn started(&self, image_pid: i32, timeout: Duration) -> Result<Pid, String> {
         self.wait("starting", timeout, |s| {
-            s.started.as_ref().and_then(|p| p.get(&image_pid).copied())
+            s.started.as_ref().map(|p| {
+                p.get(&image_pid)
+                    .copied()
+                    .ok_or_else(|| format!("pid {image_pid} did not start with the tree"))
+            })
         })
         .await
     }

@@ -226,6 +226,16 @@ mod tests {
     }
 
     #[test]
+    fn a_tree_members_hello_round_trips() {
+        let m = ToDest::Member {
+            tree: "n1-42-abc".into(),
+            migration: "n1-42-abc-p43".into(),
+        };
+        let bytes = postcard::to_stdvec(&m).unwrap();
+        assert_eq!(postcard::from_bytes::<ToDest>(&bytes).unwrap(), m);
+    }
+
+    #[test]
     fn messages_encode_compactly() {
         let m = ToSource::Fault {
             id: 3,

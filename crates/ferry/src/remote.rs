@@ -197,11 +197,17 @@ pub fn table(reports: &[MigrationReport]) -> Table {
     t.add_row(row("pid", &|r| format!("{} → {}", r.pid, r.new_pid)));
     t.add_row(row("ids", &|r| {
         if r.ids_kept {
-            "kept (pid 1 of its own PID namespace)".into()
+            "kept (pid 1 of its own PID namespace, and every id in it)".into()
         } else {
             "new pid and thread ids (not in a PID namespace of its own)".into()
         }
     }));
+    if reports.iter().any(|r| r.processes > 1) {
+        t.add_row(row("processes", &|r| match r.processes {
+            0 | 1 => "1".into(),
+            n => format!("{n} (the process and its descendants, with their pids)"),
+        }));
+    }
     if reports.iter().any(|r| r.threads > 1) {
         t.add_row(row("threads", &|r| r.threads.to_string()));
     }

@@ -258,3 +258,52 @@ fn merge_reports(root: i32, reports: Vec<MigrationReport>) -> MigrationReport {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::FaultStats;
+
+    #[test]
+    fn a_trees_report_sums_its_processes() {
+        let root = MigrationReport {
+            pid: 10,
+            processes: 3,
+            threads: 4,
+            page_bytes: 100,
+            state_bytes: 7,
+            residual_ms: Some(5.0),
+            remote_faults: FaultStats {
+                count: 2,
+                median_ms: 0.5,
+                p99_ms: 1.0,
+                max_ms: 1.0,
+            },
+            ..MigrationReport::default()
+        };
+        let child = |pid, faults: u64, max_ms: f64| MigrationReport {
+            pid,
+            threads: 1,
+            page_bytes: 10,
+            state_bytes: 3,
+            residual_ms: Some(9.0),
+            remote_faults: FaultStats {
+                count: faults,
+                median_ms: 0.2,
+                p99_ms: max_ms,
+                max_ms,
+            },
+            ..MigrationReport::default()
+        };
+        let merged = merge_reports(10, vec![child(11, 3, 4.0), root, child(12, 0, 0.0)]);
+        assert_eq!(merged.pid, 10);
+        assert_eq!(merged.processes, 3);
+        assert_eq!(merged.threads, 6);
+        assert_eq!(merged.page_bytes, 120);
+        assert_eq!(merged.state_bytes, 13);
+        assert_eq!(merged.residual_ms, Some(9.0));
+        assert_eq!(merged.remote_faults.count, 5);
+        assert_eq!(merged.remote_faults.median_ms, 0.5);
+        assert_eq!(merged.remote_faults.max_ms, 4.0);
+    }
+}
