@@ -434,6 +434,30 @@ impl Frozen {
         all
     }
 
+    /// Closes the process's FIFO fds once it is parked and will never run here again (its
+    /// copy runs elsewhere and opened the same FIFOs again by their paths): a frozen end must
+    /// not keep the copy's readers from ever seeing the last writer go, while the frozen
+    /// process stays to serve its pages. Each `close` runs from a `syscall` instruction of
+    /// the process's own code.
+    pub fn release_fifos(&mut self) -> Result<(), SysError> {
+        let fifos: Vec<i32> = ferry_sys::proc::open_fds(self.pid)?
+            .iter()
+            .filter(|f| f.stat.is_some_and(|st| st.file_type() == libc::S_IFIFO))
+            .map(|f| f.fd)
+            .collect();
+        if fifos.is_empty() || self.tracee.is_none() {
+            return Ok(());
+        }
+        let gadget = find_syscall_gadget(self.pid)?;
+        let tracee = self.tracee_mut();
+        let template = tracee.regs()?;
+        let mut inj = Injector::new(tracee, gadget, template);
+        for fd in fifos {
+            inj.raw(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
+        }
+        Ok(())
+    }
+
     /// Kills the process (its image is safely written).
     pub fn kill(mut self) -> Result<(), SysError> {
         let Some(main) = self.tracee.take() else {

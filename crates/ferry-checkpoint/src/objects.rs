@@ -514,9 +514,10 @@ fn copy_of_fd(pid: Pid, n: i32) -> Result<std::os::fd::OwnedFd, CheckpointError>
 
 /// Fails if a process outside `tree` (the processes moving with `pid`, possibly none) holds
 /// one of the pipes, sockets, FIFOs, memfds or deleted files among `fds` (the process's fds):
-/// its end or view would stay behind. FIFOs are refused even when only the tree shares them. Also fails if one memfd or deleted file is open in the process through two
-/// open file descriptions (restore would make them two files). One pass over `/proc`, two
-/// when a tree shares a FIFO.
+/// its end or view would stay behind. (A FIFO the tree shares is opened again by its path by
+/// every member that holds it, its bytes in flight written once.) Also fails if one memfd or
+/// deleted file is open in the process through two open file descriptions (restore would
+/// make them two files). One pass over `/proc`.
 pub fn check_shared_objects(pid: Pid, fds: &[OpenFd], tree: &[Pid]) -> Result<(), CheckpointError> {
     let mut objects: Vec<(i32, Shared)> = Vec::new();
     for fd in fds {
@@ -559,16 +560,7 @@ pub fn check_shared_objects(pid: Pid, fds: &[OpenFd], tree: &[Pid]) -> Result<()
     let list: Vec<Shared> = objects.iter().map(|&(_, o)| o).collect();
     let mut except = tree.to_vec();
     except.push(pid);
-    let mut found = kobj::holders(&list, &except).into_iter().next();
-    let within: Vec<Shared> = list
-        .iter()
-        .copied()
-        .filter(|o| matches!(o, Shared::Fifo { .. }))
-        .collect();
-    if found.is_none() && !tree.is_empty() && !within.is_empty() {
-        found = kobj::holders(&within, &[pid]).into_iter().next();
-    }
-    match found {
+    match kobj::holders(&list, &except).into_iter().next() {
         Some((object, other, comm)) => {
             let n = objects
                 .iter()
@@ -583,12 +575,7 @@ pub fn check_shared_objects(pid: Pid, fds: &[OpenFd], tree: &[Pid]) -> Result<()
             Err(refuse(
                 pid,
                 format!(
-                    "fd {n} is {what} shared with pid {other} ({comm}){}",
-                    if tree.contains(&other) {
-                        ", another process of the tree: FIFOs shared between processes do not move yet"
-                    } else {
-                        "; it moves only with every process that holds it"
-                    }
+                    "fd {n} is {what} shared with pid {other} ({comm}); it moves only with every process that holds it"
                 ),
             ))
         }

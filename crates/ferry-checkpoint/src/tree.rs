@@ -347,6 +347,14 @@ impl ExcisedTree {
         Ok(())
     }
 
+    /// [`Frozen::release_fifos`] for every member: the tree moved and runs elsewhere.
+    pub fn release_fifos(&mut self) -> Result<(), SysError> {
+        for f in self.held.iter_mut().filter_map(|h| h.frozen.as_mut()) {
+            f.release_fifos()?;
+        }
+        Ok(())
+    }
+
     /// Ends the tree: each member after its children, reaped by its parent (its pids are free
     /// again at once).
     pub fn kill(mut self) -> Result<(), SysError> {

@@ -449,6 +449,13 @@ impl Run {
         tl.mark("commit → started");
         debug!(migration = %self.id, timeline = %tl, "source timeline");
         self.running(&mut flow.report, started, freeze_at);
+        // It never runs here again: the FIFOs it shares with its copy (by path) are the copy's.
+        let released = frozen
+            .call(|e| e.as_mut().map(|e| e.frozen.release_fifos()))
+            .await;
+        if let Ok(Some(Err(e))) = released {
+            warn!(migration = %self.id, error = %e, "closing the frozen copy's FIFOs");
+        }
 
         let served = self
             .after_start(flow, Arc::new(segments), Arc::new(eager), Arc::new(image))

@@ -337,6 +337,23 @@ fn mapped_memfd_and_deleted_file() {
     .run();
 }
 
+/// A FIFO a process and its child share (`workloads/python/fifo_tree.py`): the parent reads,
+/// the child writes, with bytes in flight at the checkpoint and more written after the
+/// restore. Each reopens it by its path; the bytes come back once.
+#[test]
+fn fifo_shared_by_a_process_and_its_child() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "py-fifo-tree",
+        system_program("python3"),
+        Marker::Text("ready\n"),
+    )
+    .args(&[lit(&python_workload("fifo_tree.py").to_string_lossy())])
+    .run();
+}
+
 /// A python3 process and its child talking over two socket pairs, one end each: a stream pair
 /// with bytes in flight towards the child, a datagram pair with five datagrams in flight
 /// towards the parent. Restore must make each pair whole again across the two processes.

@@ -178,20 +178,22 @@ assert msg == b'with an fd' and len(fds) == 1
 print('done', flush=True)
 ";
 
-/// A FIFO whose write end a child process holds.
+/// A FIFO whose write end a process outside the tree holds (a grandchild whose parent ended:
+/// it was reparented away).
 const PY_SHARED_FIFO: &str = "\
 import os, time
 os.mkfifo('shared.fifo')
 r = os.open('shared.fifo', os.O_RDONLY | os.O_NONBLOCK)
 child = os.fork()
 if child == 0:
-    w = os.open('shared.fifo', os.O_WRONLY)
-    time.sleep(4)
+    if os.fork() == 0:
+        w = os.open('shared.fifo', os.O_WRONLY)
+        time.sleep(4)
     os._exit(0)
+os.waitpid(child, 0)
 time.sleep(0.5)
 print('ready', flush=True)
-time.sleep(3)
-os.waitpid(child, 0)
+time.sleep(4)
 os.unlink('shared.fifo')
 print('done', flush=True)
 ";

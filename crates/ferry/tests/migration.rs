@@ -433,6 +433,26 @@ fn python3_multiprocessing_pool_job_with_every_algorithm() {
     });
 }
 
+/// A FIFO shared by a python3 process and its child (`workloads/python/fifo_tree.py`), bytes
+/// in flight, moved with each algorithm: both reopen it by its path at the destination.
+#[test]
+fn fifo_shared_in_a_tree_job_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    let program = python_workload("fifo_tree.py")
+        .to_string_lossy()
+        .into_owned();
+    job_tree_with_every_algorithm(
+        "mig-fifo-tree",
+        "cd \"$1\" && python3 \"$2\"",
+        &program,
+        3,
+        true,
+        |_, out| String::from_utf8_lossy(&fs::read(out).unwrap_or_default()).contains("ready\n"),
+    );
+}
+
 /// A tree started outside a PID namespace of its own (not by `ferry run`) keeps its pids when
 /// it moves; where they are taken (here: the test hosts share one kernel, and the frozen
 /// original holds them) the destination refuses it, and the tree runs on at the source and

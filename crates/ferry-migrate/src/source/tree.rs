@@ -3,9 +3,9 @@
 //!
 //! ```text
 //!  root:  Offer ─▶ Accept                    (the offer covers the whole tree)
-//!  [pre-copy: a flow per process living now (Member), rounds on each while they run]
+//!  a flow per process living now (Member) [pre-copy: its rounds, while the tree runs]
 //!  freeze the whole tree (its members are final now); a flow for each process that
-//!  appeared since (a pre-copied flow whose process ended, or whose pid was reused, is dropped)
+//!  appeared since (a flow whose process ended, or whose pid was reused, is dropped)
 //!  every State (the root's with the manifest) ─▶ then every flow's first pages
 //!  every Ready ─▶ stop all, Commit on the root's flow ─▶ Started on every flow
 //!  [lazy algorithms: every flow served at once] ─▶ kill the tree here
@@ -55,14 +55,17 @@ impl Run {
     ) -> Result<MigrationReport, Attempt> {
         let mut root = self.open(Hello::Offer(offer), tl).await?;
 
-        // Pre-copy: every process living now, each on its flow, while the tree runs.
-        let mut early: Vec<(Run, Flow, u64)> = Vec::new();
+        // A flow for every process living now, opened while the tree runs (pre-copy: with
+        // its rounds).
         if self.algorithm == Algorithm::PreCopy {
             root.precopy = Some(self.precopy(&mut root.pages, &mut root.report).await?);
-            for pid in ferry_checkpoint::mobility::descendants(Pid::from_raw(self.pid)) {
-                let Ok(stat) = proc::stat(pid) else { continue };
-                let run = self.member_run(pid.as_raw());
-                let mut flow = run.open(Hello::Member { tree: &self.id }, tl).await?;
+        }
+        let mut early: Vec<(Run, Flow, u64)> = Vec::new();
+        for pid in ferry_checkpoint::mobility::descendants(Pid::from_raw(self.pid)) {
+            let Ok(stat) = proc::stat(pid) else { continue };
+            let run = self.member_run(pid.as_raw());
+            let mut flow = run.open(Hello::Member { tree: &self.id }, tl).await?;
+            if self.algorithm == Algorithm::PreCopy {
                 match run.precopy(&mut flow.pages, &mut flow.report).await {
                     Ok(p) => flow.precopy = Some(p),
                     // Ended meanwhile, or not trackable: moved whole after the freeze.
@@ -72,8 +75,8 @@ impl Run {
                     }
                     Err(e) => return Err(e),
                 }
-                early.push((run, flow, stat.starttime));
             }
+            early.push((run, flow, stat.starttime));
         }
 
         // Freeze the whole tree.
@@ -114,8 +117,8 @@ impl Run {
         tl.mark("freeze + excise the tree");
         let pids: Vec<i32> = members.iter().map(|m| m.pid).collect();
 
-        // A flow per living member: the pre-copied one if its process is the same, else new.
-        // Until the commit, an error drops `frozen`: the whole tree resumes here.
+        // A flow per living member: the one opened before if its process is the same, else
+        // new. Until the commit, an error drops `frozen`: the whole tree resumes here.
         let mut flows: Vec<(Run, Flow)> = Vec::with_capacity(members.len());
         for m in &members[1..] {
             let same = proc::stat(Pid::from_raw(m.pid)).ok().map(|s| s.starttime);
@@ -134,7 +137,7 @@ impl Run {
                 }
             }
         }
-        // Processes pre-copied that are not in the tree any more: their flows end.
+        // Processes that are not in the tree any more: their flows end.
         drop(early);
         flows.insert(0, (self.clone_light(), root));
 
@@ -204,6 +207,13 @@ impl Run {
         root_report.processes = members.len() as u32;
         self.running(&mut root_report, started, freeze_at);
         flows[0].1.report = root_report;
+        // It never runs here again: the FIFOs it shares with its copy (by path) are the copy's.
+        let released = frozen
+            .call(|t| t.as_mut().map(ExcisedTree::release_fifos))
+            .await;
+        if let Ok(Some(Err(e))) = released {
+            warn!(migration = %self.id, error = %e, "closing the frozen tree's FIFOs");
+        }
 
         // Every flow's lazy phase at once: a process waits for its pages while another's
         // are served.
