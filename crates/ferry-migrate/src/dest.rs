@@ -257,8 +257,11 @@ impl Dest {
         }
     }
 
-    /// Why this host refuses `offer`, if it does.
-    fn judge(&self, offer: &Offer) -> Result<(), String> {
+    /// Why this host refuses `offer`, if it does. `files`: check that the files the offer
+    /// names exist here. (Freeze-free's offer is judged after the freeze, when the list may
+    /// be stale — a temporary file deleted meanwhile travels in the image; the rebuild checks
+    /// every file the frozen process holds anyway, before `Ready`.)
+    fn judge(&self, offer: &Offer, files: bool) -> Result<(), String> {
         if let Some(admit) = &self.cfg.admission {
             admit(offer)?;
         }
@@ -282,6 +285,7 @@ impl Dest {
         if let Some(missing) = offer
             .files
             .iter()
+            .filter(|_| files)
             .find(|f| !std::path::Path::new(f).exists())
         {
             return Err(format!("a needed file is missing here: {missing}"));
@@ -325,7 +329,7 @@ impl Dest {
                 return Ok(());
             }
             ToDest::Offer(offer) => {
-                if let Err(reason) = self.judge(&offer) {
+                if let Err(reason) = self.judge(&offer, true) {
                     info!(%peer, migration = %offer.migration, %reason, "refusing");
                     let _ = tx.send_msg(&ToSource::Reject { reason }).await;
                     return Ok(());
@@ -340,7 +344,7 @@ impl Dest {
                 let Some(offer) = state.offer.clone() else {
                     return Err("a state without an offer".into());
                 };
-                if let Err(reason) = self.judge(&offer) {
+                if let Err(reason) = self.judge(&offer, false) {
                     info!(%peer, migration = %offer.migration, %reason, "refusing after the fact");
                     if offer.processes > 1 {
                         self.assembly(&offer.migration).await.fail(&reason);
@@ -437,10 +441,20 @@ impl Dest {
         // process that ended before the freeze never gets one: its flow just ends.)
         let state = match state {
             Some(s) => s,
-            None => match rx.recv_msg::<ToDest>().await.map_err(|e| e.to_string())? {
-                ToDest::State(s) => s,
-                ToDest::Abort { reason } => return Err(format!("the source gave up: {reason}")),
-                other => return Err(format!("expected the state, got {other:?}")),
+            None => match rx.recv_msg::<ToDest>().await {
+                Ok(ToDest::State(s)) => s,
+                // Before the freeze the source opens a flow for every process of a tree; one
+                // that ended by then is dropped without a state: no failure.
+                Err(e) if matches!(part, Part::Member(_)) => {
+                    debug!(migration = id, error = %e, "a tree's process dropped before its state");
+                    reader.abort();
+                    return Ok(None);
+                }
+                Err(e) => return Err(e.to_string()),
+                Ok(ToDest::Abort { reason }) => {
+                    return Err(format!("the source gave up: {reason}"));
+                }
+                Ok(other) => return Err(format!("expected the state, got {other:?}")),
             },
         };
         let built = self

@@ -767,6 +767,32 @@ impl Run {
         segments: &[Segment],
         phase: &str,
     ) -> Result<u64, String> {
+        self.send_pages_from(pages, ranges, segments, phase, None)
+            .await
+    }
+
+    /// [`Run::send_pages`] from a process that runs (pre-copy's rounds): a range it unmapped
+    /// meanwhile is not sent but added to `gone` (the final step sends whatever of it is
+    /// there again).
+    async fn send_running_pages(
+        &self,
+        pages: &mut Sender,
+        ranges: &[(u64, u64)],
+        phase: &str,
+        gone: &mut Vec<(u64, u64)>,
+    ) -> Result<u64, String> {
+        self.send_pages_from(pages, ranges, &[], phase, Some(gone))
+            .await
+    }
+
+    async fn send_pages_from(
+        &self,
+        pages: &mut Sender,
+        ranges: &[(u64, u64)],
+        segments: &[Segment],
+        phase: &str,
+        mut gone: Option<&mut Vec<(u64, u64)>>,
+    ) -> Result<u64, String> {
         let total: u64 = ranges.iter().map(|r| r.1).sum();
         let pid = Pid::from_raw(self.pid);
         let unreadable: Vec<(u64, u64)> = segments
@@ -777,10 +803,33 @@ impl Run {
         let mut sent = 0u64;
         for chunk in chunks(ranges, CHUNK) {
             let unreadable = unreadable.clone();
-            let read = tokio::task::spawn_blocking(move || read_chunk(pid, &chunk, &unreadable))
+            let lenient = gone.is_some();
+            let read =
+                tokio::task::spawn_blocking(move || match read_chunk(pid, &chunk, &unreadable) {
+                    // A running process may have unmapped some of it: range by range then.
+                    Err(_) if lenient => {
+                        let mut read = (Vec::new(), Vec::new());
+                        let mut missing = Vec::new();
+                        for r in chunk {
+                            match read_chunk(pid, &[r], &unreadable) {
+                                Ok((_, b)) => {
+                                    read.0.push(r);
+                                    read.1.extend_from_slice(&b);
+                                }
+                                Err(_) => missing.push(r),
+                            }
+                        }
+                        Ok((read, missing))
+                    }
+                    other => other.map(|r| (r, Vec::new())),
+                })
                 .await
                 .map_err(|e| e.to_string())?;
-            let (addr, buf) = read.map_err(|e| format!("reading the process's memory: {e}"))?;
+            let ((addr, buf), missing) =
+                read.map_err(|e| format!("reading the process's memory: {e}"))?;
+            if let Some(gone) = gone.as_mut() {
+                gone.extend(missing);
+            }
             let mut at = 0usize;
             for &(a, len) in &addr {
                 pages
@@ -827,12 +876,15 @@ impl Run {
             .send_msg(&ToDest::Round { round: 0 })
             .await
             .map_err(|e| Attempt::Rejected(format!("lost: {e}")))?;
+        let mut gone = Vec::new();
         let n = self
-            .send_pages(pages, &present, &[], "pre-copy round 0")
+            .send_running_pages(pages, &present, "pre-copy round 0", &mut gone)
             .await
             .map_err(|e| Attempt::Rejected(format!("lost sending pages: {e}")))?;
         report.page_bytes += n;
-        state.sent = present;
+        state.sent = subtract(&present, &gone);
+        // Not sent: whatever is there at the freeze goes then.
+        state.pending = std::mem::take(&mut gone);
         let mut round = 0u32;
         loop {
             round += 1;
@@ -850,7 +902,7 @@ impl Run {
             debug!(migration = %self.id, round, bytes, "pre-copy round");
             if bytes < self.cfg.precopy.stop_below || round >= self.cfg.precopy.max_rounds {
                 // Give these back to the tracker's count: the final step sends them.
-                state.pending = dirty;
+                state.pending.extend(dirty);
                 break;
             }
             pages
@@ -858,10 +910,11 @@ impl Run {
                 .await
                 .map_err(|e| Attempt::Rejected(format!("lost: {e}")))?;
             let n = self
-                .send_pages(pages, &dirty, &[], &format!("pre-copy round {round}"))
+                .send_running_pages(pages, &dirty, &format!("pre-copy round {round}"), &mut gone)
                 .await
                 .map_err(|e| Attempt::Rejected(format!("lost sending pages: {e}")))?;
             report.resent_bytes += n;
+            state.pending.append(&mut gone);
         }
         report.precopy_rounds = round;
         Ok(state)
@@ -1040,7 +1093,8 @@ struct PreCopy {
     tracker: Option<Box<dyn DirtyTracker>>,
     /// Page ranges (address, length) sent at least once.
     sent: Vec<(u64, u64)>,
-    /// Dirty ranges found by the last look, not sent yet.
+    /// Dirty ranges found by the last look, and ranges a round could not read (the process
+    /// had unmapped them), not sent yet.
     pending: Vec<(u64, u64)>,
     /// Tracking failed: nothing sent counts as current.
     lost: bool,
