@@ -174,6 +174,14 @@ impl Run {
                 return Err(Attempt::Fatal(e));
             }
         };
+        // The destination started every process of the tree before the root's `Started`:
+        // the tree runs there from here.
+        tl.mark("commit → started");
+        debug!(migration = %self.id, timeline = %tl, "source timeline (tree)");
+        let mut root_report = flows[0].1.report.clone();
+        root_report.processes = members.len() as u32;
+        self.running(&mut root_report, started, freeze_at);
+        flows[0].1.report = root_report;
         let mut failed = None;
         for (run, flow) in flows.iter_mut().skip(1) {
             match run
@@ -201,12 +209,6 @@ impl Run {
             let _ = frozen.call(|t| t.take().map(ExcisedTree::kill)).await;
             return Err(Attempt::Fatal(MigrateError::Failed(why)));
         }
-        tl.mark("commit → started");
-        debug!(migration = %self.id, timeline = %tl, "source timeline (tree)");
-        let mut root_report = flows[0].1.report.clone();
-        root_report.processes = members.len() as u32;
-        self.running(&mut root_report, started, freeze_at);
-        flows[0].1.report = root_report;
         // It never runs here again: the FIFOs it shares with its copy (by path) are the copy's.
         let released = frozen
             .call(|t| t.as_mut().map(ExcisedTree::release_fifos))
