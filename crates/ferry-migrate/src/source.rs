@@ -430,22 +430,7 @@ impl Run {
         self.await_ready(&mut flow).await?;
         tl.mark("destination ready");
 
-        stop_for_commit(&[self.pid]);
-        let started = match self.commit(&mut flow).await {
-            Ok(pid) => pid,
-            // It did not start there (and never will): resume here.
-            Err(Uncommitted::NotStarted(why)) => {
-                resume_after_commit(&[self.pid]);
-                drop(frozen);
-                return Err(Attempt::Rejected(why));
-            }
-            Err(Uncommitted::Unknown(e)) => {
-                // Unknown outcome: keep the process frozen (and this thread) rather than
-                // risk two running copies. An operator decides.
-                std::mem::forget(frozen);
-                return Err(Attempt::Fatal(e));
-            }
-        };
+        let (started, frozen) = self.commit_frozen(&mut flow, &[self.pid], frozen).await?;
         tl.mark("commit → started");
         debug!(migration = %self.id, timeline = %tl, "source timeline");
         self.running(&mut flow.report, started, freeze_at);
@@ -665,6 +650,31 @@ impl Run {
                     )),
                     Err(e) => Err(Uncommitted::Unknown(e)),
                 }
+            }
+        }
+    }
+
+    /// Stops `pids` ([`stop_for_commit`]), commits on `flow` and returns the pid there, with
+    /// `frozen` back. If it will never start there, the processes resume here (`frozen`
+    /// dropped); if nobody knows, they stay frozen (`frozen` and its thread forgotten) rather
+    /// than risk two running copies: an operator decides.
+    async fn commit_frozen<S>(
+        &self,
+        flow: &mut Flow,
+        pids: &[i32],
+        frozen: Pinned<S>,
+    ) -> Result<(i32, Pinned<S>), Attempt> {
+        stop_for_commit(pids);
+        match self.commit(flow).await {
+            Ok(pid) => Ok((pid, frozen)),
+            Err(Uncommitted::NotStarted(why)) => {
+                resume_after_commit(pids);
+                drop(frozen);
+                Err(Attempt::Rejected(why))
+            }
+            Err(Uncommitted::Unknown(e)) => {
+                std::mem::forget(frozen);
+                Err(Attempt::Fatal(e))
             }
         }
     }

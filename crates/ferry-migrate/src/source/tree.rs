@@ -161,19 +161,7 @@ impl Run {
         tl.mark("destination ready");
 
         // Commit on the root's flow; every flow hears its process started.
-        stop_for_commit(&pids);
-        let started = match self.commit(&mut flows[0].1).await {
-            Ok(pid) => pid,
-            Err(Uncommitted::NotStarted(why)) => {
-                resume_after_commit(&pids);
-                drop(frozen);
-                return Err(Attempt::Rejected(why));
-            }
-            Err(Uncommitted::Unknown(e)) => {
-                std::mem::forget(frozen);
-                return Err(Attempt::Fatal(e));
-            }
-        };
+        let (started, frozen) = self.commit_frozen(&mut flows[0].1, &pids, frozen).await?;
         // The destination started every process of the tree before the root's `Started`:
         // the tree runs there from here.
         tl.mark("commit → started");
