@@ -458,17 +458,7 @@ impl Dest {
             },
         };
         let built = self
-            .build_from_state(
-                peer,
-                id,
-                offer.as_ref(),
-                &part,
-                state,
-                sink,
-                &reader,
-                tx,
-                rx,
-            )
+            .build_from_state(peer, id, offer.as_ref(), &part, state, sink, tx, rx)
             .await;
         if let (Err(e), Some(tree)) = (&built, part.assembly()) {
             // The tree's other processes stop waiting for this one.
@@ -490,7 +480,6 @@ impl Dest {
         part: &Part,
         state: Box<State>,
         sink: Arc<PageSink>,
-        reader: &tokio::task::JoinHandle<()>,
         tx: &mut Sender,
         rx: &mut Receiver,
     ) -> Result<Option<(Arc<Pager>, Arc<PageSink>, Instant)>, String> {
@@ -674,7 +663,6 @@ impl Dest {
         // process would run on with wrong memory: the guard ends it instead.
         let guard = ferry_sys::uffd::PagerGuard::new(&uffd)
             .map_err(|e| format!("guarding the pager: {e}"))?;
-        let _ = reader;
         let pager = Pager::new(
             id.to_string(),
             algorithm,
