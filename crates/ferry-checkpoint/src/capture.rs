@@ -188,9 +188,13 @@ fn excise_checked(
         mobility::check_no_children(pid)?;
     }
     let (mut image, segments, pagemap_scan) = capture_frozen(&mut frozen, platform, opts)?;
-    if let Some(ns) = crate::pidns::Localizer::for_processes(&[pid])? {
+    let namespace = crate::pidns::Localizer::for_processes(&[pid])?;
+    let ipc = crate::ipcns::capture(&[pid], namespace.is_some())?;
+    crate::ipcns::check_attachments(ipc.as_ref(), [(pid, &image)])?;
+    if let Some(ns) = namespace {
         ns.image(&mut image);
     }
+    image.ipc_namespace = ipc;
     Ok(Excised {
         stats: ExcisionStats {
             excision: frozen.frozen_at.elapsed(),
@@ -502,6 +506,7 @@ pub(crate) fn capture_frozen(
         threads,
         // Set once the image's ids are its namespace's (see `pidns`).
         pid_namespace: None,
+        ipc_namespace: None,
     };
     debug!(
         pid = pid.as_raw(),

@@ -11,6 +11,7 @@
 //! - [`pagecopy`]: the page pipeline out of a process into a sink (file, later socket).
 //! - [`restart`]: what an interrupted system call must do when the process continues.
 //! - [`restore`]: rebuilds the process in a fresh vessel by syscall injection.
+//! - `ipcns`: a job's IPC namespace and its SysV shared memory, moved whole.
 //! - [`tree`]: a process and its descendants frozen and captured together (their restore is
 //!   `restore::tree`).
 //! - [`imagedir`]: the image directory (`core.img`, `pages.img`): atomic writing, verified
@@ -21,6 +22,7 @@
 pub mod capture;
 pub mod freeze;
 pub mod imagedir;
+mod ipcns;
 pub mod mobility;
 pub mod objects;
 pub mod pagecopy;

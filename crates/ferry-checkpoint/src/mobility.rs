@@ -494,10 +494,30 @@ pub fn classify_mapping(
             return Ok(Some((Backing::SharedAnonymous, Some(name))));
         }
         p if p.starts_with(b"/SYSV") => {
-            return Err(refuse(
-                pid,
-                format!("the mapping at {at:#x} is SysV shared memory"),
-            ));
+            // Its segment moves with the job whose IPC namespace holds it.
+            if !crate::ipcns::has_own_namespace(pid)? || !crate::pidns::in_job(pid)? {
+                return Err(refuse(
+                    pid,
+                    format!(
+                        "the mapping at {at:#x} is SysV shared memory of an IPC namespace it shares with processes that stay; SysV memory moves with a `ferry run` job, whose IPC namespace is its own"
+                    ),
+                ));
+            }
+            if m.offset != 0 {
+                return Err(refuse(
+                    pid,
+                    format!("the mapping at {at:#x} is part of a SysV shared memory segment"),
+                ));
+            }
+            Backing::SysvShm {
+                id: i32::try_from(m.inode).map_err(|_| {
+                    refuse(
+                        pid,
+                        format!("the SysV segment at {at:#x} has id {}", m.inode),
+                    )
+                })?,
+                read_only: !m.has_flag("mw"),
+            }
         }
         p if p.starts_with(b"/memfd:") => unnamed_mapping(pid, m, true)?,
         p if p.starts_with(b"[") => {

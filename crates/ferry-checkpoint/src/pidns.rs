@@ -21,6 +21,11 @@ fn depth(pid: Pid) -> Result<usize, CheckpointError> {
     Ok(status.nspid.map_or(1, |ids| ids.len()))
 }
 
+/// Whether `pid` lives in a PID namespace below ferry's (a `ferry run` job's).
+pub(crate) fn in_job(pid: Pid) -> Result<bool, CheckpointError> {
+    Ok(depth(pid)? > depth(host::self_pid())?)
+}
+
 /// Checks that `pid` lives in ferry's PID namespace, or is the init of a namespace made in
 /// it: a process deeper down, or one that is not its namespace's init, cannot get its ids
 /// back (its namespace moves whole, from its init).

@@ -37,7 +37,7 @@ use ferry_sys::abi::{self, Itimerval, KernelSigaction, PrctlMmMap, StackT, encod
 use ferry_sys::inject::{Batch, BatchArea, BatchResult, Injector, Scratch, code_page};
 use ferry_sys::libc;
 use ferry_sys::ptrace::Tracee;
-use ferry_sys::{Errno, Pid, SysError, host, mem, proc, spawn};
+use ferry_sys::{Errno, Pid, SysError, host, mem, proc, spawn, sysv};
 use tracing::{debug, info};
 
 use crate::capture::from_model_regs;
@@ -266,6 +266,9 @@ pub struct Vessel {
     round_trips: u64,
     /// The init of a PID namespace of its own: dropped, it ends the processes in it first.
     init: bool,
+    /// SysV segments of its IPC namespace to mark for removal once every process of it has
+    /// attached them (they were marked so at the checkpoint).
+    segments_to_remove: Vec<i32>,
 }
 
 impl Vessel {
@@ -281,20 +284,70 @@ impl Vessel {
     }
 
     /// [`Vessel::prepare`] as the init of a new PID namespace (for an image with
-    /// [`ProcessImage::pid_namespace`]; see [`spawn::vessel_in_new_pid_namespace`]).
-    pub fn prepare_as_init() -> Result<Vessel, RestoreError> {
-        let mut vessel = Vessel::around(spawn::vessel_in_new_pid_namespace().map_err(
-            RestoreError::sys("creating a PID namespace for the process"),
-        )?)?;
+    /// [`ProcessImage::pid_namespace`]; see [`spawn::vessel_in_new_pid_namespace`]), in a new
+    /// IPC namespace holding the segments of `ipc` too if it is given
+    /// ([`ProcessImage::ipc_namespace`]).
+    pub fn prepare_as_init(ipc: Option<&IpcNamespace>) -> Result<Vessel, RestoreError> {
+        let mut vessel =
+            Vessel::around(spawn::vessel_in_new_pid_namespace(ipc.is_some()).map_err(
+                RestoreError::sys("creating a PID namespace for the process"),
+            )?)?;
         vessel.init = true;
+        if let Some(ipc) = ipc {
+            vessel.make_segments(ipc)?;
+        }
         Ok(vessel)
+    }
+
+    /// Makes the segments of `ipc` in the vessel's IPC namespace, with their ids and bytes.
+    fn make_segments(&mut self, ipc: &IpcNamespace) -> Result<(), RestoreError> {
+        sysv::in_namespace_of(self.pid(), || {
+            for seg in &ipc.segments {
+                let runs: Vec<(u64, &[u8])> = seg
+                    .runs
+                    .iter()
+                    .map(|r| (r.offset, r.bytes.as_slice()))
+                    .collect();
+                let new = sysv::NewSegment {
+                    id: seg.id,
+                    key: seg.key,
+                    size: seg.size,
+                    mode: seg.mode,
+                    uid: seg.uid,
+                    gid: seg.gid,
+                };
+                sysv::create(&new, &runs)?;
+            }
+            Ok(())
+        })
+        .map_err(RestoreError::sys("making the SysV shared memory segments"))?;
+        self.segments_to_remove = ipc
+            .segments
+            .iter()
+            .filter(|s| s.removed)
+            .map(|s| s.id)
+            .collect();
+        Ok(())
+    }
+
+    /// Marks for removal the segments that were so marked at the checkpoint: every process of
+    /// the namespace has attached its own by now.
+    fn remove_segments(&mut self) -> Result<(), RestoreError> {
+        if self.segments_to_remove.is_empty() {
+            return Ok(());
+        }
+        let ids = std::mem::take(&mut self.segments_to_remove);
+        sysv::in_namespace_of(self.pid(), || {
+            ids.iter().try_for_each(|&id| sysv::remove(id))
+        })
+        .map_err(RestoreError::sys("marking SysV segments for removal"))
     }
 
     /// The vessel for `image`: in a new PID namespace if it had one of its own, else one
     /// with its pid if that is free here, else any.
     pub fn prepare_for(image: &ProcessImage) -> Result<Vessel, RestoreError> {
         if image.pid_namespace.is_some() {
-            return Vessel::prepare_as_init();
+            return Vessel::prepare_as_init(image.ipc_namespace.as_ref());
         }
         match Vessel::prepare_at(Some(Pid::from_raw(image.control.pid))) {
             Err(RestoreError::Sys { source, .. }) if source.errno() == Some(Errno::EEXIST) => {
@@ -312,6 +365,7 @@ impl Vessel {
             calls: 0,
             round_trips: 0,
             init: false,
+            segments_to_remove: Vec::new(),
         };
         let pid = vessel.pid();
         vessel
@@ -820,6 +874,26 @@ impl Builder {
                 Backing::SharedAnonymous => {
                     (libc::MAP_SHARED | libc::MAP_ANONYMOUS | fixed, u64::MAX, 0)
                 }
+                Backing::SysvShm { id, read_only } => {
+                    // Attached whole at its address, by the id it keeps in the job's IPC
+                    // namespace; its bytes are in the segment already.
+                    let mut flags = 0;
+                    if *read_only {
+                        flags |= libc::SHM_RDONLY;
+                    }
+                    if v.prot.exec {
+                        flags |= libc::SHM_EXEC;
+                    }
+                    self.room(&mut q, 1, 0)?;
+                    self.push(
+                        &mut q,
+                        Tag::Plain,
+                        "shmat",
+                        libc::SYS_shmat,
+                        [*id as u64, v.start, flags as u64, 0, 0, 0],
+                    );
+                    continue;
+                }
                 Backing::UnnamedFile {
                     file,
                     offset,
@@ -984,6 +1058,7 @@ impl Builder {
     /// Everything but the registers: the process is complete and still stopped.
     pub fn finish(&mut self) -> Result<(), RestoreError> {
         self.finish_mappings()?;
+        self.vessel.remove_segments()?;
         self.open_files()?;
         self.set_mm_layout()?;
         self.restore_process_state()?;
@@ -1004,7 +1079,12 @@ impl Builder {
                 continue;
             }
             self.room(&mut q, 7, v.anon_name.as_ref().map_or(0, |n| n.len() + 8))?;
-            if self.has_pages[i] && (!v.prot.read || !v.prot.write) {
+            // shmat maps a segment readable, writable unless read-only, executable if asked.
+            let attached_otherwise = matches!(
+                v.backing,
+                Backing::SysvShm { read_only, .. } if !v.prot.read || v.prot.write == read_only
+            );
+            if (self.has_pages[i] && (!v.prot.read || !v.prot.write)) || attached_otherwise {
                 self.push(
                     &mut q,
                     Tag::Plain,

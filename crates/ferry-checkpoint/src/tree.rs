@@ -145,7 +145,11 @@ fn shared_memory(held: &[Held]) -> Result<Vec<SharedMemory>, CheckpointError> {
             ));
         }
         let maps = proc::read_maps(pid).map_err(CheckpointError::sys("reading mappings"))?;
-        for m in maps.into_iter().filter(|m| m.shared && !is_file_mapping(m)) {
+        // (A SysV segment is attached by each member by its id.)
+        for m in maps
+            .into_iter()
+            .filter(|m| m.shared && !is_file_mapping(m) && !m.path.starts_with(b"/SYSV"))
+        {
             objects
                 .entry((m.dev_major, m.dev_minor, m.inode))
                 .or_default()
@@ -422,6 +426,11 @@ pub fn excise_tree(
     // Ids as the tree's own PID namespace numbers them, if it has one.
     let all: Vec<Pid> = held.iter().map(|h| Pid::from_raw(h.member.pid)).collect();
     let namespace = crate::pidns::Localizer::for_processes(&all)?;
+    let mut ipc = crate::ipcns::capture(&living, namespace.is_some())?;
+    crate::ipcns::check_attachments(
+        ipc.as_ref(),
+        captured.iter().map(|(pid, image, ..)| (*pid, image)),
+    )?;
     let mut tree = TreeImage {
         members: held.iter().map(|h| h.member.clone()).collect(),
         shared: shared_files(&described)?,
@@ -437,6 +446,9 @@ pub fn excise_tree(
         .map(|(pid, mut image, segments, pagemap_scan, _)| {
             if let Some(ns) = &namespace {
                 ns.image(&mut image);
+            }
+            if pid == root {
+                image.ipc_namespace = ipc.take();
             }
             ExcisedMember {
                 pid,

@@ -20,13 +20,15 @@ pub const PAGES_MAGIC: [u8; 8] = *b"FERRYPGS";
 /// Version of the image format. Bump minor for additions old readers may ignore, major for
 /// anything else.
 pub const FORMAT_MAJOR: u16 = 1;
-pub const FORMAT_MINOR: u16 = 5;
+pub const FORMAT_MINOR: u16 = 6;
 /// The first minor version whose images list threads ([`ProcessImage::threads`]).
 const FIRST_MINOR_WITH_THREADS: u16 = 2;
 /// The first minor version whose socket pairs are [`FdKind::UnixPair`]s.
 const FIRST_MINOR_WITH_UNIX_PAIRS: u16 = 3;
 /// The first minor version whose images end with [`ProcessImage::pid_namespace`].
 const FIRST_MINOR_WITH_PID_NAMESPACE: u16 = 5;
+/// The first minor version whose images end with [`ProcessImage::ipc_namespace`].
+const FIRST_MINOR_WITH_IPC_NAMESPACE: u16 = 6;
 /// Size of the `pages.img` header; page data starts page-aligned right after it.
 pub const PAGES_HEADER_LEN: u64 = PAGE_SIZE;
 /// Largest `core.img` payload ferry accepts (the model of a process with the maximum number of
@@ -152,6 +154,10 @@ pub fn decode_core(bytes: &[u8]) -> Result<ProcessImage, FormatError> {
     }
     if minor < FIRST_MINOR_WITH_PID_NAMESPACE {
         // Likewise `pid_namespace`, the last field since: `None` is one zero byte.
+        payload.to_mut().push(0);
+    }
+    if minor < FIRST_MINOR_WITH_IPC_NAMESPACE {
+        // And `ipc_namespace`, the last field since.
         payload.to_mut().push(0);
     }
     let (mut image, rest) = postcard::take_from_bytes::<ProcessImage>(&payload)
@@ -603,8 +609,9 @@ mod tests {
         };
         image.files.fds.push(end(5, 10, 11, b"queued"));
         image.files.fds.push(end(6, 11, 10, b""));
-        // A 1.2 payload has no `pid_namespace` at its end.
+        // A 1.2 payload has no `pid_namespace` and `ipc_namespace` at its end.
         let mut payload = encode_payload(&image).unwrap();
+        assert_eq!(payload.pop(), Some(0));
         assert_eq!(payload.pop(), Some(0));
         let mut bytes = wrap_payload(&payload);
         bytes[10..12].copy_from_slice(&2u16.to_le_bytes());
@@ -647,7 +654,7 @@ mod tests {
         let err = decode_core(&bytes).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "core.img: image format 2.5 is not supported (this ferry reads 1.0 to 1.5)"
+            "core.img: image format 2.6 is not supported (this ferry reads 1.0 to 1.6)"
         );
         let mut bytes = encode_core(&sample_image()).unwrap();
         bytes[10..12].copy_from_slice(&(FORMAT_MINOR + 1).to_le_bytes());
@@ -661,8 +668,9 @@ mod tests {
     fn images_from_before_threads_decode_with_no_threads() {
         let image = sample_image();
         let mut payload = encode_payload(&image).unwrap();
-        // A 1.1 payload is a 1.5 payload without the trailing empty thread list and the
-        // trailing `None` (no PID namespace).
+        // A 1.1 payload is a 1.6 payload without the trailing empty thread list and the
+        // trailing `None`s (no PID namespace, no IPC namespace).
+        assert_eq!(payload.pop(), Some(0));
         assert_eq!(payload.pop(), Some(0));
         assert_eq!(payload.pop(), Some(0));
         let mut bytes = wrap_payload(&payload);
@@ -683,6 +691,7 @@ mod tests {
         let image = sample_image();
         let mut payload = encode_payload(&image).unwrap();
         assert_eq!(payload.pop(), Some(0));
+        assert_eq!(payload.pop(), Some(0));
         let mut bytes = wrap_payload(&payload);
         bytes[10..12].copy_from_slice(&4u16.to_le_bytes());
         let body = bytes.len() - 8;
@@ -694,6 +703,38 @@ mod tests {
         image.pid_namespace = Some(crate::model::PidNamespace { host_pid: 4242 });
         let back = decode_core(&encode_core(&image).unwrap()).unwrap();
         assert_eq!(back.pid_namespace, image.pid_namespace);
+    }
+
+    #[test]
+    fn images_from_before_ipc_namespaces_decode_with_none() {
+        let mut image = sample_image();
+        image.pid_namespace = Some(crate::model::PidNamespace { host_pid: 4242 });
+        let mut payload = encode_payload(&image).unwrap();
+        assert_eq!(payload.pop(), Some(0));
+        let mut bytes = wrap_payload(&payload);
+        bytes[10..12].copy_from_slice(&5u16.to_le_bytes());
+        let body = bytes.len() - 8;
+        let sum = xxh3_64(&bytes[..body]);
+        bytes[body..].copy_from_slice(&sum.to_le_bytes());
+        assert_eq!(decode_core(&bytes).unwrap(), image);
+        // A 1.6 image keeps its segments.
+        image.ipc_namespace = Some(crate::model::IpcNamespace {
+            segments: vec![crate::model::SysvSegment {
+                id: 32769,
+                key: 0x1234,
+                size: 10_000,
+                mode: 0o600,
+                uid: 1000,
+                gid: 1000,
+                removed: false,
+                runs: vec![crate::model::SegmentRun {
+                    offset: 4096,
+                    bytes: vec![7; 4096],
+                }],
+            }],
+        });
+        let back = decode_core(&encode_core(&image).unwrap()).unwrap();
+        assert_eq!(back, image);
     }
 
     #[test]

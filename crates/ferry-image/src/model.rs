@@ -27,7 +27,48 @@ pub struct ProcessImage {
     /// the image (its pid, its threads', its tree's) is that namespace's, and it is restored
     /// as the init of a new one. `None` in images of format 1.4 and older.
     pub pid_namespace: Option<PidNamespace>,
+    /// Set on the init of a PID namespace that had an IPC namespace of its own too (a job of
+    /// `ferry run`): its SysV shared memory segments, restored in a new IPC namespace with
+    /// their ids. `None` in images of format 1.5 and older.
+    pub ipc_namespace: Option<IpcNamespace>,
 }
+
+/// The IPC namespace of a job: what it holds, moved whole with the job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpcNamespace {
+    /// Its SysV shared memory segments (`shmget`), attached or not, by id.
+    pub segments: Vec<SysvSegment>,
+}
+
+/// One SysV shared memory segment: made again with its id, key, size, owner and mode; its
+/// bytes carried here (attachments map it by id: [`Backing::SysvShm`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SysvSegment {
+    /// `shmid`, as `shmget` returned it.
+    pub id: i32,
+    /// Its key (0: `IPC_PRIVATE`, and every segment marked for removal).
+    pub key: i32,
+    /// Its size in bytes, as asked of `shmget`.
+    pub size: u64,
+    /// Permission bits (`0o777` at most).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Marked for removal (`IPC_RMID`): it ends at its last detach.
+    pub removed: bool,
+    /// Its bytes, as runs of pages not known to be zero, by offset, in order.
+    pub runs: Vec<SegmentRun>,
+}
+
+/// Bytes of a [`SysvSegment`] at `offset` (page aligned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentRun {
+    pub offset: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// Largest sum of SysV segment bytes an image carries (the image's payload holds them).
+pub const MAX_SYSV_BYTES: usize = 32 << 20;
 
 /// The PID namespace a process was the init of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -282,7 +323,7 @@ impl Vma {
         match &self.backing {
             Backing::Anonymous | Backing::Heap | Backing::Stack | Backing::SharedAnonymous => true,
             Backing::File { .. } | Backing::UnnamedFile { .. } => !self.shared,
-            Backing::Vvar | Backing::VvarVclock | Backing::Vdso => false,
+            Backing::Vvar | Backing::VvarVclock | Backing::Vdso | Backing::SysvShm { .. } => false,
         }
     }
 }
@@ -323,6 +364,14 @@ pub enum Backing {
         /// The primary fd of this image that holds the same file (a `MemFd` or `DeletedFile`
         /// fd), if any: restore gives it the file the mappings map.
         fd: Option<i32>,
+    },
+    /// A SysV shared memory segment of the process's IPC namespace, attached whole (`shmat`):
+    /// its bytes travel with the segment ([`IpcNamespace`]), not as pages of the mapping.
+    SysvShm {
+        /// The segment's id.
+        id: i32,
+        /// Attached with `SHM_RDONLY`: the mapping may never be made writable.
+        read_only: bool,
     },
 }
 
@@ -1019,6 +1068,7 @@ pub mod tests_support {
             timers: Timers::default(),
             threads: Vec::new(),
             pid_namespace: None,
+            ipc_namespace: None,
         }
     }
 }

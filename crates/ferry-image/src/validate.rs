@@ -20,6 +20,8 @@ pub const MAX_VMAS: usize = 65_530;
 pub const MAX_FDS: usize = 1 << 16;
 /// Highest fd number restore will create.
 pub const MAX_FD_NUMBER: i32 = 1 << 20;
+/// Most SysV segments of one IPC namespace (the kernel's default `shmmni` is 4096).
+pub const MAX_SYSV_SEGMENTS: usize = 1 << 15;
 /// Kernel limit for the auxiliary vector kept in `mm_struct` (words).
 pub const MAX_AUXV_WORDS: usize = 2 * (2 + 23 + 1 + 1);
 /// x86_64 user code and stack segment selectors (64-bit mode).
@@ -73,6 +75,92 @@ pub fn validate_in_tree(
     validate_mapped_fds(image)?;
     validate_signals(&image.signals)?;
     validate_threads(image)?;
+    validate_ipc(image)?;
+    Ok(())
+}
+
+/// An IPC namespace belongs to the init of a PID namespace; its segments are distinct, of
+/// sane sizes, their bytes inside them and within [`MAX_SYSV_BYTES`]; a SysV mapping of the
+/// image attaches one of them whole. (A tree member's mappings name its root's segments:
+/// [`crate::validate_tree`] checks those.)
+fn validate_ipc(image: &ProcessImage) -> Result<(), ValidationError> {
+    let Some(ipc) = &image.ipc_namespace else {
+        return Ok(());
+    };
+    ensure!(
+        image.pid_namespace.is_some(),
+        "an IPC namespace of its own, but no PID namespace"
+    );
+    ensure!(
+        ipc.segments.len() <= MAX_SYSV_SEGMENTS,
+        "{} SysV segments",
+        ipc.segments.len()
+    );
+    let mut carried = 0usize;
+    let mut ids = HashSet::new();
+    for seg in &ipc.segments {
+        ensure!(
+            seg.id >= 0 && ids.insert(seg.id),
+            "SysV segment id {} negative or repeated",
+            seg.id
+        );
+        ensure!(
+            seg.size > 0 && seg.size < USER_SPACE_END,
+            "SysV segment {} of {} bytes",
+            seg.id,
+            seg.size
+        );
+        ensure!(
+            seg.mode <= 0o777,
+            "SysV segment {} with mode {:o}",
+            seg.id,
+            seg.mode
+        );
+        ensure!(
+            !seg.removed || seg.key == 0,
+            "SysV segment {} marked for removal keeps its key",
+            seg.id
+        );
+        let mut next = 0u64;
+        for run in &seg.runs {
+            let end = run.offset.checked_add(run.bytes.len() as u64);
+            ensure!(
+                run.offset >= next
+                    && run.offset.is_multiple_of(PAGE_SIZE)
+                    && end.is_some_and(|e| e <= seg.size.next_multiple_of(PAGE_SIZE)),
+                "SysV segment {}: bytes at {:#x} out of order or outside it",
+                seg.id,
+                run.offset
+            );
+            next = end.unwrap_or(u64::MAX);
+            carried = carried.saturating_add(run.bytes.len());
+        }
+    }
+    ensure!(
+        carried <= MAX_SYSV_BYTES,
+        "{carried} bytes of SysV segments (at most {MAX_SYSV_BYTES})"
+    );
+    for v in &image.memory.vmas {
+        if let Backing::SysvShm { id, .. } = v.backing {
+            check_sysv_attachment(v, ipc, id)?;
+        }
+    }
+    Ok(())
+}
+
+/// A SysV mapping attaches segment `id` of `ipc` whole.
+pub fn check_sysv_attachment(v: &Vma, ipc: &IpcNamespace, id: i32) -> Result<(), ValidationError> {
+    let Some(seg) = ipc.segments.iter().find(|s| s.id == id) else {
+        return Err(ValidationError(format!(
+            "the mapping at {:#x} attaches SysV segment {id}, which the image lacks",
+            v.start
+        )));
+    };
+    ensure!(
+        v.len() == seg.size.next_multiple_of(PAGE_SIZE) && v.shared,
+        "the mapping at {:#x} attaches SysV segment {id} in part",
+        v.start
+    );
     Ok(())
 }
 
@@ -358,6 +446,10 @@ fn validate_memory(m: &AddressSpace) -> Result<(), ValidationError> {
             }
             Backing::Vvar | Backing::VvarVclock | Backing::Vdso => vdso_parts.push(i),
             Backing::Stack | Backing::Heap | Backing::Anonymous | Backing::SharedAnonymous => {}
+            Backing::SysvShm { id, read_only } => ensure!(
+                v.shared && *id >= 0 && !(*read_only && v.prot.write),
+                "mapping {i}: a SysV attachment that is private, of a negative id, or writable though read-only"
+            ),
         }
         ensure!(
             !v.flags.growsdown || !v.shared,

@@ -683,10 +683,13 @@ impl Dest {
     /// else a new one.
     async fn vessel_for(self: &Arc<Dest>, image: &ProcessImage) -> Result<VesselThread, String> {
         Ok(if image.pid_namespace.is_some() {
-            Pinned::spawn("ferry-vessel", || Vessel::prepare_as_init().map(Slot::Warm))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?
+            let ipc = image.ipc_namespace.clone();
+            Pinned::spawn("ferry-vessel", move || {
+                Vessel::prepare_as_init(ipc.as_ref()).map(Slot::Warm)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?
         } else {
             let vessel = match self.warm.lock().await.take() {
                 Some(v) => v,

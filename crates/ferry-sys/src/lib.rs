@@ -14,6 +14,7 @@
 //! - [`proc`]: what `/proc` tells about a process (maps with VmFlags, status, fds, limits).
 //! - [`host`]: facts about this machine (kernel release, vDSO, XSAVE layout).
 //! - [`spawn`]: an empty, traced child process to restore into.
+//! - [`sysv`]: SysV shared memory segments of an IPC namespace.
 //! - [`load`]: run-queue length and CPU capacity of the host (machine-wide or its cgroup).
 //! - [`aio`]: kernel fds (userfaultfd, pidfd) watched by tokio.
 //! - [`abi`]: kernel structures and constants that libc does not define (yet).
@@ -37,6 +38,7 @@ pub mod proc;
 pub mod ptrace;
 pub mod sockdiag;
 pub mod spawn;
+pub mod sysv;
 pub mod uffd;
 
 pub use libc;
@@ -73,6 +75,8 @@ pub enum SysError {
         pid: i32,
         errno: Errno,
     },
+    #[error("SysV segment {id}: {detail}")]
+    Segment { id: i32, detail: String },
     #[error("pid {pid}: memory at {addr:#x} (+{len}): {errno}")]
     Memory {
         pid: i32,

@@ -26,10 +26,11 @@ pub fn vessel_at(pid: Option<Pid>) -> Result<Tracee> {
 
 /// [`vessel`] as the init (pid 1) of a new PID namespace (`CLONE_NEWPID`, which needs
 /// `CAP_SYS_ADMIN`): the processes and threads it makes take the ids they ask for there, free
-/// whatever this host's own namespace holds. The returned tracee's pid is the one this
-/// namespace sees.
-pub fn vessel_in_new_pid_namespace() -> Result<Tracee> {
-    vessel_with(libc::CLONE_NEWPID as u64, None)
+/// whatever this host's own namespace holds. With `ipc`, in a new IPC namespace too
+/// (`CLONE_NEWIPC`). The returned tracee's pid is the one this namespace sees.
+pub fn vessel_in_new_pid_namespace(ipc: bool) -> Result<Tracee> {
+    let ipc = if ipc { libc::CLONE_NEWIPC as u64 } else { 0 };
+    vessel_with(libc::CLONE_NEWPID as u64 | ipc, None)
 }
 
 fn vessel_with(flags: u64, pid: Option<Pid>) -> Result<Tracee> {
@@ -169,8 +170,9 @@ const JOB_STEPS: [&str; 8] = [
     "execve",
 ];
 
-/// Starts `cmd` as the init (pid 1) of a new PID namespace (`clone3` with `CLONE_NEWPID`,
-/// which needs `CAP_SYS_ADMIN`): a child of this process, leading a session of its own, with
+/// Starts `cmd` as the init (pid 1) of a new PID namespace, in a new IPC namespace (`clone3`
+/// with `CLONE_NEWPID | CLONE_NEWIPC`, which needs `CAP_SYS_ADMIN`; its SysV objects are
+/// its own and move with it): a child of this process, leading a session of its own, with
 /// `cmd`'s credentials (no supplementary groups) and working directory, stdin, stdout and
 /// stderr on `/dev/null` and every other fd closed on exec. Returns its pid here once it
 /// exec'd, or the step that failed in the child.
@@ -190,7 +192,7 @@ pub fn job_in_new_pid_namespace(cmd: &JobCommand) -> Result<Pid> {
     let (report_rx, report_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| SysError::syscall("pipe2", Pid::this(), e))?;
     let args = crate::abi::CloneArgs {
-        flags: libc::CLONE_NEWPID as u64,
+        flags: (libc::CLONE_NEWPID | libc::CLONE_NEWIPC) as u64,
         exit_signal: libc::SIGCHLD as u64,
         set_tid: 0,
         set_tid_size: 0,

@@ -107,6 +107,12 @@ fn backing(v: &Vma) -> String {
         Backing::Vvar => "[vvar]".into(),
         Backing::VvarVclock => "[vvar_vclock]".into(),
         Backing::Vdso => "[vdso]".into(),
+        Backing::SysvShm { id, read_only } => {
+            format!(
+                "SysV segment {id}{}",
+                if *read_only { " (read-only)" } else { "" }
+            )
+        }
         Backing::UnnamedFile {
             offset,
             origin,
@@ -314,6 +320,20 @@ fn print_human(dir: &Path, image: &ProcessImage) {
             ns.host_pid
         );
     }
+    if let Some(ipc) = &image.ipc_namespace {
+        let carried: usize = ipc
+            .segments
+            .iter()
+            .flat_map(|s| &s.runs)
+            .map(|r| r.bytes.len())
+            .sum();
+        println!(
+            "ipc        an IPC namespace of its own: {} SysV segment(s) (ids {:?}), {} carried",
+            ipc.segments.len(),
+            ipc.segments.iter().map(|s| s.id).collect::<Vec<_>>(),
+            bytes(carried as u64)
+        );
+    }
     println!("command    {}", c.argv.join(" "));
     println!("cwd        {}  umask {:03o}", c.cwd, c.umask);
     println!(
@@ -439,6 +459,13 @@ fn to_json(image: &ProcessImage) -> Value {
             "pid": c.pid, "ppid": c.ppid, "comm": c.comm, "exe": c.exe, "argv": c.argv,
             "cwd": c.cwd, "umask": c.umask, "stopped": c.stopped,
             "pid_namespace": image.pid_namespace.map(|ns| serde_json::json!({"host_pid": ns.host_pid})),
+            "ipc_namespace": image.ipc_namespace.as_ref().map(|ipc| serde_json::json!({
+                "segments": ipc.segments.iter().map(|s| serde_json::json!({
+                    "id": s.id, "key": s.key, "size": s.size, "mode": s.mode, "uid": s.uid,
+                    "gid": s.gid, "removed": s.removed,
+                    "carried": s.runs.iter().map(|r| r.bytes.len()).sum::<usize>(),
+                })).collect::<Vec<_>>(),
+            })),
         },
         "credentials": {
             "uid": [image.credentials.uid.real, image.credentials.uid.effective, image.credentials.uid.saved],

@@ -889,6 +889,92 @@ fn tree_in_its_own_pid_namespace_restores_while_the_original_runs() {
     );
 }
 
+/// A tree in a PID and an IPC namespace of its own (`unshare --pid --fork` then `unshare
+/// --ipc` in the namespace's init: as `ferry run` starts jobs) sharing SysV memory (`workloads/python/sysv_tree.py`): the image carries
+/// the namespace's two segments once each (one marked for removal, both with their data), and
+/// the tree restored in new namespaces attaches them again by their ids and finishes as an
+/// uninterrupted run does.
+#[test]
+fn tree_sharing_sysv_memory_in_its_own_ipc_namespace() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("sysv-tree");
+    let dir = scratch.subdir("run");
+    let python3 = system_program("python3");
+    let program = python_workload("sysv_tree.py");
+    let mut outer = Launch::new("unshare", "unshare", &dir)
+        .args([
+            os("--pid"),
+            os("--fork"),
+            os("unshare"),
+            os("--ipc"),
+            python3.as_os_str(),
+            program.as_os_str(),
+        ])
+        .cwd(&dir)
+        .spawn();
+    wait_for_text(&mut outer, "ready\n");
+    let init = match descendants(outer.raw_pid()).first() {
+        Some(&p) => p,
+        None => panic!("unshare has no child\n{}", outer.diagnostics()),
+    };
+    let image = scratch.join("image");
+    let run = ferry(
+        &scratch,
+        &[
+            os("checkpoint"),
+            os(&init.to_string()),
+            os("--dir"),
+            image.as_os_str(),
+        ],
+    );
+    assert_eq!(run.code(), 0, "checkpoint failed\n{}", run.describe());
+    let inspect = ferry(&scratch, &[os("inspect"), image.as_os_str(), os("--json")]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&inspect.stdout).expect("ferry inspect --json prints JSON");
+    let segments = summary["process"]["ipc_namespace"]["segments"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the image has no IPC namespace: {summary}"));
+    let mut seen: Vec<(bool, u64, bool)> = segments
+        .iter()
+        .map(|s| {
+            (
+                s["removed"].as_bool().unwrap_or_default(),
+                s["size"].as_u64().unwrap_or_default(),
+                s["carried"].as_u64().unwrap_or_default() > 0,
+            )
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        vec![(false, 1 << 16, true), (true, (1 << 20) + 100, true)],
+        "the keyed segment and the removed one, with data: {summary}"
+    );
+    let mut restored = restore_detached(
+        &scratch,
+        &image,
+        "sysv-tree-restored",
+        Some(outer.stdout.clone().expect("stdout file")),
+        None,
+    );
+    let exit = restored.wait(TIMEOUT);
+    assert_eq!(
+        exit,
+        Exit::Code(0),
+        "the restored tree ended with {exit}\n{}{}",
+        run.describe(),
+        restored.diagnostics()
+    );
+    assert_same(
+        "output of the SysV tree restored in new namespaces",
+        &restored.output_bytes(),
+        SYSV_TREE_OUTPUT,
+        &run.describe(),
+    );
+}
+
 #[test]
 fn leave_running_counter_finishes_unharmed() {
     if !needs_root() {

@@ -670,3 +670,58 @@ fn pid_namespace_joined_from_outside() {
     joiner.kill_tree();
     outer.kill_tree();
 }
+
+/// SysV shared memory of the host's IPC namespace (a process not started by `ferry run`):
+/// its id could be taken where it went, and processes that stay may attach it. Refused, and
+/// the tree finishes as if untouched.
+#[test]
+fn sysv_shared_memory_outside_a_job() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("immobile-sysv");
+    let dir = scratch.subdir("run");
+    let mut proc = Launch::new("sysv-tree", python3(), &dir)
+        .args([python_workload("sysv_tree.py")])
+        .cwd(&dir)
+        .spawn();
+    wait_for_text(&mut proc, "ready\n");
+    let run = assert_refused(&scratch, &mut proc, &["sysv shared memory"]);
+    assert_finishes(&mut proc, SYSV_TREE_OUTPUT, &run);
+}
+
+/// A PID and IPC namespace of its own (as `ferry run` makes) holding a SysV semaphore set:
+/// semaphores do not move yet. Refused, and left running.
+#[test]
+fn ipc_namespace_with_a_semaphore() {
+    if !needs_root() {
+        return;
+    }
+    let scratch = Scratch::new("immobile-sysv-sem");
+    let dir = scratch.subdir("run");
+    let program = "import ctypes, time\n\
+                   libc = ctypes.CDLL(None, use_errno=True)\n\
+                   assert libc.semget(0, 1, 0o600) >= 0\n\
+                   print('ready', flush=True)\n\
+                   time.sleep(60)\n";
+    let mut outer = Launch::new("unshare", "unshare", &dir)
+        .args([
+            "--pid", "--fork", "unshare", "--ipc", "python3", "-c", program,
+        ])
+        .spawn();
+    wait_for_text(&mut outer, "ready\n");
+    let init = nth_descendant(&outer, 0);
+    let run = refused_pid(
+        &scratch,
+        init,
+        "image",
+        "its IPC namespace holds 1 SysV semaphore set(s) and 0 message queue(s), which do not move yet",
+    );
+    let stat = proc_stat(init).expect("the refused init is gone");
+    assert!(
+        !matches!(stat.state, 'T' | 't' | 'Z' | 'X'),
+        "{}",
+        run.describe()
+    );
+    outer.kill_tree();
+}

@@ -453,6 +453,27 @@ fn fifo_shared_in_a_tree_job_with_every_algorithm() {
     );
 }
 
+/// SysV shared memory between a process and its child (`workloads/python/sysv_tree.py`): a
+/// segment marked for removal and a keyed one attached twice (once read-only) move with the
+/// job's IPC namespace, with their ids and keys, shared again, with every algorithm.
+#[test]
+fn sysv_shared_memory_in_a_tree_job_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    let program = python_workload("sysv_tree.py")
+        .to_string_lossy()
+        .into_owned();
+    job_tree_with_every_algorithm(
+        "mig-sysv-tree",
+        "cd \"$1\" && python3 \"$2\"",
+        &program,
+        3,
+        true,
+        |_, out| String::from_utf8_lossy(&fs::read(out).unwrap_or_default()).contains("ready\n"),
+    );
+}
+
 /// A tree started outside a PID namespace of its own (not by `ferry run`) keeps its pids when
 /// it moves; where they are taken (here: the test hosts share one kernel, and the frozen
 /// original holds them) the destination refuses it, and the tree runs on at the source and

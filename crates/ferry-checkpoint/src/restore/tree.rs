@@ -151,11 +151,12 @@ impl TreeRebuild {
             host_pids: Vec::new(),
         };
         let in_namespace = images[0].is_some_and(|root| root.pid_namespace.is_some());
+        let ipc = images[0].and_then(|root| root.ipc_namespace.as_ref());
         let vessels = &mut rebuild.vessels;
         for (i, m) in tree.members.iter().enumerate() {
             let mut vessel = if i == 0 {
                 if in_namespace {
-                    Vessel::prepare_as_init()?
+                    Vessel::prepare_as_init(ipc)?
                 } else {
                     root_vessel(m)?
                 }
@@ -408,6 +409,7 @@ impl Vessel {
             calls: 0,
             round_trips: 0,
             init: false,
+            segments_to_remove: Vec::new(),
         })
     }
 
@@ -586,6 +588,28 @@ impl Plan {
             .enumerate()
             .map(|(i, m)| (m.pid, i))
             .collect();
+        // Every SysV attachment names a segment of the root's IPC namespace.
+        let ipc = loaded
+            .first()
+            .copied()
+            .flatten()
+            .and_then(|r| r.ipc_namespace.as_ref());
+        for image in loaded.iter().skip(1).flatten() {
+            for v in &image.memory.vmas {
+                let Backing::SysvShm { id, .. } = v.backing else {
+                    continue;
+                };
+                let attached = match ipc {
+                    Some(ipc) => validate::check_sysv_attachment(v, ipc, id),
+                    None => Err(ferry_image::ValidationError(format!(
+                        "the mapping at {:#x} attaches SysV segment {id} outside an IPC namespace of the tree's own",
+                        v.start
+                    ))),
+                };
+                attached
+                    .map_err(|e| invalid(dir, format!("pid {}: {}", image.control.pid, e.0)))?;
+            }
+        }
         let primary = |i: usize, fd: i32| -> Option<&Fd> {
             loaded[i]?
                 .files

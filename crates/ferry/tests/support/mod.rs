@@ -111,6 +111,10 @@ pub fn system_program(name: &str) -> PathBuf {
 }
 
 /// `workloads/python/NAME`.
+/// What `workloads/python/sysv_tree.py` prints when its segments behaved.
+pub const SYSV_TREE_OUTPUT: &[u8] =
+    b"ready\ncounter 30 seen read-only 30\npattern ok\nkey finds the same id: True\ndone\n";
+
 pub fn python_workload(name: &str) -> PathBuf {
     let path = repo_root().join("workloads/python").join(name);
     assert!(path.is_file(), "{} is missing", path.display());
