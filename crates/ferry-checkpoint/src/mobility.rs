@@ -207,7 +207,7 @@ fn check_threads(pid: Pid, main: &proc::Status) -> Result<(), CheckpointError> {
     Ok(())
 }
 
-fn utf8(pid: Pid, what: &str, bytes: &[u8]) -> Result<String, CheckpointError> {
+pub(crate) fn utf8(pid: Pid, what: &str, bytes: &[u8]) -> Result<String, CheckpointError> {
     String::from_utf8(bytes.to_vec()).map_err(|_| {
         refuse(
             pid,

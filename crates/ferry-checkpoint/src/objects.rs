@@ -1,4 +1,5 @@
-//! Fds that are kernel objects rather than files — pipes, FIFOs, unix socket pairs, eventfd,
+//! Fds that are kernel objects rather than files — pipes, FIFOs, unix socket pairs and
+//! listening unix sockets, eventfd,
 //! timerfd, signalfd, epoll, inotify, memfd, deleted files: their state, read from `/proc/PID/fdinfo`,
 //! from `sock_diag` and from a copy of the fd (`pidfd_getfd`), without changing it (a datagram
 //! socket's queue is taken out and put back). Restore creates each object anew
@@ -11,15 +12,16 @@
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 
-use ferry_image::{EpollWatch, FdKind, InotifyWatch, MAX_CARRIED_BYTES, SocketKind};
+use ferry_image::{EpollWatch, FdKind, InotifyWatch, MAX_CARRIED_BYTES, SocketKind, SocketName};
 use ferry_sys::kobj::{self, Shared};
-use ferry_sys::proc::{LinkStat, OpenFd};
-use ferry_sys::sockdiag::UnixSocket;
+use ferry_sys::proc::{self, LinkStat, OpenFd};
+use ferry_sys::sockdiag::{self, UnixSocket};
 use ferry_sys::{Pid, libc, pidfd};
 
 use crate::CheckpointError;
-use crate::mobility::refuse;
+use crate::mobility::{refuse, utf8};
 
 /// The anonymous-inode kinds ferry carries (as `/proc/PID/fd` names them).
 const SUPPORTED_ANON: [&str; 5] = ["eventfd", "timerfd", "signalfd", "eventpoll", "inotify"];
@@ -378,18 +380,25 @@ pub fn classify_socket(
             ),
         ));
     };
-    if s.named {
-        return Err(refuse(
-            pid,
-            format!("fd {n} is a socket bound to a name ({target}); only unix socket pairs move"),
-        ));
-    }
     let Some(kind) = SocketKind::from_number(i32::from(s.kind)) else {
         return Err(refuse(
             pid,
             format!("fd {n} is a unix socket of type {} ({target})", s.kind),
         ));
     };
+    if s.state == sockdiag::TCP_LISTEN {
+        return classify_listener(pid, fd, socket, s, kind, depth);
+    }
+    // A connected socket bound to a name (an accepted connection shows its listener's) moves
+    // as one end of a pair, without its name; a bound socket that is not connected does not.
+    if s.named && s.peer.is_none() {
+        return Err(refuse(
+            pid,
+            format!(
+                "fd {n} is a socket bound to a name but not connected ({target}); only listening sockets and connected ones move"
+            ),
+        ));
+    }
     // A socket pair's ends name each other; a datagram socket merely connected to another
     // (which does not name it back) is no pair.
     let peer = s.peer.filter(|p| {
@@ -492,6 +501,85 @@ pub fn classify_socket(
         pass_credentials: option(libc::SO_PASSCRED, "SO_PASSCRED")? != 0,
         send_buffer: option(libc::SO_SNDBUF, "SO_SNDBUF")?.max(0) as u32,
         messages,
+    }))
+}
+
+/// The state of listening socket `socket` (`s`) at fd `fd`, or the reason it pins the
+/// process: it must have no connection waiting to be accepted (those are sockets no process
+/// holds yet), and a path name must be absolute (a relative one names a file relative to a
+/// directory the process may have left).
+fn classify_listener(
+    pid: Pid,
+    fd: &OpenFd,
+    socket: u64,
+    s: &UnixSocket,
+    kind: SocketKind,
+    depth: Depth,
+) -> Result<Option<FdKind>, CheckpointError> {
+    let n = fd.fd;
+    if s.rqueue > 0 {
+        return Err(refuse(
+            pid,
+            format!(
+                "fd {n} is a listening socket with {} connection(s) not accepted yet; try again",
+                s.rqueue
+            ),
+        ));
+    }
+    let name = match &s.name {
+        Some(sockdiag::UnixName::Abstract(bytes)) => SocketName::Abstract(bytes.clone()),
+        Some(sockdiag::UnixName::Path(path)) => {
+            let path = utf8(pid, &format!("fd {n}'s socket path"), path)?;
+            if !path.starts_with('/') {
+                return Err(refuse(
+                    pid,
+                    format!("fd {n} is a socket listening at the relative path {path:?}"),
+                ));
+            }
+            let Some((dev, inode)) = s.file else {
+                return Err(refuse(
+                    pid,
+                    format!("fd {n} is a socket listening at {path}, whose file is unknown"),
+                ));
+            };
+            let st = proc::stat_path(Path::new(&path)).ok();
+            if st.is_none_or(|st| (st.dev, st.inode) != (dev, inode)) {
+                return Err(refuse(
+                    pid,
+                    format!(
+                        "fd {n} is a socket listening at {path}, whose file was removed or replaced: no process could connect to it by that path"
+                    ),
+                ));
+            }
+            SocketName::Path {
+                path,
+                dev,
+                inode,
+                mode: st.map_or(0, |st| st.mode & 0o7777),
+            }
+        }
+        None => {
+            return Err(refuse(
+                pid,
+                format!("fd {n} is a listening socket without a name"),
+            ));
+        }
+    };
+    if depth == Depth::Kind {
+        return Ok(None);
+    }
+    let copy = copy_of_fd(pid, n)?;
+    let pass_credentials =
+        kobj::socket_option(&copy, pid, libc::SOL_SOCKET, libc::SO_PASSCRED).map_err(
+            CheckpointError::sys(format!("reading SO_PASSCRED of the socket of fd {n}")),
+        )? != 0;
+    Ok(Some(FdKind::UnixListener {
+        socket,
+        kind,
+        name,
+        backlog: s.backlog,
+        flags: fd.flags & !libc::O_CLOEXEC,
+        pass_credentials,
     }))
 }
 

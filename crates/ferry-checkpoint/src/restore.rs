@@ -170,10 +170,11 @@ fn precheck_files(image: &ProcessImage) -> Result<(), RestoreError> {
             },
         })
     };
-    // A deleted file is made again in the directory it was in.
-    let deleted_file_dir = |who: &str, path: &str| {
-        let dir = objects::deleted_file_dir(path);
-        let what = format!("{who} (a deleted file's directory)");
+    // A deleted file is made again in the directory it was in; a listening socket is bound
+    // in its own.
+    let parent_dir = |who: &str, whose: &str, path: &str| {
+        let dir = objects::parent_dir(path);
+        let what = format!("{who} ({whose} directory)");
         if stat(&what, dir)?.file_type() != libc::S_IFDIR {
             return Err(RestoreError::FileChanged {
                 what,
@@ -224,7 +225,14 @@ fn precheck_files(image: &ProcessImage) -> Result<(), RestoreError> {
             }
         }
         if let FdKind::DeletedFile { path, .. } = &fd.kind {
-            deleted_file_dir(&format!("fd {}", fd.number), path)?;
+            parent_dir(&format!("fd {}", fd.number), "a deleted file's", path)?;
+        }
+        if let FdKind::UnixListener {
+            name: SocketName::Path { path, .. },
+            ..
+        } = &fd.kind
+        {
+            parent_dir(&format!("fd {}", fd.number), "a listening socket's", path)?;
         }
     }
     for vma in &image.memory.vmas {
@@ -233,7 +241,11 @@ fn precheck_files(image: &ProcessImage) -> Result<(), RestoreError> {
             ..
         } = &vma.backing
         {
-            deleted_file_dir(&format!("mapping {:#x}", vma.start), path)?;
+            parent_dir(
+                &format!("mapping {:#x}", vma.start),
+                "a deleted file's",
+                path,
+            )?;
         }
         if let Backing::File { path, identity, .. } = &vma.backing {
             let what = format!("mapping {:#x}", vma.start);
@@ -584,6 +596,10 @@ pub struct Builder {
     privileged_opens: u32,
     has_pages: Vec<bool>,
     ready: bool,
+    /// Listening sockets bound beside their path, which the original's socket file holds:
+    /// (where bound, the path), renamed over the path as the process starts, removed if it
+    /// never does.
+    bound_aside: Vec<(String, String)>,
 }
 
 impl Builder {
@@ -614,6 +630,7 @@ impl Builder {
             privileged_opens: 0,
             has_pages,
             ready: false,
+            bound_aside: Vec::new(),
         };
         b.empty_the_vessel()?;
         b.map_memory()?;
@@ -1939,6 +1956,7 @@ impl Builder {
             list: Vec::new(),
         };
         self.make_threads(&mut threads)?;
+        self.take_over_socket_paths()?;
         let scratch = self.vessel.scratch;
         // The last calls run from a `syscall` in the vDSO, which stays mapped.
         let vdso = vdso_gadget(&image);
@@ -1991,6 +2009,33 @@ impl Builder {
         }
         debug!(pid = pid.as_raw(), "running");
         Ok((pid, report))
+    }
+}
+
+impl Builder {
+    /// Listening sockets bound beside their path take it over (`rename` replaces the
+    /// original's socket file at once: a client connecting meanwhile finds one or the other).
+    fn take_over_socket_paths(&mut self) -> Result<(), RestoreError> {
+        while let Some((aside, path)) = self.bound_aside.pop() {
+            if let Err(e) = std::fs::rename(&aside, &path) {
+                let _ = std::fs::remove_file(&aside);
+                return Err(RestoreError::MissingFile {
+                    what: "a listening socket taking its path back".into(),
+                    path,
+                    detail: e.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Builder {
+    fn drop(&mut self) {
+        // A process that never started leaves no socket file behind.
+        for (aside, _) in self.bound_aside.drain(..) {
+            let _ = std::fs::remove_file(aside);
+        }
     }
 }
 
@@ -2054,10 +2099,19 @@ const LINK_HELLO: &str = "sendto(link hello)";
 /// family, the NUL that makes the name abstract, the name (no terminating NUL: every byte of
 /// the length is part of an abstract name).
 fn abstract_sockaddr(name: &str) -> Vec<u8> {
-    let mut addr = Vec::with_capacity(3 + name.len());
-    addr.extend_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
-    addr.push(0);
-    addr.extend_from_slice(name.as_bytes());
+    unix_sockaddr(&[&[0], name.as_bytes()])
+}
+
+/// A `sockaddr_un` (`AF_UNIX`) whose `sun_path` is `parts` joined: a path (its terminating
+/// NUL added) or an abstract name (a NUL byte first, no terminator).
+fn unix_sockaddr(parts: &[&[u8]]) -> Vec<u8> {
+    let mut addr = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+    for p in parts {
+        addr.extend_from_slice(p);
+    }
+    if parts.first().is_none_or(|p| p.first() != Some(&0)) {
+        addr.push(0);
+    }
     addr
 }
 
@@ -2215,6 +2269,8 @@ mod tests {
         assert_eq!(&a[..2], &(libc::AF_UNIX as u16).to_le_bytes());
         assert_eq!(a[2], 0);
         assert_eq!(&a[3..], b"ferry-msg");
+        let p = unix_sockaddr(&[b"/tmp/s"]);
+        assert_eq!(&p[2..], b"/tmp/s\0");
     }
 
     #[test]

@@ -590,6 +590,17 @@ mod tests {
             }),
             15
         );
+        assert_eq!(
+            tag(&FdKind::UnixListener {
+                socket: 1,
+                kind: crate::model::SocketKind::Stream,
+                name: crate::model::SocketName::Abstract(Vec::new()),
+                backlog: 0,
+                flags: 0,
+                pass_credentials: false,
+            }),
+            16
+        );
     }
 
     #[test]

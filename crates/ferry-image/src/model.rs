@@ -620,7 +620,40 @@ pub enum FdKind {
         /// In ascending order of watch descriptor.
         watches: Vec<InotifyWatch>,
     },
+    /// A unix socket listening for connections (`listen`), bound to `name`, with no
+    /// connection waiting to be accepted. Restore binds a new socket to the name (a path held
+    /// by the original's socket file is taken over when the process starts).
+    UnixListener {
+        /// The socket's inode number at the checkpoint.
+        socket: u64,
+        /// Stream or seqpacket.
+        kind: SocketKind,
+        name: SocketName,
+        /// `listen`'s backlog.
+        backlog: u32,
+        /// Status flags (`O_NONBLOCK`).
+        flags: i32,
+        pass_credentials: bool,
+    },
 }
+
+/// The name a unix socket is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SocketName {
+    /// An abstract name (without its leading NUL byte), unique in a network namespace.
+    Abstract(Vec<u8>),
+    /// An absolute path, with the identity of the socket file `bind` made there and its
+    /// permission bits.
+    Path {
+        path: String,
+        dev: u64,
+        inode: u64,
+        mode: u32,
+    },
+}
+
+/// Longest name a unix socket address holds (`sun_path` without a terminating NUL).
+pub const MAX_SOCKET_NAME: usize = 107;
 
 /// One watch of an inotify instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -722,7 +755,8 @@ impl FdKind {
             | FdKind::UnixPair { flags, .. }
             | FdKind::Fifo { flags, .. }
             | FdKind::ProcFile { flags, .. }
-            | FdKind::Inotify { flags, .. } => *flags,
+            | FdKind::Inotify { flags, .. }
+            | FdKind::UnixListener { flags, .. } => *flags,
             FdKind::Link { .. } => O_RDWR,
         }
     }

@@ -20,6 +20,8 @@ pub const MAX_VMAS: usize = 65_530;
 pub const MAX_FDS: usize = 1 << 16;
 /// Highest fd number restore will create.
 pub const MAX_FD_NUMBER: i32 = 1 << 20;
+/// Largest `listen` backlog accepted (the kernel caps what it keeps at `somaxconn`).
+pub const MAX_LISTEN_BACKLOG: u32 = 1 << 20;
 /// Most SysV segments of one IPC namespace (the kernel's default `shmmni` is 4096).
 pub const MAX_SYSV_SEGMENTS: usize = 1 << 15;
 /// Kernel limit for the auxiliary vector kept in `mm_struct` (words).
@@ -732,6 +734,35 @@ fn check_kernel_object(
                         .all(|c| !c.is_empty() && c != "." && c != ".."),
                 "fd {n}: /proc path {path:?}"
             );
+        }
+        FdKind::UnixListener {
+            kind,
+            name,
+            backlog,
+            ..
+        } => {
+            ensure!(
+                *kind != SocketKind::Datagram,
+                "fd {n}: a listening datagram socket"
+            );
+            ensure!(
+                *backlog <= MAX_LISTEN_BACKLOG,
+                "fd {n}: listen backlog {backlog}"
+            );
+            match name {
+                SocketName::Abstract(bytes) => ensure!(
+                    bytes.len() <= MAX_SOCKET_NAME,
+                    "fd {n}: abstract socket name of {} bytes",
+                    bytes.len()
+                ),
+                SocketName::Path { path, mode, .. } => {
+                    check_path(&format!("fd {n}"), path)?;
+                    ensure!(
+                        path.len() <= MAX_SOCKET_NAME && path.len() > 1 && *mode <= 0o7777,
+                        "fd {n}: socket path {path:?} (mode {mode:o})"
+                    );
+                }
+            }
         }
         FdKind::Regular { .. }
         | FdKind::Directory { .. }

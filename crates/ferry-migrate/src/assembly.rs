@@ -164,6 +164,14 @@ impl Assembly {
         tree: TreeImage,
         images: HashMap<i32, Arc<ProcessImage>>,
     ) -> Result<HashMap<i32, Built>, String> {
+        // What a peer sent is checked as an image read from disk is, before any process
+        // exists: the manifest, then each image with the socket ends other members hold.
+        ferry_image::validate_tree(&tree).map_err(|e| format!("{e} (the tree's manifest)"))?;
+        let elsewhere = tree.split_ends();
+        for (pid, image) in &images {
+            ferry_image::validate::validate_in_tree(image, &elsewhere)
+                .map_err(|e| format!("{e} (the image of pid {pid})"))?;
+        }
         let origin = format!("migration {}", self.id);
         let pinned = Pinned::spawn("ferry-tree", move || {
             let ordered: Vec<Option<&ProcessImage>> = tree

@@ -503,6 +503,8 @@ impl Dest {
 
         let (shell, pid, lazy_ranges) = match part {
             Part::Whole => {
+                // Checked as an image read from disk is (a tree's, once all are in).
+                ferry_image::validate(&image).map_err(|e| e.to_string())?;
                 let vessel = self.vessel_for(&image).await?;
                 let img = Arc::clone(&image);
                 let built = vessel

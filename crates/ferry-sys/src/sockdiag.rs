@@ -1,22 +1,24 @@
 //! Unix domain sockets of ferry's network namespace as the kernel reports them through
-//! `sock_diag` (`NETLINK_SOCK_DIAG`, `AF_UNIX`): type, state, peer, name, queued bytes and
-//! shutdown state, by inode number. This is how ferry learns which socket is the other end of
+//! `sock_diag` (`NETLINK_SOCK_DIAG`, `AF_UNIX`): type, state, peer, name and socket file,
+//! queued bytes (or pending connections and backlog) and shutdown state, by inode number. This is how ferry learns which socket is the other end of
 //! a socket pair, which `/proc` does not say.
 
 use std::collections::HashMap;
 
+use std::os::unix::ffi::OsStrExt;
+
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    Emitable, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_sock_diag::SockDiagMessage;
-use netlink_packet_sock_diag::unix::nlas::Nla;
+use netlink_packet_sock_diag::unix::nlas::{Nla, UnixDiagName, Vfs};
 use netlink_packet_sock_diag::unix::{ShowFlags, StateFlags, UnixRequest};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
 use crate::{Result, SysError};
 
 /// One unix socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnixSocket {
     /// `SOCK_STREAM`, `SOCK_DGRAM` or `SOCK_SEQPACKET`.
     pub kind: u8,
@@ -27,10 +29,26 @@ pub struct UnixSocket {
     pub peer: Option<u64>,
     /// Bound to a name (a path or an abstract name).
     pub named: bool,
-    /// Bytes waiting to be read (stream), or queued datagrams' bytes.
+    /// The name it is bound to (an accepted socket shows its listener's).
+    pub name: Option<UnixName>,
+    /// For a socket bound to a path: the device (as `st_dev`) and inode of its socket file.
+    pub file: Option<(u64, u64)>,
+    /// Bytes waiting to be read (stream), or queued datagrams' bytes; for a listening socket,
+    /// the connections not yet accepted.
     pub rqueue: u32,
+    /// For a listening socket: its backlog (`listen`'s second argument).
+    pub backlog: u32,
     /// `RCV_SHUTDOWN` (1) and `SEND_SHUTDOWN` (2) bits.
     pub shutdown: u8,
+}
+
+/// The name a unix socket is bound to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnixName {
+    /// A path in the file system, as given to `bind`.
+    Path(Vec<u8>),
+    /// An abstract name (without its leading NUL byte).
+    Abstract(Vec<u8>),
 }
 
 fn failed(detail: impl std::fmt::Display) -> SysError {
@@ -57,7 +75,7 @@ pub fn unix_sockets() -> Result<HashMap<u64, UnixSocket>> {
             // Every state: connected, listening, and unconnected (datagram) sockets.
             state_flags: StateFlags::from_bits_retain(u32::MAX),
             inode: 0,
-            show_flags: ShowFlags::NAME | ShowFlags::PEER | ShowFlags::RQLEN,
+            show_flags: ShowFlags::NAME | ShowFlags::VFS | ShowFlags::PEER | ShowFlags::RQLEN,
             cookie: [0xff; 8],
         })
         .into(),
@@ -87,14 +105,31 @@ pub fn unix_sockets() -> Result<HashMap<u64, UnixSocket>> {
                         state: r.header.state,
                         peer: None,
                         named: false,
+                        name: None,
+                        file: None,
                         rqueue: 0,
+                        backlog: 0,
                         shutdown: 0,
                     };
                     for nla in &r.nlas {
                         match nla {
-                            Nla::Name(_) => s.named = true,
+                            Nla::Name(n) => {
+                                s.named = true;
+                                s.name = Some(match n {
+                                    UnixDiagName::Pathname(p) => {
+                                        UnixName::Path(p.as_bytes().to_vec())
+                                    }
+                                    UnixDiagName::Abstract(a) => UnixName::Abstract(a.clone()),
+                                });
+                            }
+                            Nla::Vfs(v) => s.file = Some(socket_file(v)),
                             Nla::Peer(p) if *p != 0 => s.peer = Some(u64::from(*p)),
-                            Nla::ReceiveQueueLength(rq, _) => s.rqueue = *rq,
+                            Nla::ReceiveQueueLength(rq, wq) => {
+                                s.rqueue = *rq;
+                                if s.state == TCP_LISTEN {
+                                    s.backlog = *wq;
+                                }
+                            }
                             Nla::Shutdown(b) => s.shutdown = *b,
                             _ => {}
                         }
@@ -111,6 +146,22 @@ pub fn unix_sockets() -> Result<HashMap<u64, UnixSocket>> {
             offset += len;
         }
     }
+}
+
+/// `TCP_LISTEN`: the state of a listening unix socket.
+pub const TCP_LISTEN: u8 = 10;
+
+/// The device (as `st_dev` encodes it) and inode of a socket's file (`UNIX_DIAG_VFS`, whose
+/// device is the kernel's `s_dev`: major in the bits above 20).
+fn socket_file(v: &Vfs) -> (u64, u64) {
+    let mut raw = [0u8; 8];
+    v.emit(&mut raw);
+    let inode = u32::from_ne_bytes([raw[0], raw[1], raw[2], raw[3]]);
+    let dev = u32::from_ne_bytes([raw[4], raw[5], raw[6], raw[7]]);
+    (
+        crate::host::makedev(dev >> 20, dev & 0xf_ffff),
+        u64::from(inode),
+    )
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@ use anyhow::Result;
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use ferry_checkpoint::LoadedImage;
 use ferry_image::{
-    Backing, ExitStatus, FdKind, PAGE_SIZE, ProcessImage, Registers, SocketKind, TreeImage,
-    TreeMember, UnnamedOrigin, Vma,
+    Backing, ExitStatus, FdKind, PAGE_SIZE, ProcessImage, Registers, SocketKind, SocketName,
+    TreeImage, TreeMember, UnnamedOrigin, Vma,
 };
 use serde_json::{Value, json};
 
@@ -179,6 +179,7 @@ fn fd_kind(k: &FdKind) -> &'static str {
         FdKind::Fifo { .. } => "fifo",
         FdKind::ProcFile { .. } => "proc",
         FdKind::Inotify { .. } => "inotify",
+        FdKind::UnixListener { .. } => "listener",
     }
 }
 
@@ -278,6 +279,22 @@ fn fd_target(k: &FdKind) -> String {
                 .map(|w| format!("{}={}", w.wd, w.path))
                 .collect();
             format!("watches {}", w.join(", "))
+        }
+        FdKind::UnixListener {
+            socket,
+            kind,
+            name,
+            backlog,
+            ..
+        } => {
+            let name = match name {
+                SocketName::Abstract(bytes) => format!("@{}", String::from_utf8_lossy(bytes)),
+                SocketName::Path { path, .. } => path.clone(),
+            };
+            format!(
+                "unix {} socket:[{socket}] listening at {name}, backlog {backlog}",
+                kind.name()
+            )
         }
         other => other.path().to_string(),
     }

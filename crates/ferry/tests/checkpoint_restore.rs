@@ -354,6 +354,27 @@ fn fifo_shared_by_a_process_and_its_child() {
     .run();
 }
 
+/// A python3 server and its child, its client (`workloads/python/unix_server_tree.py`):
+/// listening sockets on a path and on an abstract name, an accepted connection between them
+/// with bytes in flight. Restored, the listeners are bound to their names again (the path
+/// taken over from the original's socket file) and take new connections; the connection goes
+/// on as a pair.
+#[test]
+fn python3_unix_server_and_its_client() {
+    if !needs_root() {
+        return;
+    }
+    Scenario::new(
+        "py-unix-server",
+        system_program("python3"),
+        Marker::Text("ready\n"),
+    )
+    .args(&[lit(
+        &python_workload("unix_server_tree.py").to_string_lossy()
+    )])
+    .run();
+}
+
 /// A python3 process and its child talking over two socket pairs, one end each: a stream pair
 /// with bytes in flight towards the child, a datagram pair with five datagrams in flight
 /// towards the parent. Restore must make each pair whole again across the two processes.

@@ -130,6 +130,32 @@ time.sleep(3)
 print('done', flush=True)
 ";
 
+/// A listening unix socket with a connection it has not accepted yet (the connecting socket is
+/// held by the process too: no process holds the server's end of it yet).
+const PY_PENDING_CONNECTION: &str = "\
+import os, socket, time
+name = '\\0ferry-pending-' + os.urandom(6).hex()
+s = socket.socket(socket.AF_UNIX)
+s.bind(name)
+s.listen(1)
+c = socket.socket(socket.AF_UNIX)
+c.connect(name)
+print('ready', flush=True)
+time.sleep(3)
+conn, _ = s.accept()
+print('done', flush=True)
+";
+
+/// A datagram socket bound to a name, connected to nothing (a datagram server).
+const PY_DATAGRAM_SERVER: &str = "\
+import os, socket, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind('\\0ferry-dgram-' + os.urandom(6).hex())
+print('ready', flush=True)
+time.sleep(3)
+print('done', flush=True)
+";
+
 /// A socket pair whose ends a process outside the tree holds too (an orphaned grandchild:
 /// no longer a descendant).
 const PY_SHARED_SOCKETPAIR: &str = "\
@@ -326,6 +352,16 @@ fn socket_fd() {
             "py-shared-pair",
             PY_SHARED_SOCKETPAIR,
             "is a socket shared with pid",
+        ),
+        (
+            "py-pending-connection",
+            PY_PENDING_CONNECTION,
+            "connection(s) not accepted yet",
+        ),
+        (
+            "py-datagram-server",
+            PY_DATAGRAM_SERVER,
+            "bound to a name but not connected",
         ),
     ] {
         refused_python(label, program, cause);

@@ -474,6 +474,28 @@ fn sysv_shared_memory_in_a_tree_job_with_every_algorithm() {
     );
 }
 
+/// A server and its child, its client, over named unix sockets
+/// (`workloads/python/unix_server_tree.py`): listening sockets on a path and on an abstract
+/// name and a connection between the two with bytes in flight move with every algorithm;
+/// after the move the child connects again by both names and reaches the moved server.
+#[test]
+fn unix_server_and_client_in_a_tree_job_with_every_algorithm() {
+    if !needs_root() {
+        return;
+    }
+    let program = python_workload("unix_server_tree.py")
+        .to_string_lossy()
+        .into_owned();
+    job_tree_with_every_algorithm(
+        "mig-unix-server",
+        "cd \"$1\" && python3 \"$2\"",
+        &program,
+        3,
+        true,
+        |_, out| String::from_utf8_lossy(&fs::read(out).unwrap_or_default()).contains("ready\n"),
+    );
+}
+
 /// A tree started outside a PID namespace of its own (not by `ferry run`) keeps its pids when
 /// it moves; where they are taken (here: the test hosts share one kernel, and the frozen
 /// original holds them) the destination refuses it, and the tree runs on at the source and

@@ -1,5 +1,6 @@
-//! Kernel objects of an image created anew in the vessel: pipes, FIFOs (reopened by path) and
-//! unix socket pairs (with the bytes or messages that were in flight), eventfd, timerfd,
+//! Kernel objects of an image created anew in the vessel: pipes, FIFOs (reopened by path),
+//! unix socket pairs (with the bytes or messages that were in flight) and listening unix
+//! sockets (bound to their names again), eventfd, timerfd,
 //! signalfd, inotify (its watches at their descriptors), memfd (with its contents and seals),
 //! deleted files (unnamed `O_TMPFILE` files in their old directory, with their contents) and
 //! epoll instances (registrations added once every fd is in place). Their state was read by
@@ -241,6 +242,82 @@ impl Builder {
                 self.seek(q, t, *pos);
                 t
             }
+            FdKind::UnixListener {
+                kind,
+                name,
+                backlog,
+                flags,
+                pass_credentials,
+                ..
+            } => {
+                let (addr, file) = match name {
+                    SocketName::Abstract(bytes) => (unix_sockaddr(&[&[0], bytes]), None),
+                    SocketName::Path {
+                        path,
+                        dev,
+                        inode,
+                        mode,
+                    } => {
+                        let at = self.listening_path(path, *dev, *inode)?;
+                        (unix_sockaddr(&[at.as_bytes()]), Some((at, *mode)))
+                    }
+                };
+                self.room(
+                    q,
+                    5,
+                    addr.len() + file.as_ref().map_or(0, |(p, _)| p.len()) + 24,
+                )?;
+                let nonblock = if flags & libc::O_NONBLOCK != 0 {
+                    libc::SOCK_NONBLOCK
+                } else {
+                    0
+                };
+                let t = self.fds.open();
+                self.push(
+                    q,
+                    Tag::Plain,
+                    "socket",
+                    libc::SYS_socket,
+                    [
+                        libc::AF_UNIX as u64,
+                        (kind.number() | libc::SOCK_CLOEXEC | nonblock) as u64,
+                        0,
+                        0,
+                        0,
+                        0,
+                    ],
+                );
+                let a = q.batch.bytes(&addr);
+                self.push(
+                    q,
+                    Tag::Plain,
+                    "bind",
+                    libc::SYS_bind,
+                    [t, a, addr.len() as u64, 0, 0, 0],
+                );
+                if let Some((at, mode)) = file {
+                    // bind made the file with the vessel's umask: the original's bits back.
+                    let p = q.batch.c_string(&at);
+                    self.push(
+                        q,
+                        Tag::Plain,
+                        "fchmodat(socket file)",
+                        libc::SYS_fchmodat,
+                        [libc::AT_FDCWD as u64, p, u64::from(mode), 0, 0, 0],
+                    );
+                }
+                self.push(
+                    q,
+                    Tag::Plain,
+                    "listen",
+                    libc::SYS_listen,
+                    [t, u64::from(*backlog), 0, 0, 0, 0],
+                );
+                if *pass_credentials {
+                    self.set_socket_option(q, t, libc::SO_PASSCRED, 1)?;
+                }
+                t
+            }
             FdKind::Regular { .. }
             | FdKind::Directory { .. }
             | FdKind::CharDevice { .. }
@@ -324,7 +401,7 @@ impl Builder {
                 t
             }
             UnnamedOrigin::Deleted { path, mode } => {
-                let dir = deleted_file_dir(path);
+                let dir = parent_dir(path);
                 self.room(q, 3, dir.len() + 8)?;
                 let t = self.fds.open();
                 let dir_at = q.batch.c_string(dir);
@@ -484,6 +561,41 @@ impl Builder {
         self.place_end(q, sa, a)?;
         self.place_end(q, sb, b)?;
         self.close_all(q, [sa, sb])
+    }
+
+    /// Where a listening socket of the image binds for `path`: `path` itself where nothing
+    /// is there; where the original's socket file is (this host, or a file system both hosts
+    /// share), a name beside it that replaces `path` as the process starts
+    /// ([`Builder::take_over_socket_paths`]): until then, a migration that fails leaves the
+    /// original's name alone.
+    fn listening_path(&mut self, path: &str, dev: u64, inode: u64) -> Result<String, RestoreError> {
+        let taken = |detail: String| RestoreError::FileChanged {
+            what: "the path of a listening socket".into(),
+            path: path.to_string(),
+            detail,
+        };
+        // (Its directory is there: `precheck_files`.)
+        let dir = parent_dir(path);
+        let Ok(st) = proc::stat_path(Path::new(path)) else {
+            return Ok(path.to_string());
+        };
+        if st.file_type() != libc::S_IFSOCK || (st.dev, st.inode) != (dev, inode) {
+            return Err(taken(
+                "another file holds it now; the socket could not take its name back".into(),
+            ));
+        }
+        let aside = format!(
+            "{}/.ferry-{}-{inode}",
+            dir.trim_end_matches('/'),
+            self.pid()
+        );
+        if aside.len() > MAX_SOCKET_NAME {
+            return Err(taken(format!(
+                "the original's socket file is there, and a name beside it ({aside}) is too long for a socket"
+            )));
+        }
+        self.bound_aside.push((aside.clone(), path.to_string()));
+        Ok(aside)
     }
 
     /// Queues `setsockopt(fd, SOL_SOCKET, name, &value)`.
@@ -1015,8 +1127,9 @@ pub(super) fn above_every_fd(files: &Files) -> u64 {
     files.fds.iter().map(|f| f.number).max().unwrap_or(0) as u64 + 1
 }
 
-/// The directory a deleted file was in (validation guarantees an absolute path with a name).
-pub(super) fn deleted_file_dir(path: &str) -> &str {
+/// The directory of an absolute path with a name (a deleted file's, a socket's: validation
+/// guarantees both).
+pub(super) fn parent_dir(path: &str) -> &str {
     match path.rfind('/') {
         Some(0) | None => "/",
         Some(slash) => &path[..slash],
