@@ -313,6 +313,9 @@ impl Vessel {
 
     /// Makes the segments of `ipc` in the vessel's IPC namespace, with their ids and bytes.
     fn make_segments(&mut self, ipc: &IpcNamespace) -> Result<(), RestoreError> {
+        if ipc.segments.is_empty() {
+            return Ok(());
+        }
         sysv::in_namespace_of(self.pid(), || {
             for seg in &ipc.segments {
                 let runs: Vec<(u64, &[u8])> = seg
@@ -2009,24 +2012,6 @@ impl Builder {
         }
         debug!(pid = pid.as_raw(), "running");
         Ok((pid, report))
-    }
-}
-
-impl Builder {
-    /// Listening sockets bound beside their path take it over (`rename` replaces the
-    /// original's socket file at once: a client connecting meanwhile finds one or the other).
-    fn take_over_socket_paths(&mut self) -> Result<(), RestoreError> {
-        while let Some((aside, path)) = self.bound_aside.pop() {
-            if let Err(e) = std::fs::rename(&aside, &path) {
-                let _ = std::fs::remove_file(&aside);
-                return Err(RestoreError::MissingFile {
-                    what: "a listening socket taking its path back".into(),
-                    path,
-                    detail: e.to_string(),
-                });
-            }
-        }
-        Ok(())
     }
 }
 

@@ -29,6 +29,7 @@ pub fn run(cmd: BenchCommand) -> Result<ExitCode> {
     match cmd {
         BenchCommand::Checkpoint(args) => bench_checkpoint(args),
         BenchCommand::Migrate(args) => crate::bench_migrate::bench_migrate(args),
+        BenchCommand::Trees(args) => crate::bench_trees::bench_trees(args),
         BenchCommand::Balance(args) => crate::bench_balance::bench_balance(args),
         BenchCommand::Messages(args) => crate::bench_messages::bench_messages(args),
         BenchCommand::MsgEcho { name } => crate::bench_messages::msg_echo(&name),

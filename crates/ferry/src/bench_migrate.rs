@@ -24,7 +24,7 @@ use crate::cli::BenchMigrateArgs;
 /// Where the benchmark's cluster keeps its run dir.
 const RUN_DIR: &str = "/run/ferry-bench";
 /// The TCP port of the throughput sink on n2.
-const SINK: &str = "10.77.0.2:7199";
+pub(crate) const SINK: &str = "10.77.0.2:7199";
 
 /// The hidden `bench tcp-sink`: accepts connections and discards what they send.
 pub fn tcp_sink(listen: SocketAddr) -> Result<ExitCode> {
@@ -139,7 +139,7 @@ impl Cluster {
     }
 
     /// Raw TCP throughput n1 → n2 (MB/s), median of 3.
-    fn tcp_throughput(&self, mib: u64) -> Result<f64> {
+    pub(crate) fn tcp_throughput(&self, mib: u64) -> Result<f64> {
         let ferry = self.ferry.to_string_lossy().into_owned();
         let mib = mib.to_string();
         let mut v = Vec::new();
@@ -177,7 +177,7 @@ pub(crate) fn median_f(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
@@ -187,7 +187,11 @@ fn alive(pid: i32) -> bool {
         .is_some_and(|state| state != "Z" && state != "X")
 }
 
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+pub(crate) fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !cond() {
         if Instant::now() > deadline {

@@ -188,6 +188,10 @@ pub enum BenchCommand {
     /// Migrate processes between two test hosts with every algorithm, several sizes, write
     /// rates and link speeds; report medians against the link's raw TCP throughput.
     Migrate(BenchMigrateArgs),
+    /// Move process trees started by `ferry run` (a shell pipeline, make -j2, python3's
+    /// multiprocessing pool, SysV shared memory, a unix server and its client) between two test
+    /// hosts mid-run with every algorithm; report medians and check every output byte for byte.
+    Trees(BenchTreesArgs),
     /// Makespan of 12 CPU-bound jobs submitted at one of 3 test hosts: no balancing, each
     /// placement policy, automatic migration; against the ideal.
     Balance(BenchBalanceArgs),
@@ -319,6 +323,36 @@ pub struct BenchMigrateArgs {
     /// Write a plot of latency and total time per algorithm (SVG).
     #[arg(long, default_value = "bench-migrate.svg")]
     pub plot: Option<PathBuf>,
+    /// Also write every cell's figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// The test cluster script.
+    #[arg(long, default_value = "scripts/testnet.sh")]
+    pub testnet: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchTreesArgs {
+    /// Trees to move: pipeline, make, pool, sysv, unix-server.
+    #[arg(
+        long,
+        default_value = "pipeline,make,pool,sysv,unix-server",
+        value_delimiter = ','
+    )]
+    pub trees: Vec<String>,
+    /// Algorithms to measure.
+    #[arg(
+        long,
+        default_value = "total-copy,pre-copy,demand-paging,file-server,freeze-free",
+        value_delimiter = ','
+    )]
+    pub algorithms: Vec<String>,
+    /// Runs per tree and algorithm (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// The repository's workloads directory (its python3 programs).
+    #[arg(long, default_value = "workloads")]
+    pub workloads: PathBuf,
     /// Also write every cell's figures as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,

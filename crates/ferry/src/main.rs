@@ -7,6 +7,7 @@ mod bench;
 mod bench_balance;
 mod bench_messages;
 mod bench_migrate;
+mod bench_trees;
 mod cli;
 mod cluster;
 mod exit;

@@ -598,6 +598,22 @@ impl Builder {
         Ok(aside)
     }
 
+    /// Listening sockets bound beside their path take it over (`rename` replaces the
+    /// original's socket file at once: a client connecting meanwhile finds one or the other).
+    pub(super) fn take_over_socket_paths(&mut self) -> Result<(), RestoreError> {
+        while let Some((aside, path)) = self.bound_aside.pop() {
+            if let Err(e) = std::fs::rename(&aside, &path) {
+                let _ = std::fs::remove_file(&aside);
+                return Err(RestoreError::MissingFile {
+                    what: "a listening socket taking its path back".into(),
+                    path,
+                    detail: e.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Queues `setsockopt(fd, SOL_SOCKET, name, &value)`.
     fn set_socket_option(
         &mut self,

@@ -20,7 +20,7 @@ pub mod cluster;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1307,43 +1307,9 @@ fn proc_stderr(proc: &Proc) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// A small C project in DIR for `make -j2`: `main.c` and eight units of 1200 statements each
-/// (a few seconds of `gcc -O2` apiece on two cores), and its Makefile.
+/// A small C project in DIR for `make -j2` (`ferry_workloads::write_c_project`).
 pub fn c_project(dir: &Path) {
-    fs::create_dir_all(dir).expect("project dir");
-    let mut main = String::from("#include <stdio.h>\n");
-    let mut calls = String::new();
-    for unit in 1..=8u64 {
-        let mut src =
-            format!("unsigned long unit{unit}(unsigned long x)\n{{\n\tunsigned long a = x;\n");
-        for k in 0..1200u64 {
-            src.push_str(&format!(
-                "\ta = a * {}UL + (a >> {}) ^ {}UL;\n",
-                k * 7 + unit * 13 + 1,
-                k % 13 + 1,
-                k * 31 + unit
-            ));
-        }
-        src.push_str("\treturn a;\n}\n");
-        fs::write(dir.join(format!("unit{unit}.c")), src).expect("writing a unit");
-        main.push_str(&format!("unsigned long unit{unit}(unsigned long);\n"));
-        calls.push_str(&format!("\tx = unit{unit}(x);\n"));
-    }
-    main.push_str(&format!(
-        "int main(void)\n{{\n\tunsigned long x = 1;\n{calls}\tprintf(\"%lu\\n\", x);\n\treturn 0;\n}}\n"
-    ));
-    fs::write(dir.join("main.c"), main).expect("writing main.c");
-    let objs: Vec<String> = std::iter::once("main.o".to_string())
-        .chain((1..=8).map(|u| format!("unit{u}.o")))
-        .collect();
-    fs::write(
-        dir.join("Makefile"),
-        format!(
-            "OBJS = {}\nprog: $(OBJS)\n\tgcc -o $@ $(OBJS)\n%.o: %.c\n\tgcc -O2 -c $< -o $@\n",
-            objs.join(" ")
-        ),
-    )
-    .expect("writing the Makefile");
+    ferry_workloads::write_c_project(dir).expect("writing the C project");
 }
 
 /// A generated input file, removed on drop whatever happens.
@@ -1372,19 +1338,10 @@ impl Rng {
 
 /// MIB MiB made of one pseudo-random 1 MiB block, repeated.
 pub fn repeated_block_file(path: PathBuf, mib: u64) -> BigFile {
-    let mut rng = Rng(0x5a5a);
-    let block: Vec<u8> = (0..(1 << 20) / 8)
-        .flat_map(|_| rng.next().to_le_bytes())
-        .collect();
-    let file = File::create(&path).expect("creating the input file");
     let big = BigFile {
         path,
         len: mib << 20,
     };
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    for _ in 0..mib {
-        w.write_all(&block).expect("writing the input file");
-    }
-    w.flush().expect("writing the input file");
+    ferry_workloads::write_repeated_block_file(&big.path, mib).expect("writing the input file");
     big
 }
