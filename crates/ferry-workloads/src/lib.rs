@@ -64,3 +64,28 @@ pub fn write_repeated_block_file(path: &Path, mib: u64) -> std::io::Result<()> {
     }
     w.flush()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_inputs_are_what_the_workloads_expect() {
+        let dir = std::env::temp_dir().join(format!("ferry-workloads-{}", std::process::id()));
+        write_c_project(&dir.join("src")).unwrap();
+        let mut names: Vec<String> = fs::read_dir(dir.join("src"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 10, "{names:?}");
+        assert!(names.contains(&"Makefile".to_string()) && names.contains(&"unit8.c".to_string()));
+        let input = dir.join("input");
+        write_repeated_block_file(&input, 3).unwrap();
+        let bytes = fs::read(&input).unwrap();
+        assert_eq!(bytes.len(), 3 << 20);
+        assert_eq!(bytes[..1 << 20], bytes[2 << 20..]);
+        assert_ne!(bytes[..8], bytes[8..16]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
