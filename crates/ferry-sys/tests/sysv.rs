@@ -1,18 +1,10 @@
 //! Real-kernel tests of SysV segments, in a private IPC namespace of the test's own thread.
 
-use ferry_sys::{host, sysv};
+mod common;
 
-fn root() -> bool {
-    if host::is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI must run as root"
-    );
-    eprintln!("skipped: needs root");
-    false
-}
+use common::root;
+
+use ferry_sys::sysv;
 
 /// Runs `f` on a thread of its own in a new IPC namespace (which ends with it).
 fn in_new_namespace(f: impl FnOnce() + Send) {

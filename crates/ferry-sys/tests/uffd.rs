@@ -7,6 +7,10 @@
 //! inherits copies of all fds of the test process, uffds included, and a test that closes
 //! its uffd must know that it held the last reference.
 
+mod common;
+
+use common::root;
+
 use std::io::{BufRead, BufReader};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
@@ -16,21 +20,9 @@ use ferry_sys::dirty::{DirtyTracker, UffdWpTracker};
 use ferry_sys::inject::{Injector, find_syscall_gadget};
 use ferry_sys::ptrace::{Stop, Tracee};
 use ferry_sys::uffd::{CopyOutcome, Event, PagerGuard, RegisterMode, Uffd, feature_names};
-use ferry_sys::{Errno, PAGE_SIZE, Pid, SysError, abi, host, mem, proc, spawn};
+use ferry_sys::{Errno, PAGE_SIZE, Pid, SysError, abi, mem, proc, spawn};
 
 const PAGE: usize = PAGE_SIZE as usize;
-
-fn root() -> bool {
-    if host::is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI must run as root"
-    );
-    eprintln!("skipped: needs root");
-    false
-}
 
 fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());

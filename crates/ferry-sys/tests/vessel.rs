@@ -1,18 +1,10 @@
 //! Real-kernel tests of the tracee layer on a vessel child.
 
-use ferry_sys::{host, spawn};
+mod common;
 
-fn root() -> bool {
-    if host::is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI must run as root"
-    );
-    eprintln!("skipped: needs root");
-    false
-}
+use common::root;
+
+use ferry_sys::{host, spawn};
 
 #[test]
 fn vessel_stops_and_reports_its_state() {

@@ -353,29 +353,61 @@ fn size_label(mib: u64) -> String {
     }
 }
 
-pub fn bench_migrate(args: BenchMigrateArgs) -> Result<ExitCode> {
-    if !ferry_sys::host::is_root() {
-        bail!("bench migrate needs root: it creates a test cluster (network namespaces, cgroups)");
+/// Runs `one` `runs` times, showing `label` and the run's number: the samples, and what
+/// made each failed run fail (printed too).
+pub(crate) fn repeat<S>(
+    label: &str,
+    runs: usize,
+    mut one: impl FnMut() -> Result<S>,
+) -> (Vec<S>, Vec<String>) {
+    let (mut samples, mut failures) = (Vec::new(), Vec::new());
+    for run in 0..runs {
+        eprint!("\r{label} run {}/{runs}   ", run + 1);
+        match one() {
+            Ok(s) => samples.push(s),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
     }
+    eprintln!();
+    for f in &failures {
+        eprintln!("  failed: {f}");
+    }
+    (samples, failures)
+}
+
+/// What a benchmark on a test cluster checks first (root, its algorithms, the cluster
+/// script), and its work directory.
+pub(crate) fn prepare(
+    bench: &str,
+    algorithms: &[String],
+    testnet: &Path,
+) -> Result<tempfile::TempDir> {
+    if !ferry_sys::host::is_root() {
+        bail!("bench {bench} needs root: it creates a test cluster (network namespaces, cgroups)");
+    }
+    for a in algorithms {
+        a.parse::<ferry_migrate::report::Algorithm>()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    if !testnet.is_file() {
+        bail!(
+            "{} not found: run from the repository, or pass --testnet PATH",
+            testnet.display()
+        );
+    }
+    tempfile::Builder::new()
+        .prefix(&format!("ferry-bench-{bench}-"))
+        .tempdir()
+        .context("a work directory")
+}
+
+pub fn bench_migrate(args: BenchMigrateArgs) -> Result<ExitCode> {
     let sizes: Vec<u64> = args
         .sizes
         .iter()
         .map(|s| crate::bench::parse_size(s))
         .collect::<Result<_>>()?;
-    for a in &args.algorithms {
-        a.parse::<ferry_migrate::report::Algorithm>()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    if !args.testnet.is_file() {
-        bail!(
-            "{} not found: run from the repository, or pass --testnet PATH",
-            args.testnet.display()
-        );
-    }
-    let work = tempfile::Builder::new()
-        .prefix("ferry-bench-migrate-")
-        .tempdir()
-        .context("a work directory")?;
+    let work = prepare("migrate", &args.algorithms, &args.testnet)?;
     eprintln!("bench migrate: bringing up a 2-host test cluster");
     let testnet = fs::canonicalize(&args.testnet)
         .with_context(|| format!("resolving {}", args.testnet.display()))?;
@@ -402,31 +434,21 @@ pub fn bench_migrate(args: BenchMigrateArgs) -> Result<ExitCode> {
         for &size in &sizes {
             for &rate in &args.dirty_rates {
                 for algorithm in &args.algorithms {
-                    let mut cell = Cell {
+                    let label = format!(
+                        "bench migrate: {link} {} {rate} MiB/s {algorithm}",
+                        size_label(size)
+                    );
+                    let (samples, failures) = repeat(&label, args.runs, || {
+                        one_migration(&cluster, work.path(), size, rate, algorithm)
+                    });
+                    cells.push(Cell {
                         link: link.clone(),
                         size_mib: size,
                         rate,
                         algorithm: algorithm.clone(),
-                        samples: Vec::new(),
-                        failures: Vec::new(),
-                    };
-                    for run in 0..args.runs {
-                        eprint!(
-                            "\rbench migrate: {link} {} {rate} MiB/s {algorithm} run {}/{}   ",
-                            size_label(size),
-                            run + 1,
-                            args.runs
-                        );
-                        match one_migration(&cluster, work.path(), size, rate, algorithm) {
-                            Ok(s) => cell.samples.push(s),
-                            Err(e) => cell.failures.push(format!("{e:#}")),
-                        }
-                    }
-                    eprintln!();
-                    for f in &cell.failures {
-                        eprintln!("  failed: {f}");
-                    }
-                    cells.push(cell);
+                        samples,
+                        failures,
+                    });
                 }
             }
         }

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde_json::{Value, json};
 
-use crate::bench_migrate::{Cluster, SINK, alive, median_f, wait_for};
+use crate::bench_migrate::{Cluster, SINK, alive, median_f, prepare, repeat, wait_for};
 use crate::cli::BenchTreesArgs;
 
 /// One kind of tree: how to start it, and when it is in the middle of its work.
@@ -295,23 +295,7 @@ impl Cell {
 }
 
 pub fn bench_trees(args: BenchTreesArgs) -> Result<ExitCode> {
-    if !ferry_sys::host::is_root() {
-        bail!("bench trees needs root: it creates a test cluster (network namespaces, cgroups)");
-    }
-    for a in &args.algorithms {
-        a.parse::<ferry_migrate::report::Algorithm>()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    if !args.testnet.is_file() {
-        bail!(
-            "{} not found: run from the repository, or pass --testnet PATH",
-            args.testnet.display()
-        );
-    }
-    let work = tempfile::Builder::new()
-        .prefix("ferry-bench-trees-")
-        .tempdir()
-        .context("a work directory")?;
+    let work = prepare("trees", &args.algorithms, &args.testnet)?;
     let trees = trees(&args.trees, work.path(), &args.workloads)?;
     let mut references = Vec::new();
     for tree in &trees {
@@ -334,29 +318,16 @@ pub fn bench_trees(args: BenchTreesArgs) -> Result<ExitCode> {
     let mut cells = Vec::new();
     for (tree, reference) in trees.iter().zip(&references) {
         for algorithm in &args.algorithms {
-            let mut cell = Cell {
+            let label = format!("bench trees: {} {algorithm}", tree.name);
+            let (samples, failures) = repeat(&label, args.runs, || {
+                one_run(&cluster, work.path(), tree, algorithm, reference)
+            });
+            cells.push(Cell {
                 tree: tree.name,
                 algorithm: algorithm.clone(),
-                samples: Vec::new(),
-                failures: Vec::new(),
-            };
-            for run in 0..args.runs {
-                eprint!(
-                    "\rbench trees: {} {algorithm} run {}/{}   ",
-                    tree.name,
-                    run + 1,
-                    args.runs
-                );
-                match one_run(&cluster, work.path(), tree, algorithm, reference) {
-                    Ok(s) => cell.samples.push(s),
-                    Err(e) => cell.failures.push(format!("{e:#}")),
-                }
-            }
-            eprintln!();
-            for f in &cell.failures {
-                eprintln!("  failed: {f}");
-            }
-            cells.push(cell);
+                samples,
+                failures,
+            });
         }
     }
     let _ = ferry_sys::host::send_signal(ferry_sys::Pid::from_raw(sink), 9);
