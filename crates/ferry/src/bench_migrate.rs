@@ -134,6 +134,37 @@ impl Cluster {
             .context("testnet exec printed no pid")
     }
 
+    /// `ferry migrate PID --to n2 --algorithm ALGORITHM --json --wait WAIT` on n1: the report.
+    /// A process that could not move is killed.
+    pub(crate) fn migrate(&self, pid: i32, algorithm: &str, wait: &str) -> Result<Value> {
+        let (ferry, pid_s) = (self.ferry.to_string_lossy().into_owned(), pid.to_string());
+        let out = self
+            .cmd(&[
+                "exec",
+                "n1",
+                "--",
+                &ferry,
+                "migrate",
+                &pid_s,
+                "--to",
+                "n2",
+                "--algorithm",
+                algorithm,
+                "--json",
+                "--wait",
+                wait,
+            ])
+            .output()?;
+        if !out.status.success() {
+            let _ = ferry_sys::host::send_signal(ferry_sys::Pid::from_raw(pid), 9);
+            bail!(
+                "ferry migrate: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout).context("the migration report")
+    }
+
     fn log(&self, node: &str) -> String {
         fs::read_to_string(Path::new(RUN_DIR).join(format!("{node}.log"))).unwrap_or_default()
     }
@@ -267,37 +298,11 @@ fn one_migration(
         // Steady state: pages are being rewritten when the migration begins.
         std::thread::sleep(Duration::from_millis(500));
     }
-    let pid_s = pid.to_string();
     // Demand paging depends on n1 until the process has touched every page, which this idle
     // workload only does when it verifies its memory: return once it runs at n2, verify, and
     // read the total time from n1's log. The others end their dependency on their own.
     let demand_paging = algorithm == "demand-paging";
-    let wait = if demand_paging { "0" } else { "600" };
-    let out = cluster
-        .cmd(&[
-            "exec",
-            "n1",
-            "--",
-            &ferry,
-            "migrate",
-            &pid_s,
-            "--to",
-            "n2",
-            "--algorithm",
-            algorithm,
-            "--json",
-            "--wait",
-            wait,
-        ])
-        .output()?;
-    if !out.status.success() {
-        let _ = ferry_sys::host::send_signal(ferry_sys::Pid::from_raw(pid), 9);
-        bail!(
-            "ferry migrate: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let r: Value = serde_json::from_slice(&out.stdout).context("the migration report")?;
+    let r = cluster.migrate(pid, algorithm, if demand_paging { "0" } else { "600" })?;
     let new_pid = r["new_pid"].as_i64().unwrap_or(0) as i32;
     fs::write(dir.path().join("verify"), b"").context("asking for verification")?;
     let gone = wait_for(

@@ -231,32 +231,7 @@ fn one_run(
         kill(pid);
         bail!("the tree never got to work (pid {pid})");
     }
-    let pid_s = pid.to_string();
-    let moved = cluster
-        .cmd(&[
-            "exec",
-            "n1",
-            "--",
-            &ferry,
-            "migrate",
-            &pid_s,
-            "--to",
-            "n2",
-            "--algorithm",
-            algorithm,
-            "--json",
-            "--wait",
-            "60",
-        ])
-        .output()?;
-    if !moved.status.success() {
-        kill(pid);
-        bail!(
-            "ferry migrate: {}",
-            String::from_utf8_lossy(&moved.stderr).trim()
-        );
-    }
-    let r: Value = serde_json::from_slice(&moved.stdout).context("the migration report")?;
+    let r = cluster.migrate(pid, algorithm, "60")?;
     let new_pid = r["new_pid"].as_i64().unwrap_or(0) as i32;
     if wait_for("the moved tree to finish", Duration::from_secs(300), || {
         !alive(new_pid)
